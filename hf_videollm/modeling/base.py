@@ -1,0 +1,231 @@
+"""The shared core every hf_videollm model is built on.
+
+A model subclass only defines its config, its encoders and connector, and ``get_<modality>_features`` that return
+one tensor of tokens (already in the language model's width) per media item. Everything else lives here, once:
+
+* the per-sample validated merge of those tokens into the text embeddings (:mod:`.merge`);
+* ``generate`` that encodes media once before prefill and reuses the features (with or without KV cache, beam
+  search, ``num_return_sequences``, left-padded batches);
+* freezing by named part and a summary of trainable parameters per part (:mod:`.parts`);
+* 4-bit loading that quantizes only the language model (:mod:`.quantization`);
+* attention implementation plumbing (``eager`` / ``sdpa`` / ``flash_attention_2`` reach every sub-model through the
+  composite config's ``sub_configs``; ``set_attn_implementation`` switches at runtime).
+
+The language model is always a real ``AutoModelForCausalLM`` sub-module named ``language_model`` so PEFT target
+resolution, quantization skip lists and ``device_map`` work on full module paths.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .merge import MediaMismatchError, as_item_list, assign_items_to_samples, media_mask, merge_media_embeddings
+from .parts import PartsMixin
+from .quantization import QuantizationMixin
+
+__all__ = ["VideoLLMPreTrainedModel", "VideoLLMCausalLMOutput", "MediaMismatchError"]
+
+
+@dataclass
+class VideoLLMCausalLMOutput(CausalLMOutputWithPast):
+    """Causal LM output plus the media features that were merged (modality -> list of per-item token tensors)."""
+
+    media_features: dict[str, list[torch.Tensor]] | None = None
+
+
+class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
+    """Base class: composite config with ``vision_config``/``text_config`` (+ others), LLM at ``language_model``.
+
+    Concrete models list ``GenerationMixin`` directly in their bases (transformers' ``can_generate`` looks there).
+    """
+
+    # No attribute of this name exists, so ``self.base_model`` is the model itself (composite models have no
+    # separate base model; transformers' generation calls ``base_model.get_<modality>_features``).
+    base_model_prefix = "videollm"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = False
+    _supports_attention_backend = True
+    _can_compile_fullgraph = False
+
+    #: modality -> names of the forward arguments that carry that modality's raw inputs (encoded once in generate).
+    media_inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: modality -> config attribute holding the placeholder token id.
+    media_token_attributes: ClassVar[dict[str, str]] = {
+        "image": "image_token_id",
+        "video": "video_token_id",
+        "audio": "audio_token_id",
+    }
+
+    # ----------------------------------------------------------------------------------------------- embeddings
+    def get_input_embeddings(self) -> nn.Module:
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_input_embeddings(value)
+
+    def get_output_embeddings(self) -> nn.Module | None:
+        return self.language_model.get_output_embeddings()
+
+    def set_output_embeddings(self, value: nn.Module) -> None:
+        self.language_model.set_output_embeddings(value)
+
+    def get_decoder(self):
+        return self.language_model.get_decoder()
+
+    # ----------------------------------------------------------------------------------------------- media
+    @property
+    def media_token_ids(self) -> dict[str, int]:
+        ids = {}
+        for modality in self.media_inputs:
+            tid = getattr(self.config, self.media_token_attributes[modality], None)
+            if tid is not None:
+                ids[modality] = tid
+        return ids
+
+    def encode_media(self, **media_kwargs: Any) -> dict[str, list[torch.Tensor]]:
+        """Run each modality's encoder + connector once. Returns modality -> list of ``(tokens_i, D)`` tensors."""
+        features: dict[str, list[torch.Tensor]] = {}
+        for modality, names in self.media_inputs.items():
+            args = {n: media_kwargs[n] for n in names if media_kwargs.get(n) is not None}
+            if not args or media_kwargs.get(names[0]) is None:
+                if args:
+                    raise ValueError(
+                        f"{', '.join(args)} given without {names[0]}; pass {names[0]} to use the {modality} branch"
+                    )
+                continue
+            out = getattr(self, f"get_{modality}_features")(**args)
+            features[modality] = as_item_list(out)
+        return features
+
+    def _split_media_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        names = {n for group in self.media_inputs.values() for n in group}
+        return {n: kwargs.pop(n) for n in list(kwargs) if n in names}
+
+    def _cast_for(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Cast floating inputs to the dtype/device of ``module``'s parameters (vision tower in compute dtype)."""
+        p = next(module.parameters(), None)
+        if p is None or not torch.is_floating_point(x):
+            return x
+        dtype = p.dtype if p.is_floating_point() else x.dtype
+        return x.to(device=p.device, dtype=dtype)
+
+    def build_inputs_embeds(
+        self,
+        input_ids: torch.Tensor,
+        media_features: Mapping[str, Sequence[torch.Tensor]] | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Embed ``input_ids`` and merge media features over their placeholders (validated per sample)."""
+        token_ids = self.media_token_ids
+        placeholders = media_mask(input_ids, token_ids)
+        # Placeholder ids may lie outside the LLM vocabulary (they are never embedded): embed a valid id instead.
+        safe_ids = input_ids.masked_fill(placeholders, 0) if placeholders.any() else input_ids
+        embeds = self.get_input_embeddings()(safe_ids)
+        return merge_media_embeddings(
+            input_ids, embeds, dict(media_features or {}), token_ids,
+            attention_mask=attention_mask, token_names=self._placeholder_names(),
+        )
+
+    def _placeholder_names(self) -> dict[str, str]:
+        return {m: getattr(self.config, f"{m}_token", None) or f"<{m}>" for m in self.media_inputs}
+
+    # ----------------------------------------------------------------------------------------------- forward
+    def _multimodal_forward(
+        self,
+        *,
+        input_ids: torch.Tensor | None,
+        inputs_embeds: torch.Tensor | None,
+        media_kwargs: dict[str, Any],
+        mm_encoder_outputs: Mapping[str, Sequence[torch.Tensor]] | None,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        **lm_kwargs: Any,
+    ) -> VideoLLMCausalLMOutput:
+        """Shared forward: encode (or take precomputed features), merge, run the language model."""
+        has_pixels = any(v is not None for v in media_kwargs.values())
+        if has_pixels and mm_encoder_outputs:
+            raise ValueError("pass either raw media inputs or precomputed `mm_encoder_outputs`, not both")
+        features = dict(mm_encoder_outputs) if mm_encoder_outputs else (self.encode_media(**media_kwargs) if has_pixels else {})
+
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("specify exactly one of input_ids or inputs_embeds")
+        if inputs_embeds is None:
+            inputs_embeds = self.build_inputs_embeds(input_ids, features, attention_mask)
+            if labels is not None:
+                # Media positions are never supervised, whatever the caller put there.
+                labels = labels.masked_fill(media_mask(input_ids, self.media_token_ids), -100)
+        elif any(as_item_list(f) for f in features.values()):
+            raise ValueError(
+                "media inputs were given with `inputs_embeds` only; pass `input_ids` so the placeholders can be "
+                "located (or merge the features into inputs_embeds yourself)"
+            )
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+        return VideoLLMCausalLMOutput(
+            loss=out.loss,
+            logits=out.logits,
+            cache=getattr(out, "cache", None),
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            media_features=features or None,
+        )
+
+    # ----------------------------------------------------------------------------------------------- generation
+    def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs):
+        """``GenerationMixin.generate`` with the media encoded once, before prefill.
+
+        Raw media arguments (``pixel_values``, ``pixel_values_videos``, ...) are encoded here and travel as
+        ``mm_encoder_outputs``; transformers forwards them at prefill only when a cache is used, and at every step
+        without a cache (where the full sequence is re-embedded, so the same features are merged again).
+        """
+        media_kwargs = self._split_media_kwargs(kwargs)
+        if any(v is not None for v in media_kwargs.values()):
+            if kwargs.get("mm_encoder_outputs"):
+                raise ValueError("pass either raw media inputs or precomputed `mm_encoder_outputs`, not both")
+            kwargs["mm_encoder_outputs"] = self.encode_media(**media_kwargs)
+        if input_ids is not None and kwargs.get("mm_encoder_outputs"):
+            # Validate before generation starts so a mismatch fails with a clear message, not mid-loop.
+            self._group_media_by_sample(input_ids, kwargs["mm_encoder_outputs"], attention_mask)
+        return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def _group_media_by_sample(self, input_ids, features, attention_mask=None) -> dict[str, list[list[int]]]:
+        groups = {}
+        names = self._placeholder_names()
+        for modality, tid in self.media_token_ids.items():
+            items = as_item_list(features.get(modality))
+            mask = input_ids == tid
+            if not items:
+                if mask.any():
+                    raise MediaMismatchError(f"{modality} placeholders found in input_ids but no {modality} inputs were given")
+                continue
+            groups[modality] = assign_items_to_samples(
+                mask.sum(1).tolist(), [it.shape[0] for it in items], modality=modality, token=names[modality],
+                attention_mask=attention_mask, placeholder_mask=mask,
+            )
+        return groups
+
+    def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
+        """Beam search / ``num_return_sequences``: repeat each sample's media items with the sample."""
+        features = model_kwargs.pop("mm_encoder_outputs", None)
+        if features and expand_size > 1 and input_ids is not None:
+            groups = self._group_media_by_sample(input_ids, features, model_kwargs.get("attention_mask"))
+            expanded = {}
+            for modality, per_sample in groups.items():
+                items = as_item_list(features[modality])
+                expanded[modality] = [items[i] for group in per_sample for _ in range(expand_size) for i in group]
+            features = expanded
+        input_ids, model_kwargs = super()._expand_inputs_for_generation(
+            expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
+        )
+        if features is not None:
+            model_kwargs["mm_encoder_outputs"] = features
+        return input_ids, model_kwargs

@@ -1,0 +1,192 @@
+"""LLaVA v1 / v1.5 (haotian-liu/LLaVA): CLIP tower -> linear (v1) or MLP-GELU (v1.5) projector -> LLaMA/Vicuna.
+
+Reads top to bottom: config -> encoder (transformers' CLIP) -> connector -> merge (shared core) -> LLM.
+
+* Images: one CLIP pass per image, hidden state of ``vision_feature_layer`` (-2), CLS dropped -> (S/14)^2 tokens.
+* Several images per prompt: one placeholder run per image, in order.
+* Video: a frame sequence; each frame is encoded like an image, optionally average-pooled on its patch grid
+  (``video_pool_stride``), and the frames' tokens are concatenated in time order.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+from .base import VideoLLMCausalLMOutput, VideoLLMPreTrainedModel
+from .connectors import MLPProjector, parse_projector_type, pooled_grid_side, spatial_pool
+from .vision import select_hidden_features
+
+__all__ = ["VideoLLMLlavaConfig", "VideoLLMLlavaForConditionalGeneration", "llava_tokens_per_frame"]
+
+CLIP_L14_336 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 336,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
+
+def llava_tokens_per_frame(image_size: int, patch_size: int, strategy: str = "default", pool_stride: int = 1) -> int:
+    """Visual tokens one image (or one video frame) becomes. The processor and the model both use this."""
+    grid = image_size // patch_size
+    if pool_stride > 1:
+        if strategy not in ("default", "patch"):
+            raise ValueError("video pooling needs the CLS token dropped (vision_feature_select_strategy='default')")
+        return pooled_grid_side(grid, pool_stride) ** 2
+    return grid * grid + (0 if strategy in ("default", "patch") else 1)
+
+
+class VideoLLMLlavaConfig(PreTrainedConfig):
+    r"""LLaVA configuration.
+
+    Args:
+        vision_config: CLIP vision config (default CLIP-L/14-336, as LLaVA v1.5).
+        text_config: language model config (default LLaMA).
+        image_token_id / video_token_id: placeholder ids; each expands to one id per visual token. They may lie
+            outside the language model's vocabulary (they are never embedded). LLaVA v1 uses the in-vocabulary
+            ``<im_patch>`` id as image placeholder.
+        vision_feature_layer: CLIP hidden state used (-2 = penultimate layer).
+        vision_feature_select_strategy: ``"default"`` drops CLS, ``"full"`` keeps it.
+        projector_type: ``"linear"`` (v1) or ``"mlp2x_gelu"`` (v1.5).
+        video_pool_stride / video_pool_mode: spatial pooling of each frame's patch grid for video (1 = none).
+    """
+
+    model_type = "videollm_llava"
+    sub_configs_defaults = {
+        "vision_config": SubConfigSpec(AutoConfig, model_type="clip_vision_model", init_kwargs=CLIP_L14_336),
+        "text_config": SubConfigSpec(AutoConfig, model_type="llama"),
+    }
+
+    vision_config: dict | PreTrainedConfig | None = None
+    text_config: dict | PreTrainedConfig | None = None
+    image_token_id: int = 32000
+    video_token_id: int | None = 32001
+    image_token: str = "<image>"
+    video_token: str = "<video>"
+    vision_feature_layer: int | list[int] = -2
+    vision_feature_select_strategy: str = "default"
+    projector_type: str = "mlp2x_gelu"
+    projector_bias: bool = True
+    video_pool_stride: int = 1
+    video_pool_mode: str = "average"
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        parse_projector_type(self.projector_type)  # fail early on a bad name
+        if self.vision_feature_select_strategy not in ("default", "full", "patch", "cls_patch"):
+            raise ValueError(
+                f"vision_feature_select_strategy must be 'default' or 'full', got {self.vision_feature_select_strategy!r}"
+            )
+        if self.video_pool_stride < 1:
+            raise ValueError("video_pool_stride must be >= 1")
+
+    @property
+    def image_seq_length(self) -> int:
+        return llava_tokens_per_frame(
+            self.vision_config.image_size, self.vision_config.patch_size, self.vision_feature_select_strategy
+        )
+
+    @property
+    def video_tokens_per_frame(self) -> int:
+        return llava_tokens_per_frame(
+            self.vision_config.image_size,
+            self.vision_config.patch_size,
+            self.vision_feature_select_strategy,
+            self.video_pool_stride,
+        )
+
+
+class VideoLLMLlavaForConditionalGeneration(VideoLLMPreTrainedModel, GenerationMixin):
+    config_class = VideoLLMLlavaConfig
+    input_modalities = ("image", "video", "text")
+    media_inputs = {"image": ("pixel_values",), "video": ("pixel_values_videos",)}
+    _parts = {
+        "vision_tower": ("vision_tower",),
+        "connector": ("multi_modal_projector",),
+        "language_model": ("language_model",),
+    }
+
+    def __init__(self, config: VideoLLMLlavaConfig):
+        super().__init__(config)
+        self.vision_tower = AutoModel.from_config(config.vision_config)
+        depth, act = parse_projector_type(config.projector_type)
+        layers = 1 if isinstance(config.vision_feature_layer, int) else len(config.vision_feature_layer)
+        self.multi_modal_projector = MLPProjector(
+            config.vision_config.hidden_size * layers, config.text_config.hidden_size, depth, act, config.projector_bias
+        )
+        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.post_init()
+
+    # --------------------------------------------------------------------------------------------- encoders
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """CLIP features of the selected layer, ``(N, P, C_vis)`` (before the projector)."""
+        pixel_values = self._cast_for(self.vision_tower, pixel_values)
+        return select_hidden_features(
+            self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
+        )
+
+    def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(N, 3, H, W)`` images -> ``(N, tokens, D_llm)`` visual tokens."""
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must be (num_images, 3, H, W), got shape {tuple(pixel_values.shape)}; "
+                "pass videos as pixel_values_videos (num_videos, frames, 3, H, W)"
+            )
+        feats = self.get_vision_features(pixel_values)
+        return self.multi_modal_projector(self._cast_for(self.multi_modal_projector, feats))
+
+    def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
+        """``(V, T, 3, H, W)`` (or a list of ``(T_i, 3, H, W)``) -> one ``(T_i * tokens_per_frame, D_llm)`` per video."""
+        videos = list(pixel_values_videos) if isinstance(pixel_values_videos, (list, tuple)) else None
+        if videos is None:
+            if pixel_values_videos.ndim != 5:
+                raise ValueError(
+                    f"pixel_values_videos must be (num_videos, frames, 3, H, W), got {tuple(pixel_values_videos.shape)}"
+                )
+            videos = list(pixel_values_videos.unbind(0))
+        lengths = [v.shape[0] for v in videos]
+        frames = torch.cat(videos, dim=0)
+        feats = self.get_vision_features(frames)
+        feats = spatial_pool(feats, self.config.video_pool_stride, self.config.video_pool_mode)
+        tokens = self.multi_modal_projector(self._cast_for(self.multi_modal_projector, feats))
+        return [t.flatten(0, 1) for t in tokens.split(lengths, dim=0)]
+
+    # --------------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, list[torch.Tensor]] | None = None,
+        **kwargs: Any,
+    ) -> VideoLLMCausalLMOutput:
+        return self._multimodal_forward(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            media_kwargs={"pixel_values": pixel_values, "pixel_values_videos": pixel_values_videos},
+            mm_encoder_outputs=mm_encoder_outputs,
+            attention_mask=attention_mask,
+            labels=labels,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )

@@ -1,0 +1,36 @@
+"""Vision-tower helpers shared by the models that compose transformers' CLIP / SigLIP towers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["select_hidden_features"]
+
+_DROP_CLS = {"default", "patch"}
+_KEEP_ALL = {"full", "cls_patch"}
+
+
+def select_hidden_features(
+    tower: nn.Module,
+    pixel_values: torch.Tensor,
+    feature_layer: int | list[int] = -2,
+    strategy: str = "default",
+) -> torch.Tensor:
+    """Run ``tower`` and return the hidden states of ``feature_layer`` (list: concatenated on channels).
+
+    ``hidden_states[0]`` is the embedding output (after CLIP's ``pre_layrnorm``), ``[-1]`` the last layer before
+    ``post_layernorm``; ``-2`` is LLaVA's penultimate layer. ``strategy`` ``"default"``/``"patch"`` drops the CLS
+    token, ``"full"``/``"cls_patch"`` keeps it.
+    """
+    if strategy not in _DROP_CLS | _KEEP_ALL:
+        raise ValueError(f"unknown vision feature strategy {strategy!r}; use 'default' (drop CLS) or 'full'")
+    out = tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+    hidden = out.hidden_states
+    if isinstance(feature_layer, int):
+        feats = hidden[feature_layer]
+    else:
+        feats = torch.cat([hidden[i] for i in feature_layer], dim=-1)
+    if strategy in _DROP_CLS:
+        feats = feats[:, 1:]
+    return feats
