@@ -1,0 +1,65 @@
+"""``hf-videollm chat``: ask a converted model about images and videos (one question or an interactive session)."""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+
+def load_for_inference(model_id: str, *, dtype: str = "float32", load_in_4bit: bool = False, attn: str | None = None):
+    """Load any registered model + processor with the Auto classes (local directory or Hub id)."""
+    import hf_videollm  # noqa: F401  (registers the Auto classes)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    kwargs = {"dtype": getattr(torch, dtype)}
+    if attn:
+        kwargs["attn_implementation"] = attn
+    if load_in_4bit:
+        cls = AutoModelForImageTextToText._model_mapping[type(_config(model_id))]
+        kwargs["quantization_config"] = cls.default_quantization_config(compute_dtype=getattr(torch, dtype))
+    model = AutoModelForImageTextToText.from_pretrained(model_id, **kwargs).eval()
+    processor = AutoProcessor.from_pretrained(model_id)
+    return model, processor
+
+
+def _config(model_id):
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(model_id)
+
+
+def answer(model, processor, messages: list[dict], *, max_new_tokens: int = 128, **media) -> str:
+    batch = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **media)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
+    return processor.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    model, processor = load_for_inference(args.model, dtype=args.dtype, load_in_4bit=args.load_in_4bit, attn=args.attn)
+    if args.num_frames is not None:
+        processor.num_frames, processor.video_fps = args.num_frames, None
+    if args.fps is not None:
+        processor.num_frames, processor.video_fps = None, args.fps
+    media_parts = [{"type": "image", "image": p} for p in args.image] + [{"type": "video", "video": p} for p in args.video]
+    history: list[dict] = []
+    first = True
+    while True:
+        if args.prompt is not None:
+            question = args.prompt
+        else:
+            try:
+                question = input("you> ").strip()
+            except EOFError:
+                return 0
+            if question in ("", "exit", "quit"):
+                return 0
+        content = (media_parts if first else []) + [{"type": "text", "text": question}]
+        history.append({"role": "user", "content": content})
+        reply = answer(model, processor, history, max_new_tokens=args.max_new_tokens)
+        history.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+        print(reply if args.prompt is not None else f"assistant> {reply}")
+        first = False
+        if args.prompt is not None:
+            return 0
