@@ -323,6 +323,7 @@ def _convert_llava_transformers(src: Path, out: Path, *, dtype, max_shard_size, 
         image_token=pc.get("image_token", "<image>"),
         image_token_id=image_token_id,
         video_token_id=config.video_token_id,
+        tokenization="whole",
     )
     processor.save_pretrained(out)
     return report

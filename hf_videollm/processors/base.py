@@ -99,6 +99,20 @@ class VideoLLMProcessor(ProcessorMixin):
                 return full[:i], full[i + len(plain) :]
         return [], []
 
+    def _placeholder_token_ids(self) -> dict[int, str]:
+        """Tokenizer id of each placeholder string (``tokenization="whole"`` needs them in the tokenizer)."""
+        out = {}
+        for m in self.modalities:
+            token = self.media_token(m)
+            ids = self.tokenizer(token, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise ProcessorInputError(
+                    f"tokenization='whole' needs {token!r} to be a single token of the tokenizer (got {ids}); "
+                    f"add it with tokenizer.add_tokens([{token!r}], special_tokens=True) or use tokenization='chunks'"
+                )
+            out[ids[0]] = m
+        return out
+
     def _encode_text(self, text: str) -> list[int]:
         """Tokenize ``text`` without special affixes; escaped spans are encoded as literal characters."""
         ids: list[int] = []
@@ -194,20 +208,31 @@ class VideoLLMProcessor(ProcessorMixin):
         rows: list[list[int]] = []
         media_spans: list[list[tuple[int, int]]] = []
         budget = getattr(self, "max_visual_tokens", None)
+        whole = getattr(self, "tokenization", "chunks") == "whole"
+        placeholder_ids = self._placeholder_token_ids() if whole else {}
         for i, segs in enumerate(segments):
             ids = list(prefix)
             spans = []
             visual = 0
-            for kind, s in segs:
-                if kind == "text":
-                    ids += self._encode_text(s)
-                else:
-                    n = token_counts[kind][next_item[kind]]
-                    next_item[kind] += 1
-                    start = len(ids)
-                    ids += self._expand(kind, n)
-                    spans.append((start, len(ids)))
-                    visual += n
+            if whole:
+                # transformers' convention: tokenize the whole prompt with the placeholder tokens in place.
+                text_ids = self._encode_text("".join(s if k == "text" else self.media_token(k) for k, s in segs))
+                pieces = [("media", placeholder_ids[t]) if t in placeholder_ids else ("id", t) for t in text_ids]
+            else:
+                # the original LLaVA-family convention: tokenize the text between placeholders chunk by chunk.
+                pieces = []
+                for kind, s in segs:
+                    pieces += [("id", t) for t in self._encode_text(s)] if kind == "text" else [("media", kind)]
+            for what, value in pieces:
+                if what == "id":
+                    ids.append(value)
+                    continue
+                n = token_counts[value][next_item[value]]
+                next_item[value] += 1
+                start = len(ids)
+                ids += self._expand(value, n)
+                spans.append((start, len(ids)))
+                visual += n
             ids += suffix
             if budget is not None and visual > budget:
                 raise ProcessorInputError(

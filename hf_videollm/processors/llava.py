@@ -24,6 +24,10 @@ class VideoLLMLlavaProcessor(VideoLLMProcessor):
     (v1.5 ``image_aspect_ratio="pad"``), CLIP resize of the shortest edge (bicubic), centre crop, rescale, normalize.
     Video frames go through the same pipeline; ``num_frames`` (or ``video_fps``) frames are sampled by timestamp.
     Every setting is saved in ``processor_config.json`` so a pushed checkpoint preprocesses identically everywhere.
+
+    ``tokenization="chunks"`` tokenizes the text between placeholders separately, as the original
+    ``tokenizer_image_token`` does (a SentencePiece tokenizer then starts each chunk with a word boundary);
+    ``"whole"`` tokenizes the prompt in one piece with the placeholder tokens in it, as transformers' processors do.
     """
 
     modalities = ("image", "video")
@@ -54,6 +58,7 @@ class VideoLLMLlavaProcessor(VideoLLMProcessor):
         max_image_pixels: int = 178_956_970,
         max_aspect_ratio: float = 200.0,
         max_visual_tokens: int | None = None,
+        tokenization: str = "chunks",
     ):
         if chat_template is None:
             chat_template = vicuna_v1_template(LLAVA_V1_SYSTEM, image_token, video_token)
@@ -80,6 +85,9 @@ class VideoLLMLlavaProcessor(VideoLLMProcessor):
         self.max_image_pixels = max_image_pixels
         self.max_aspect_ratio = max_aspect_ratio
         self.max_visual_tokens = max_visual_tokens
+        if tokenization not in ("chunks", "whole"):
+            raise ValueError("tokenization must be 'chunks' (original LLaVA) or 'whole' (transformers' processors)")
+        self.tokenization = tokenization
 
     # ------------------------------------------------------------------------------------------ pixels
     @property
