@@ -59,6 +59,8 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
 
     #: modality -> names of the forward arguments that carry that modality's raw inputs (encoded once in generate).
     media_inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: modality -> module paths its encoder path runs through (modalities sharing modules share a dummy pass).
+    media_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: modality -> config attribute holding the placeholder token id.
     media_token_attributes: ClassVar[dict[str, str]] = {
         "image": "image_token_id",
@@ -106,6 +108,25 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
             out = getattr(self, f"get_{modality}_features")(**args)
             features[modality] = as_item_list(out)
         return features
+
+    def dummy_media_inputs(self, modality: str) -> dict[str, Any]:
+        """Smallest valid raw inputs for ``modality`` (used to keep encoders in the graph during training)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no dummy {modality} input")
+
+    def _dummy_media_sum(self, features: Mapping[str, Any]) -> torch.Tensor | None:
+        used: set[str] = set()
+        for m in features:
+            used |= set(self.media_modules.get(m, (m,)))
+        total = None
+        for modality in self.media_inputs:
+            modules = set(self.media_modules.get(modality, (modality,)))
+            if modality in features or modules <= used:
+                continue
+            out = getattr(self, f"get_{modality}_features")(**self.dummy_media_inputs(modality))
+            s = sum(t.float().sum() for t in as_item_list(out))
+            total = s if total is None else total + s
+            used |= modules
+        return total
 
     def _split_media_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         names = {n for group in self.media_inputs.values() for n in group}
@@ -169,6 +190,12 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
                 "media inputs were given with `inputs_embeds` only; pass `input_ids` so the placeholders can be "
                 "located (or merge the features into inputs_embeds yourself)"
             )
+        if self.training and torch.is_grad_enabled():
+            dummy = self._dummy_media_sum(features)
+            if dummy is not None:
+                # Every rank runs every encoder in every step (FSDP / ZeRO-3 gather parameters collectively; DDP
+                # expects gradients for all trainable parameters): a batch without some modality contributes 0.
+                inputs_embeds = inputs_embeds + 0.0 * dummy.to(inputs_embeds.dtype)
         out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
         return VideoLLMCausalLMOutput(
             loss=out.loss,

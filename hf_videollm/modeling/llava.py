@@ -110,6 +110,7 @@ class VideoLLMLlavaForConditionalGeneration(VideoLLMPreTrainedModel, GenerationM
     config_class = VideoLLMLlavaConfig
     input_modalities = ("image", "video", "text")
     media_inputs = {"image": ("pixel_values",), "video": ("pixel_values_videos",)}
+    media_modules = {"image": ("vision_tower", "multi_modal_projector"), "video": ("vision_tower", "multi_modal_projector")}
     _parts = {
         "vision_tower": ("vision_tower",),
         "connector": ("multi_modal_projector",),
@@ -160,6 +161,12 @@ class VideoLLMLlavaForConditionalGeneration(VideoLLMPreTrainedModel, GenerationM
         feats = spatial_pool(feats, self.config.video_pool_stride, self.config.video_pool_mode)
         tokens = self.multi_modal_projector(self._cast_for(self.multi_modal_projector, feats))
         return [t.flatten(0, 1) for t in tokens.split(lengths, dim=0)]
+
+    def dummy_media_inputs(self, modality: str) -> dict[str, Any]:
+        p = next(self.vision_tower.parameters())
+        size = self.config.vision_config.image_size
+        pixels = torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype if p.is_floating_point() else torch.float32)
+        return {"pixel_values": pixels} if modality == "image" else {"pixel_values_videos": pixels[None]}
 
     # --------------------------------------------------------------------------------------------- forward
     def forward(

@@ -32,6 +32,9 @@ __all__ = ["VideoLLMProcessor", "ProcessorInputError", "ESCAPE_OPEN", "ESCAPE_CL
 # Private-use characters marking a literal (escaped) control string inside text.
 ESCAPE_OPEN = "\ue000"
 ESCAPE_CLOSE = "\ue001"
+# Markers around assistant text rendered inside ``{% generation %}`` blocks (used for training labels).
+GENERATION_OPEN = "\ue002"
+GENERATION_CLOSE = "\ue003"
 _ESCAPED = re.compile(f"{ESCAPE_OPEN}(.*?){ESCAPE_CLOSE}", re.S)
 
 
@@ -113,18 +116,50 @@ class VideoLLMProcessor(ProcessorMixin):
             out[ids[0]] = m
         return out
 
-    def _encode_text(self, text: str) -> list[int]:
-        """Tokenize ``text`` without special affixes; escaped spans are encoded as literal characters."""
+    def _encode_text(self, text: str, state: dict | None = None) -> tuple[list[int], list[bool]]:
+        """Tokenize ``text`` without special affixes -> (ids, supervised flag per id).
+
+        Escaped spans are encoded as literal characters. Text between ``{% generation %}`` markers is supervised
+        (flags from the tokenizer's character offsets, so tokenization is the same as without markers); ``state``
+        carries an open generation block across calls for one sample.
+        """
+        state = state if state is not None else {"open": False}
         ids: list[int] = []
+        flags: list[bool] = []
         pos = 0
         for m in _ESCAPED.finditer(text):
             if m.start() > pos:
-                ids += self.tokenizer(text[pos : m.start()], add_special_tokens=False)["input_ids"]
-            ids += self.tokenizer(m.group(1), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                self._encode_plain(text[pos : m.start()], state, ids, flags)
+            literal = self.tokenizer(m.group(1), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            ids += literal
+            flags += [state["open"]] * len(literal)
             pos = m.end()
         if pos < len(text):
-            ids += self.tokenizer(text[pos:], add_special_tokens=False)["input_ids"]
-        return ids
+            self._encode_plain(text[pos:], state, ids, flags)
+        return ids, flags
+
+    def _encode_plain(self, text: str, state: dict, ids: list[int], flags: list[bool]) -> None:
+        if GENERATION_OPEN not in text and GENERATION_CLOSE not in text:
+            out = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += out
+            flags += [state["open"]] * len(out)
+            return
+        # Strip the markers, remembering which characters are supervised.
+        clean, sup = [], []
+        for ch in text:
+            if ch == GENERATION_OPEN:
+                state["open"] = True
+            elif ch == GENERATION_CLOSE:
+                state["open"] = False
+            else:
+                clean.append(ch)
+                sup.append(state["open"])
+        clean_text = "".join(clean)
+        enc = self.tokenizer(clean_text, add_special_tokens=False, return_offsets_mapping=True)
+        for tid, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+            ids.append(tid)
+            span = sup[start:end] if end > start else sup[min(start, len(sup) - 1) : min(start, len(sup) - 1) + 1]
+            flags.append(bool(span) and any(span))
 
     # -------------------------------------------------------------------------------------- main entry point
     def __call__(
@@ -140,8 +175,14 @@ class VideoLLMProcessor(ProcessorMixin):
         add_special_tokens: bool = True,
         return_tensors: str | None = "pt",
         padding_side: str | None = None,
+        return_labels: bool = False,
         **kwargs: Any,
     ) -> BatchFeature:
+        """Text (+ media) -> ``input_ids``, ``attention_mask``, pixel tensors (and ``labels`` on request).
+
+        ``labels`` (``return_labels=True``) supervise only text rendered inside ``{% generation %}`` blocks of the
+        chat template (assistant turns, end-of-turn token included); everything else is -100.
+        """
         if kwargs:
             raise TypeError(f"unexpected argument(s) {sorted(kwargs)} for {type(self).__name__}")
         if text is None:
@@ -210,30 +251,45 @@ class VideoLLMProcessor(ProcessorMixin):
         budget = getattr(self, "max_visual_tokens", None)
         whole = getattr(self, "tokenization", "chunks") == "whole"
         placeholder_ids = self._placeholder_token_ids() if whole else {}
+        label_rows: list[list[int]] = []
         for i, segs in enumerate(segments):
             ids = list(prefix)
+            sup = [False] * len(ids)
             spans = []
             visual = 0
+            state = {"open": False}
             if whole:
                 # transformers' convention: tokenize the whole prompt with the placeholder tokens in place.
-                text_ids = self._encode_text("".join(s if k == "text" else self.media_token(k) for k, s in segs))
-                pieces = [("media", placeholder_ids[t]) if t in placeholder_ids else ("id", t) for t in text_ids]
+                text_ids, text_sup = self._encode_text(
+                    "".join(s if k == "text" else self.media_token(k) for k, s in segs), state
+                )
+                pieces = [
+                    ("media", placeholder_ids[t], False) if t in placeholder_ids else ("id", t, f)
+                    for t, f in zip(text_ids, text_sup)
+                ]
             else:
                 # the original LLaVA-family convention: tokenize the text between placeholders chunk by chunk.
                 pieces = []
                 for kind, s in segs:
-                    pieces += [("id", t) for t in self._encode_text(s)] if kind == "text" else [("media", kind)]
-            for what, value in pieces:
+                    if kind == "text":
+                        t_ids, t_sup = self._encode_text(s, state)
+                        pieces += [("id", t, f) for t, f in zip(t_ids, t_sup)]
+                    else:
+                        pieces.append(("media", kind, False))
+            for what, value, flag in pieces:
                 if what == "id":
                     ids.append(value)
+                    sup.append(flag)
                     continue
                 n = token_counts[value][next_item[value]]
                 next_item[value] += 1
                 start = len(ids)
                 ids += self._expand(value, n)
+                sup += [False] * (len(ids) - start)
                 spans.append((start, len(ids)))
                 visual += n
             ids += suffix
+            sup += [False] * len(suffix)
             if budget is not None and visual > budget:
                 raise ProcessorInputError(
                     f"sample {i} needs {visual} media tokens, over the budget max_visual_tokens={budget}; use fewer "
@@ -249,8 +305,9 @@ class VideoLLMProcessor(ProcessorMixin):
                         f"sample {i} is {len(ids)} tokens long (media tokens: {visual}), over max_length={max_length}, "
                         f"and {why}; shorten the text, use fewer frames/images, or raise max_length"
                     )
-                ids = ids[:max_length]
+                ids, sup = ids[:max_length], sup[:max_length]
             rows.append(ids)
+            label_rows.append([t if f else -100 for t, f in zip(ids, sup)])
             media_spans.append(spans)
 
         # 4. padding.
@@ -267,23 +324,29 @@ class VideoLLMProcessor(ProcessorMixin):
             if return_tensors is not None:
                 raise ProcessorInputError("texts have different lengths; pass padding=True to batch them as tensors")
             width = None
-        input_ids, attention_mask = [], []
-        for r in rows:
+        input_ids, attention_mask, labels = [], [], []
+        for r, lab in zip(rows, label_rows):
             pad = (width - len(r)) if width else 0
             if side == "left":
                 input_ids.append([pad_id] * pad + r)
                 attention_mask.append([0] * pad + [1] * len(r))
+                labels.append([-100] * pad + lab)
             else:
                 input_ids.append(r + [pad_id] * pad)
                 attention_mask.append([1] * len(r) + [0] * pad)
+                labels.append(lab + [-100] * pad)
 
         data: dict[str, Any] = dict(features)
         if return_tensors == "pt":
             data["input_ids"] = torch.tensor(input_ids, dtype=torch.long)
             data["attention_mask"] = torch.tensor(attention_mask, dtype=torch.long)
+            if return_labels:
+                data["labels"] = torch.tensor(labels, dtype=torch.long)
         elif return_tensors is None:
             data["input_ids"] = input_ids
             data["attention_mask"] = attention_mask
+            if return_labels:
+                data["labels"] = labels
         else:
             raise ProcessorInputError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or None")
         return BatchFeature(data=data)
@@ -384,11 +447,6 @@ def _is_frame(x) -> bool:
     if x.__class__.__name__ in ("Image", "JpegImageFile", "PngImageFile") or hasattr(x, "getpixel"):
         return True
     return getattr(x, "ndim", None) == 3
-
-
-# Markers around assistant text rendered inside ``{% generation %}`` blocks (used for training labels).
-GENERATION_OPEN = "\ue002"
-GENERATION_CLOSE = "\ue003"
 
 
 @functools.lru_cache(maxsize=16)

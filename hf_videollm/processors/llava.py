@@ -129,6 +129,15 @@ class VideoLLMLlavaProcessor(VideoLLMProcessor):
             return {"pixel_values_videos": torch.stack(clips)}, counts
         return {"pixel_values_videos": clips}, counts
 
+    def estimate_media_tokens(self, media: dict[str, list]) -> int:
+        """Media tokens a sample will take, without decoding (videos: ``num_frames`` or ``max_frames``)."""
+        per_image = llava_tokens_per_frame(self.image_size, self.patch_size, self.vision_feature_select_strategy)
+        per_frame = llava_tokens_per_frame(
+            self.image_size, self.patch_size, self.vision_feature_select_strategy, self.video_pool_stride
+        )
+        frames = self.num_frames or self.max_frames
+        return len(media.get("image", [])) * per_image + len(media.get("video", [])) * frames * per_frame
+
     # ------------------------------------------------------------------------------------------ tokens
     def _expand(self, modality: str, num_tokens: int) -> list[int]:
         ids = super()._expand(modality, num_tokens)

@@ -1,0 +1,245 @@
+"""Training data: LLaVA-style ``conversations`` and OpenAI-style ``messages``, read with ``datasets``.
+
+Both formats become one form, chat messages whose content is a list of parts::
+
+    {"role": "user", "content": [{"type": "video", "video": "/abs/clip.mp4"}, {"type": "text", "text": "..."}]}
+
+Media paths are resolved against ``media_root`` (default: the data file's directory) but never opened here:
+decoding happens in the collator, i.e. lazily in the DataLoader workers. :func:`validate_records` checks every
+sample up front (missing files, placeholder counts, empty or malformed conversations) and reports all problems
+with their indices; ``skip_invalid=True`` drops them instead of failing.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataProblem", "InvalidDataError", "VideoLLMDataset", "load_records", "normalize_record", "validate_records"]
+
+MEDIA_KINDS = ("image", "video", "audio")
+_LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+_MARKERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
+
+
+@dataclass(frozen=True)
+class DataProblem:
+    index: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"sample {self.index}: {self.reason}"
+
+
+class InvalidDataError(ValueError):
+    def __init__(self, problems: Sequence[DataProblem], total: int):
+        self.problems = list(problems)
+        shown = "\n  ".join(str(p) for p in self.problems[:50])
+        more = f"\n  ... and {len(self.problems) - 50} more" if len(self.problems) > 50 else ""
+        super().__init__(
+            f"{len(self.problems)} of {total} training samples are invalid:\n  {shown}{more}\n"
+            f"Fix them, or pass skip_invalid=True (--skip-invalid) to drop them."
+        )
+
+
+def load_records(paths: str | Path | Sequence[str | Path], split: str = "train"):
+    """Read json / jsonl / parquet files with ``datasets`` (a list of records per JSON file is fine too)."""
+    from datasets import concatenate_datasets, load_dataset
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    parts = []
+    for p in paths:
+        p = Path(p)
+        if not p.is_file():
+            raise FileNotFoundError(f"training data file {p} not found")
+        suffix = p.suffix.lower()
+        builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
+        if builder is None:
+            raise ValueError(f"{p}: unsupported data format {suffix!r}; use .json, .jsonl or .parquet")
+        ds = load_dataset(builder, data_files=str(p), split=split)
+        ds = ds.add_column("_media_root", [str(p.parent.resolve())] * len(ds))
+        parts.append(ds)
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def _resolve(path: Any, root: str | None) -> Any:
+    if not isinstance(path, str) or re.match(r"^[a-z]+://", path):
+        return path
+    p = Path(path).expanduser()
+    if not p.is_absolute() and root:
+        p = Path(root) / p
+    return str(p)
+
+
+def _as_list(x) -> list:
+    if x is None:
+        return []
+    return list(x) if isinstance(x, (list, tuple)) else [x]
+
+
+def normalize_record(record: dict, media_root: str | None = None) -> list[dict]:
+    """One record (LLaVA ``conversations`` or OpenAI ``messages``) -> chat messages with content parts."""
+    root = record.get("_media_root") if media_root is None else media_root
+    if record.get("messages") is not None:
+        return _normalize_messages(record["messages"], root)
+    if record.get("conversations") is not None:
+        return _normalize_llava(record, root)
+    raise ValueError("record has neither 'messages' nor 'conversations'")
+
+
+def _normalize_messages(messages, root) -> list[dict]:
+    out = []
+    for m in messages:
+        role = m.get("role")
+        content = m.get("content")
+        if isinstance(content, str):
+            parts = [{"type": "text", "text": content}]
+        else:
+            parts = []
+            for part in content or []:
+                kind = part.get("type")
+                if kind in MEDIA_KINDS:
+                    src = next((part.get(k) for k in (kind, "path", "url") if part.get(k) is not None), None)
+                    parts.append({"type": kind, kind: _resolve(src, root)})
+                elif kind == "text":
+                    parts.append({"type": "text", "text": part.get("text") or ""})
+                else:
+                    raise ValueError(f"unknown content part type {kind!r}")
+        out.append({"role": role, "content": parts})
+    return out
+
+
+def _normalize_llava(record: dict, root) -> list[dict]:
+    media = {k: [_resolve(x, root) for x in _as_list(record.get(k))] for k in MEDIA_KINDS}
+    used = dict.fromkeys(MEDIA_KINDS, 0)
+    marker_re = re.compile("|".join(re.escape(v) for v in _MARKERS.values()))
+    out = []
+    for turn in record["conversations"]:
+        role = _LLAVA_ROLES.get(turn.get("from", turn.get("role")))
+        if role is None:
+            raise ValueError(f"unknown conversation role {turn.get('from')!r}; use human/gpt")
+        text = turn.get("value") or ""
+        parts, pos = [], 0
+        for m in marker_re.finditer(text):
+            if m.start() > pos:
+                parts.append({"type": "text", "text": text[pos : m.start()]})
+            kind = next(k for k, v in _MARKERS.items() if v == m.group(0))
+            if used[kind] >= len(media[kind]):
+                raise ValueError(f"more {_MARKERS[kind]} markers than {kind} files in the record")
+            parts.append({"type": kind, kind: media[kind][used[kind]]})
+            used[kind] += 1
+            pos = m.end()
+            if pos < len(text) and text[pos] == "\n":
+                pos += 1  # "<image>\n" is the marker's own line break in LLaVA data
+        if pos < len(text):
+            parts.append({"type": "text", "text": text[pos:]})
+        out.append({"role": role, "content": parts})
+    # Media without a marker go to the start of the first user turn (LLaVA's preprocess_multimodal).
+    first_user = next((m for m in out if m["role"] == "user"), None)
+    for kind in MEDIA_KINDS:
+        rest = media[kind][used[kind] :]
+        if rest and first_user is not None:
+            first_user["content"] = [{"type": kind, kind: p} for p in rest] + first_user["content"]
+    return out
+
+
+def media_of(messages: list[dict]) -> dict[str, list]:
+    found = {k: [] for k in MEDIA_KINDS}
+    for m in messages:
+        for part in m["content"]:
+            if part["type"] in MEDIA_KINDS:
+                found[part["type"]].append(part[part["type"]])
+    return found
+
+
+def validate_records(records, processor=None, *, check_files: bool = True) -> list[DataProblem]:
+    """Every problem of every sample, with its index (nothing is decoded)."""
+    problems: list[DataProblem] = []
+    modalities = getattr(processor, "modalities", MEDIA_KINDS)
+    for i, rec in enumerate(records):
+        try:
+            msgs = normalize_record(rec)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            problems.append(DataProblem(i, f"malformed record: {e}"))
+            continue
+        if not msgs:
+            problems.append(DataProblem(i, "empty conversation"))
+            continue
+        roles = [m["role"] for m in msgs]
+        if any(r not in ("system", "user", "assistant") for r in roles):
+            problems.append(DataProblem(i, f"unknown role in {roles}"))
+        if "assistant" not in roles:
+            problems.append(DataProblem(i, "no assistant turn: nothing to learn from"))
+        elif not any(p.get("text", "").strip() for m in msgs if m["role"] == "assistant" for p in m["content"]):
+            problems.append(DataProblem(i, "assistant turns are empty"))
+        for kind, items in media_of(msgs).items():
+            if items and kind not in modalities:
+                problems.append(DataProblem(i, f"has {kind} but the model takes {list(modalities)}"))
+            for src in items:
+                if src is None:
+                    problems.append(DataProblem(i, f"{kind} part without a path"))
+                elif check_files and isinstance(src, str) and "://" not in src and not Path(src).is_file():
+                    problems.append(DataProblem(i, f"{kind} file not found: {src}"))
+        if processor is not None:
+            for m in msgs:
+                for part in m["content"]:
+                    if part["type"] == "text":
+                        for kind in modalities:
+                            token = processor.media_token(kind)
+                            if token in part["text"] and m["role"] == "assistant":
+                                problems.append(DataProblem(i, f"assistant text contains the placeholder {token}"))
+    return problems
+
+
+class VideoLLMDataset(torch.utils.data.Dataset):
+    """Normalized chat samples over a ``datasets.Dataset`` (or list of records); media stay as paths."""
+
+    def __init__(self, records, processor=None, *, skip_invalid: bool = False, validate: bool = True):
+        self.records = records
+        self.indices = list(range(len(records)))
+        if validate:
+            problems = validate_records(records, processor)
+            if problems:
+                if not skip_invalid:
+                    raise InvalidDataError(problems, len(records))
+                bad = {p.index for p in problems}
+                for p in problems:
+                    logger.warning("skipping %s", p)
+                self.indices = [i for i in self.indices if i not in bad]
+                if not self.indices:
+                    raise InvalidDataError(problems, len(records))
+        self.processor = processor
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        idx = self.indices[i]
+        rec = self.records[idx]
+        return {"index": idx, "messages": normalize_record(rec)}
+
+    @property
+    def lengths(self) -> list[int]:
+        """Estimated tokens per sample (text words + visual tokens), for length-grouped sampling."""
+        out = []
+        for i in self.indices:
+            msgs = normalize_record(self.records[i])
+            words = sum(len(p.get("text", "").split()) for m in msgs for p in m["content"] if p["type"] == "text")
+            media = media_of(msgs)
+            visual = 0
+            if self.processor is not None and hasattr(self.processor, "estimate_media_tokens"):
+                visual = self.processor.estimate_media_tokens(media)
+            out.append(int(words * 1.5) + visual)
+        return out
+
+
+def concat_lengths(datasets: Iterable[VideoLLMDataset]) -> list[int]:
+    return [n for d in datasets for n in d.lengths]

@@ -1,0 +1,62 @@
+"""Stage recipes from the original training curricula (see ../shared/specs/*.md, section "Training recipe").
+
+A stage says which parts train, how (full / LoRA), and the learning rates the original used. Batch sizes and
+epochs of the originals are recorded for reference (they were tuned for 8 GPUs); the CLI takes them as defaults
+only where they make sense on the user's hardware.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["Stage", "RECIPES", "get_stage"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    trainable_parts: tuple[str, ...]
+    learning_rate: float
+    description: str
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    modules_to_save_parts: tuple[str, ...] = ()  # parts trained fully next to LoRA (saved with the adapter)
+    part_learning_rates: dict[str, float] = field(default_factory=dict)
+    original_global_batch_size: int | None = None
+    original_epochs: float | None = None
+    warmup_ratio: float = 0.03
+    weight_decay: float = 0.0
+    lr_scheduler_type: str = "cosine"
+
+
+RECIPES: dict[str, dict[str, Stage]] = {
+    "llava": {
+        "stage1": Stage(
+            "stage1", ("connector",), 1e-3,
+            "feature alignment (LCS-558K captions): projector only, CLIP and LLM frozen (v1.5; v1 used 2e-3)",
+            original_global_batch_size=256, original_epochs=1,
+        ),
+        "stage2": Stage(
+            "stage2", ("connector", "language_model"), 2e-5,
+            "instruction tuning (llava_v1_5_mix665k): projector + LLM, CLIP frozen",
+            original_global_batch_size=128, original_epochs=1,
+        ),
+        "lora": Stage(
+            "lora", ("connector",), 2e-4,
+            "stage 2 with LoRA r128/alpha256 on the LLM and the projector trained fully at 2e-5",
+            lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector",),
+            part_learning_rates={"connector": 2e-5}, original_global_batch_size=128, original_epochs=1,
+        ),
+    },
+}
+
+
+def get_stage(model_name: str, stage: str) -> Stage:
+    if model_name not in RECIPES:
+        raise KeyError(f"no training recipe for {model_name!r}; available: {sorted(RECIPES)}")
+    stages = RECIPES[model_name]
+    if stage not in stages:
+        raise KeyError(f"{model_name} has no stage {stage!r}; available: {sorted(stages)}")
+    return stages[stage]

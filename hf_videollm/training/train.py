@@ -1,0 +1,268 @@
+"""The training entry point: ``train(TrainConfig(...))`` and ``hf-videollm train``.
+
+Model -> stage recipe (which parts train, full or LoRA/QLoRA, learning rates) -> data (validated up front) ->
+collator (chat template, assistant-only labels, media decoded in workers) -> ``VideoLLMTrainer`` on Accelerate
+(runs as is under ``accelerate launch`` / ``torchrun``) -> model + processor + training metadata saved.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .recipes import Stage, get_stage
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["TrainConfig", "train", "load_train_config", "TRAINING_METADATA"]
+
+TRAINING_METADATA = "hf_videollm_training.json"
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs. Every field is also a ``hf-videollm train --flag`` and a key of a config file."""
+
+    model: str  # a model directory / Hub id in hf_videollm format, or "tiny:<name>" for a tiny random model
+    data: list[str]  # json / jsonl / parquet files (LLaVA `conversations` or `messages` records)
+    output_dir: str
+    model_family: str | None = None  # recipe lookup ("llava", ...); inferred from the config when None
+    stage: str = "stage2"
+    mode: str | None = None  # "full" | "lora" | "qlora"; default: the stage's own (LoRA stages use "lora")
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_dropout: float | None = None
+    lora_vision_tower: bool = False
+    trainable_parts: list[str] | None = None  # override the stage's parts
+    learning_rate: float | None = None
+    part_learning_rates: dict[str, float] = field(default_factory=dict)  # e.g. {"vision_tower": 2e-6}
+    num_train_epochs: float = 1.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 1
+    gradient_accumulation_steps: int = 1
+    warmup_ratio: float | None = None
+    weight_decay: float | None = None
+    lr_scheduler_type: str | None = None
+    gradient_checkpointing: bool = False
+    max_length: int | None = None
+    max_visual_tokens: int | None = None
+    num_frames: int | None = None
+    video_fps: float | None = None
+    skip_invalid: bool = False
+    group_by_length: bool = False
+    dataloader_num_workers: int = 0
+    seed: int = 42
+    dtype: str = "float32"  # "bfloat16" for bf16 mixed precision on GPUs
+    logging_steps: int = 10
+    save_steps: int | None = None
+    save_total_limit: int | None = None
+    resume_from_checkpoint: str | bool | None = None
+    report_to: str = "none"
+    use_cpu: bool = False
+    extra_training_args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
+        if self.mode not in (None, "full", "lora", "qlora"):
+            raise ValueError(f"mode must be full, lora or qlora, got {self.mode!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+
+
+def load_train_config(path: str | Path, **overrides) -> TrainConfig:
+    """A JSON or YAML file with TrainConfig fields; ``overrides`` (e.g. CLI flags) win."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(text) or {}
+    else:
+        values = json.loads(text)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = set(values) - known
+    if unknown:
+        raise ValueError(f"{path}: unknown training option(s) {sorted(unknown)}; known: {sorted(known)}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)
+
+
+# ------------------------------------------------------------------------------------------------------ model
+def _materialize_tiny(name: str, output_dir: Path, seed: int) -> Path:
+    """Tiny random models have no checkpoint: save one, so LoRA export and QLoRA loading have a base on disk."""
+    from ..tiny import build_tiny
+
+    base = output_dir / "base_model"
+    if not (base / "config.json").is_file():
+        model, processor = build_tiny(name, seed=seed)
+        model.save_pretrained(base)
+        processor.save_pretrained(base)
+    return base
+
+
+def _family_of(config) -> str:
+    from ..registry import MODELS
+
+    for name, entry in MODELS.items():
+        if isinstance(config, entry.config_class):
+            return name
+    raise ValueError(f"{type(config).__name__} is not an hf_videollm model")
+
+
+def load_model_for_training(cfg: TrainConfig, stage: Stage, mode: str):
+    import hf_videollm  # noqa: F401  (Auto registration)
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    source = cfg.model
+    if source.startswith("tiny:"):
+        source = str(_materialize_tiny(source.split(":", 1)[1], Path(cfg.output_dir), cfg.seed))
+    dtype = getattr(torch, cfg.dtype)
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if mode == "qlora":
+        model_cls = AutoModelForImageTextToText._model_mapping[type(AutoConfig.from_pretrained(source))]
+        compute = dtype if dtype != torch.float32 or not torch.cuda.is_available() else torch.bfloat16
+        kwargs["quantization_config"] = model_cls.default_quantization_config(compute_dtype=compute)
+    model = AutoModelForImageTextToText.from_pretrained(source, **kwargs)
+    processor = AutoProcessor.from_pretrained(source)
+    return model, processor, source
+
+
+def apply_stage(model, stage: Stage, cfg: TrainConfig, mode: str):
+    """Freeze/unfreeze parts, attach LoRA where the mode asks; returns the (possibly PEFT-wrapped) model."""
+    parts = list(cfg.trainable_parts or stage.trainable_parts)
+    if mode == "full":
+        model.set_trainable_parts(parts)
+        return model
+    import peft
+
+    from .lora import default_lora_config
+
+    if mode == "qlora":
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    save_parts = [p for p in parts if p != "language_model"] or list(stage.modules_to_save_parts)
+    modules_to_save = [path for p in save_parts for path in model._parts[p]] or None
+    lora_config = default_lora_config(
+        model,
+        r=cfg.lora_r or stage.lora_r,
+        alpha=cfg.lora_alpha or stage.lora_alpha,
+        dropout=stage.lora_dropout if cfg.lora_dropout is None else cfg.lora_dropout,
+        vision_tower=cfg.lora_vision_tower,
+        modules_to_save=modules_to_save,
+    )
+    return peft.get_peft_model(model, lora_config)
+
+
+# ------------------------------------------------------------------------------------------------------ train
+def train(cfg: TrainConfig):
+    """Run one training stage. Returns the ``VideoLLMTrainer`` (``trainer.state`` holds the log history)."""
+    from transformers import TrainingArguments
+
+    from .collator import VideoLLMCollator
+    from .data import VideoLLMDataset, load_records
+    from .trainer import VideoLLMTrainer, unwrap_videollm
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    # Resolve the recipe before loading anything heavy.
+    if cfg.model_family is None:
+        if cfg.model.startswith("tiny:"):
+            cfg.model_family = cfg.model.split(":", 1)[1]
+        else:
+            from transformers import AutoConfig
+
+            import hf_videollm  # noqa: F401
+
+            cfg.model_family = _family_of(AutoConfig.from_pretrained(cfg.model))
+    stage = get_stage(cfg.model_family, cfg.stage)
+    mode = cfg.mode or ("lora" if stage.lora else "full")
+
+    model, processor, base_source = load_model_for_training(cfg, stage, mode)
+    for key, value in (("num_frames", cfg.num_frames), ("video_fps", cfg.video_fps), ("max_visual_tokens", cfg.max_visual_tokens)):
+        if value is not None:
+            setattr(processor, key, value)
+    if cfg.video_fps is not None and cfg.num_frames is None:
+        processor.num_frames = None
+
+    records = load_records(cfg.data)
+    dataset = VideoLLMDataset(records, processor, skip_invalid=cfg.skip_invalid)
+    model = apply_stage(model, stage, cfg, mode)
+    core = unwrap_videollm(model)
+    summary = core.trainable_parameters_summary()
+    logger.info("trainable parameters per part:\n%s", summary)
+    print(f"stage {stage.name} ({mode}): {stage.description}\n{summary}")
+
+    lr = cfg.learning_rate if cfg.learning_rate is not None else stage.learning_rate
+    part_lrs = {**stage.part_learning_rates, **cfg.part_learning_rates}
+    args = TrainingArguments(
+        output_dir=str(out),
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=lr,
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        lr_scheduler_type=cfg.lr_scheduler_type or stage.lr_scheduler_type,
+        warmup_steps=stage.warmup_ratio if cfg.warmup_ratio is None else cfg.warmup_ratio,
+        weight_decay=stage.weight_decay if cfg.weight_decay is None else cfg.weight_decay,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=cfg.dtype == "bfloat16" and mode != "qlora",
+        fp16=cfg.dtype == "float16",
+        report_to=cfg.report_to,
+        remove_unused_columns=False,  # samples are chat messages; the collator builds model inputs
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # works with frozen towers
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        use_cpu=cfg.use_cpu,
+        **cfg.extra_training_args,
+    )
+    collator = VideoLLMCollator(processor, max_length=cfg.max_length)
+    trainer = VideoLLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        processing_class=processor.tokenizer,
+        part_learning_rates=part_lrs,
+        sample_lengths=dataset.lengths if cfg.group_by_length else None,
+    )
+    result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(out))
+        processor.save_pretrained(out)
+        meta = {
+            "base_model": base_source,
+            "model_family": cfg.model_family,
+            "stage": dataclasses.asdict(stage),
+            "mode": mode,
+            "data": [str(Path(d).resolve()) for d in cfg.data],
+            "num_samples": len(dataset),
+            "dropped_samples": collator.dropped,
+            "hyperparameters": {
+                "learning_rate": lr, "part_learning_rates": part_lrs, "epochs": cfg.num_train_epochs,
+                "max_steps": cfg.max_steps, "per_device_train_batch_size": cfg.per_device_train_batch_size,
+                "gradient_accumulation_steps": cfg.gradient_accumulation_steps,
+                "world_size": int(os.environ.get("WORLD_SIZE", "1")), "seed": cfg.seed, "dtype": cfg.dtype,
+            },
+            "evaluation_preset": {
+                "num_frames": getattr(processor, "num_frames", None),
+                "video_fps": getattr(processor, "video_fps", None),
+                "image_size": getattr(processor, "image_size", None),
+                "chat_template": "chat_template.jinja",
+            },
+            "train_loss": result.training_loss,
+        }
+        (out / TRAINING_METADATA).write_text(json.dumps(meta, indent=2, default=str))
+    return trainer
