@@ -1,4 +1,4 @@
-"""``hf-videollm`` command line: demo | chat | convert | bench."""
+"""``hf-videollm`` command line: demo | chat | convert | train | export | push | bench."""
 
 from __future__ import annotations
 
@@ -34,6 +34,70 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from .chat import run_chat
 
     return run_chat(args)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training.train import TrainConfig, load_train_config, train
+
+    values = {f: getattr(args, f) for f in _train_fields() if getattr(args, f, None) is not None}
+    if args.config:
+        cfg = load_train_config(args.config, **values)
+    else:
+        missing = [f for f in ("model", "data", "output_dir") if f not in values]
+        if missing:
+            raise ValueError(f"give --config FILE or --{' --'.join(m.replace('_', '-') for m in missing)}")
+        cfg = TrainConfig(**values)
+    trainer = train(cfg)
+    if trainer.is_world_process_zero():
+        print(f"saved to {cfg.output_dir}")
+    return 0
+
+
+def _train_fields():
+    import dataclasses
+
+    from .training.train import TrainConfig
+
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``--per-device-train-batch-size``...); a config file gives the rest."""
+    import json
+    import typing
+
+    for name, f in _train_fields().items():
+        flag = "--" + name.replace("_", "-")
+        hint = str(f.type)
+        if "bool" in hint and "str" not in hint:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        elif "list" in hint:
+            p.add_argument(flag, dest=name, nargs="+", default=None)
+        elif "dict" in hint:
+            p.add_argument(flag, dest=name, type=json.loads, default=None, help="JSON object")
+        elif "float" in hint and "int" not in hint:
+            p.add_argument(flag, dest=name, type=float, default=None)
+        elif hint.startswith("int"):
+            p.add_argument(flag, dest=name, type=int, default=None)
+        else:
+            p.add_argument(flag, dest=name, default=None)
+    del typing
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .training.export import export_model
+
+    out = export_model(args.checkpoint, args.out, dtype=args.dtype, base=args.base)
+    print(f"exported to {out}")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    from .training.hub import push_to_hub
+
+    url = push_to_hub(args.model_dir, args.repo_id, private=args.private, token=args.token)
+    print(url)
+    return 0
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -77,6 +141,25 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--load-in-4bit", action="store_true", help="quantize the language model with bitsandbytes")
     ch.add_argument("--attn", default=None, choices=[None, "eager", "sdpa", "flash_attention_2"])
     ch.set_defaults(func=_cmd_chat)
+
+    t = sub.add_parser("train", help="fine-tune with the model's stage recipe (full, LoRA or QLoRA) on Trainer/Accelerate")
+    t.add_argument("--config", default=None, help="JSON or YAML file with TrainConfig fields (flags override it)")
+    _add_train_flags(t)
+    t.set_defaults(func=_cmd_train)
+
+    e = sub.add_parser("export", help="merge LoRA into 16-bit weights and save model + processor + chat template")
+    e.add_argument("checkpoint", help="training output directory (or a checkpoint-N inside it)")
+    e.add_argument("out", help="output directory")
+    e.add_argument("--dtype", default="bfloat16", choices=["float32", "float16", "bfloat16"])
+    e.add_argument("--base", default=None, help="base model of a LoRA run (default: as recorded by training)")
+    e.set_defaults(func=_cmd_export)
+
+    pu = sub.add_parser("push", help="push a model directory to the Hub with a generated model card")
+    pu.add_argument("model_dir")
+    pu.add_argument("repo_id")
+    pu.add_argument("--private", action="store_true")
+    pu.add_argument("--token", default=None)
+    pu.set_defaults(func=_cmd_push)
 
     b = sub.add_parser("bench", help="measure media encoding and generation throughput")
     b.add_argument("--model", default="llava", help="registered name (tiny random model) or a model directory")

@@ -1,0 +1,263 @@
+"""Training: data validation, collator labels and truncation, stage recipes, LoRA/QLoRA, loss goes down, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hf_videollm.processors.base import ProcessorInputError
+from hf_videollm.tiny import build_tiny
+from hf_videollm.training import (
+    InvalidDataError,
+    TrainConfig,
+    VideoLLMCollator,
+    VideoLLMDataset,
+    load_records,
+    normalize_record,
+    train,
+    validate_records,
+)
+from hf_videollm.training.trainer import unwrap_videollm
+
+COLORS = ["red", "blue", "green", "yellow"]
+
+
+def _write_image(path, color_idx: int, seed: int):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 40, (32, 32, 3), dtype=np.uint8)
+    img[8:24, 8:24] = np.array([[255, 0, 0], [0, 0, 255], [0, 255, 0], [255, 255, 0]][color_idx], dtype=np.uint8)
+    Image.fromarray(img).save(path)
+
+
+def _dataset(tmp_path, n=8, text_only=0, extra=()):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    rows = []
+    for i in range(n):
+        c = i % len(COLORS)
+        _write_image(tmp_path / "img" / f"{i}.png", c, i)
+        if i % 2 == 0:
+            rows.append({"id": i, "image": f"img/{i}.png", "conversations": [
+                {"from": "human", "value": "<image>\nwhat color is the square"}, {"from": "gpt", "value": COLORS[c]}]})
+        else:
+            rows.append({"id": i, "messages": [
+                {"role": "user", "content": [{"type": "image", "image": f"img/{i}.png"},
+                                             {"type": "text", "text": "what color is the square"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": COLORS[c]}]}]})
+    for i in range(text_only):
+        rows.append({"id": 100 + i, "messages": [{"role": "user", "content": "say yes"},
+                                                 {"role": "assistant", "content": "yes"}]})
+    rows.extend(extra)
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_llava():
+    model, processor = build_tiny("llava", seed=0)
+    return model, processor
+
+
+def test_both_record_formats_normalize_to_the_same_messages(tmp_path):
+    path = _dataset(tmp_path, n=2)
+    recs = load_records(path)
+    a, b = normalize_record(recs[0]), normalize_record(recs[1])
+    for msgs in (a, b):
+        assert [m["role"] for m in msgs] == ["user", "assistant"]
+        kinds = [p["type"] for p in msgs[0]["content"]]
+        assert kinds == ["image", "text"]
+        assert msgs[0]["content"][0]["image"].startswith(str(tmp_path))  # resolved against the data file
+    assert a[0]["content"][1]["text"] == "what color is the square"  # "<image>\n" consumed with its newline
+
+
+def test_validation_reports_every_bad_sample_with_its_index(tmp_path, tiny_llava):
+    _, processor = tiny_llava
+    bad = [
+        {"image": "img/missing.png", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]},
+        {"conversations": [{"from": "human", "value": "<image> <image>\nq"}, {"from": "gpt", "value": "a"}], "image": "img/0.png"},
+        {"messages": []},
+        {"messages": [{"role": "user", "content": "only a question"}]},
+        {"something": "else"},
+    ]
+    path = _dataset(tmp_path, n=2, extra=bad)
+    problems = validate_records(load_records(path), processor)
+    by_index = {p.index: p.reason for p in problems}
+    assert set(by_index) == {2, 3, 4, 5, 6}
+    assert "not found" in by_index[2]
+    assert "markers" in by_index[3]
+    assert "empty" in by_index[4]
+    assert "assistant" in by_index[5]
+    with pytest.raises(InvalidDataError) as e:
+        VideoLLMDataset(load_records(path), processor)
+    assert "sample 2" in str(e.value) and "skip_invalid" in str(e.value)
+    ds = VideoLLMDataset(load_records(path), processor, skip_invalid=True)
+    assert len(ds) == 2
+
+
+def test_collator_supervises_only_assistant_tokens_and_right_pads(tmp_path, tiny_llava):
+    _, processor = tiny_llava
+    ds = VideoLLMDataset(load_records(_dataset(tmp_path, n=2, text_only=1)), processor)
+    collator = VideoLLMCollator(processor)
+    batch = collator([ds[0], ds[2]])  # an image sample and a text-only sample in one batch
+    tok = processor.tokenizer
+    assert batch["pixel_values"].shape[0] == 1
+    for row in range(2):
+        labels = batch["labels"][row]
+        supervised = labels[labels != -100].tolist()
+        answer = "red" if row == 0 else "yes"
+        assert tok.decode(supervised) == f"{answer} </s>"  # the answer and its end-of-turn token, nothing else
+    # right padding, padding never supervised
+    mask = batch["attention_mask"]
+    assert mask[:, 0].all() and not mask[1, -1]
+    assert (batch["labels"][mask == 0] == -100).all()
+    # no media position is supervised
+    assert (batch["labels"][batch["input_ids"] == processor.image_token_id] == -100).all()
+
+
+def test_truncation_never_cuts_a_media_span(tmp_path, tiny_llava):
+    _, processor = tiny_llava
+    long_answer = " ".join(["red"] * 60)
+    extra = [{"image": "img/0.png", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": long_answer}]}]
+    ds = VideoLLMDataset(load_records(_dataset(tmp_path, n=1, extra=extra)), processor)
+    n_img = processor.estimate_media_tokens({"image": [1]})
+    # text is shortened from the end when the cut stays after the image
+    col = VideoLLMCollator(processor, max_length=n_img + 40)
+    out = col([ds[1]])
+    assert out["input_ids"].shape[1] == n_img + 40
+    assert (out["input_ids"][0] == processor.image_token_id).sum() == n_img
+    assert (out["labels"] != -100).any()
+    # a limit inside the media span drops the sample with a reason (or fails on request)
+    col = VideoLLMCollator(processor, max_length=n_img // 2)
+    with pytest.raises(ProcessorInputError, match="dropped"):
+        col([ds[1]])
+    assert col.dropped and "past max_length" in col.dropped[0][1]
+    with pytest.raises(ProcessorInputError, match="max_length"):
+        VideoLLMCollator(processor, max_length=n_img // 2, on_overflow="error")([ds[1]])
+    # per-sample visual-token budget
+    processor.max_visual_tokens = n_img - 1
+    try:
+        col = VideoLLMCollator(processor)
+        with pytest.raises(ProcessorInputError, match="dropped"):
+            col([ds[0]])
+        assert "budget" in col.dropped[0][1]
+    finally:
+        processor.max_visual_tokens = None
+
+
+def _losses(trainer):
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def test_full_stage2_training_lowers_the_loss(tmp_path):
+    data = _dataset(tmp_path, n=8)
+    trainer = train(TrainConfig(
+        model="tiny:llava", data=[str(data)], output_dir=str(tmp_path / "out"), stage="stage2",
+        max_steps=24, per_device_train_batch_size=4, learning_rate=3e-3, logging_steps=1, warmup_ratio=0.0,
+    ))
+    losses = _losses(trainer)
+    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
+    meta = json.loads((tmp_path / "out" / "hf_videollm_training.json").read_text())
+    assert meta["stage"]["name"] == "stage2" and meta["mode"] == "full"
+
+
+def test_stage1_trains_the_connector_only_with_its_recipe_lr(tmp_path):
+    data = _dataset(tmp_path, n=4)
+    before = build_tiny("llava", seed=42)[0].state_dict()  # tiny:llava bases are built with the run's seed
+    trainer = train(TrainConfig(model="tiny:llava", data=[str(data)], output_dir=str(tmp_path / "out"),
+                                stage="stage1", max_steps=2, per_device_train_batch_size=2))
+    core = unwrap_videollm(trainer.model)
+    trainable = {core.part_of_parameter(n) for n, p in core.named_parameters() if p.requires_grad}
+    assert trainable == {"connector"}
+    assert trainer.args.learning_rate == 1e-3
+    after = core.state_dict()
+    changed = {core.part_of_parameter(k) for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {"connector"}
+
+
+def test_lora_stage_and_part_learning_rates(tmp_path):
+    data = _dataset(tmp_path, n=4)
+    trainer = train(TrainConfig(model="tiny:llava", data=[str(data)], output_dir=str(tmp_path / "out"),
+                                stage="lora", lora_r=4, lora_alpha=8, max_steps=2, per_device_train_batch_size=2,
+                                part_learning_rates={"vision_tower": 1e-6}, lora_vision_tower=False))
+    names = [n for n, p in trainer.model.named_parameters() if p.requires_grad]
+    lora = [n for n in names if "lora_" in n]
+    assert lora and all(".language_model." in n for n in lora)
+    full = [n for n in names if "lora_" not in n]
+    assert full and all("multi_modal_projector" in n for n in full)  # connector trained fully (modules_to_save)
+    lrs = {g["lr"] for g in trainer.optimizer.param_groups}
+    assert lrs  # scheduler has run; check initial lrs per group instead
+    initial = sorted({g["initial_lr"] for g in trainer.optimizer.param_groups})
+    assert initial == [2e-5, 2e-4]  # connector at the recipe's mm_projector_lr, LoRA at the stage lr
+    assert (tmp_path / "out" / "adapter_config.json").is_file()
+
+
+def test_qlora_step_runs(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    data = _dataset(tmp_path, n=4)
+    trainer = train(TrainConfig(model="tiny:llava", data=[str(data)], output_dir=str(tmp_path / "out"),
+                                stage="lora", mode="qlora", lora_r=4, lora_alpha=8, max_steps=2,
+                                per_device_train_batch_size=2, logging_steps=1))
+    kinds = {type(m).__name__ for n, m in trainer.model.named_modules() if "language_model" in n}
+    assert "Linear4bit" in kinds
+    assert all(np.isfinite(loss) for loss in _losses(trainer))
+
+
+def test_gradient_checkpointing_with_frozen_tower(tmp_path):
+    data = _dataset(tmp_path, n=4, text_only=2)
+    trainer = train(TrainConfig(model="tiny:llava", data=[str(data)], output_dir=str(tmp_path / "out"),
+                                stage="stage2", max_steps=3, per_device_train_batch_size=3,
+                                gradient_checkpointing=True, group_by_length=True, logging_steps=1))
+    core = unwrap_videollm(trainer.model)
+    assert core.language_model.model.gradient_checkpointing
+    assert all(np.isfinite(loss) for loss in _losses(trainer))
+
+
+_RESUME_SCRIPT = """
+import os, sys
+from transformers import TrainerCallback
+from hf_videollm.training import TrainConfig, train
+from hf_videollm.training.trainer import VideoLLMTrainer
+
+class Kill(TrainerCallback):
+    def on_step_end(self, args, state, control, **kw):
+        if state.global_step == 4:  # after checkpoint-3 was written
+            os._exit(17)
+
+orig = VideoLLMTrainer.__init__
+def init(self, *a, **k):
+    orig(self, *a, **k)
+    self.add_callback(Kill())
+VideoLLMTrainer.__init__ = init
+train(TrainConfig(model="tiny:llava", data=[sys.argv[1]], output_dir=sys.argv[2], stage="stage2", max_steps=6,
+                  save_steps=3, per_device_train_batch_size=2, learning_rate=1e-3))
+"""
+
+
+def test_resume_after_a_kill_gives_the_same_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    data = _dataset(tmp_path, n=8)
+    common = dict(model="tiny:llava", data=[str(data)], stage="stage2", max_steps=6, save_steps=3,
+                  per_device_train_batch_size=2, learning_rate=1e-3)
+    train(TrainConfig(output_dir=str(tmp_path / "straight"), **common))
+
+    killed = tmp_path / "killed"
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(_RESUME_SCRIPT))
+    res = subprocess.run([sys.executable, str(script), str(data), str(killed)], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 17, res.stderr[-2000:]
+    assert (killed / "checkpoint-3").is_dir() and not (killed / "model.safetensors").exists()
+    train(TrainConfig(output_dir=str(killed), resume_from_checkpoint=True, **common))
+
+    a = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    b = load_file(str(killed / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
