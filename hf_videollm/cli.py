@@ -95,7 +95,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_push(args: argparse.Namespace) -> int:
     from .training.hub import push_to_hub
 
-    url = push_to_hub(args.model_dir, args.repo_id, private=args.private, token=args.token)
+    url = push_to_hub(
+        args.model_dir, args.repo_id, private=args.private, token=args.token,
+        create_pr=args.create_pr, overwrite_card=args.overwrite_card,
+    )
     print(url)
     return 0
 
@@ -159,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("repo_id")
     pu.add_argument("--private", action="store_true")
     pu.add_argument("--token", default=None)
+    pu.add_argument("--create-pr", action="store_true")
+    pu.add_argument("--overwrite-card", action="store_true", help="replace a hand-written README.md")
     pu.set_defaults(func=_cmd_push)
 
     b = sub.add_parser("bench", help="measure media encoding and generation throughput")
@@ -178,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"hf-videollm {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -190,7 +190,7 @@ def convert_llava(
         tokenizer.pad_token = tokenizer.unk_token  # as LLaVA's training/eval code
     use_start_end = bool(orig.get("mm_use_im_start_end", False))
     if use_start_end:
-        image_token, image_token_id = "<im_patch>", _token_id(tokenizer, "<im_patch>")
+        image_token_id = _token_id(tokenizer, "<im_patch>")
         if image_token_id is None or image_token_id == tokenizer.unk_token_id:
             raise ConversionError("mm_use_im_start_end is set but the tokenizer has no <im_patch> token")
         _add_placeholder_tokens(tokenizer, "<image>", "<video>")

@@ -118,8 +118,9 @@ def _family_of(config) -> str:
 
 
 def load_model_for_training(cfg: TrainConfig, stage: Stage, mode: str):
-    import hf_videollm  # noqa: F401  (Auto registration)
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    import hf_videollm  # noqa: F401  (Auto registration)
 
     source = cfg.model
     if source.startswith("tiny:"):
@@ -234,7 +235,7 @@ def train(cfg: TrainConfig):
         args=args,
         train_dataset=dataset,
         data_collator=collator,
-        processing_class=processor.tokenizer,
+        processing_class=processor,  # saved into every checkpoint-N, so any checkpoint can be exported
         part_learning_rates=part_lrs,
         sample_lengths=dataset.lengths if cfg.group_by_length else None,
     )
@@ -243,11 +244,11 @@ def train(cfg: TrainConfig):
         trainer.save_model(str(out))
         processor.save_pretrained(out)
         meta = {
-            "base_model": base_source,
+            "base_model": str(Path(base_source).resolve()) if Path(base_source).exists() else base_source,
             "model_family": cfg.model_family,
             "stage": dataclasses.asdict(stage),
             "mode": mode,
-            "data": [str(Path(d).resolve()) for d in cfg.data],
+            "data": [Path(d).name for d in cfg.data],
             "num_samples": len(dataset),
             "dropped_samples": collator.dropped,
             "hyperparameters": {
