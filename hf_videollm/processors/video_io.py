@@ -1,0 +1,1459 @@
+"""Video and audio I/O for hf_videollm: timestamp-exact frame sampling with seeking, audio decoding, and a writer.
+
+Decoding uses PyAV (always available); ``torchcodec`` is an optional backend used only when importable.
+
+Frame sampling works on *timestamps*, never on frame counts from the container header:
+
+* Sampling targets are computed in seconds relative to the first frame of the stream (first frame = 0.0) inside the
+  window ``[start, end)``.
+* For every target the returned frame is the one whose display interval contains the target, i.e. the last frame
+  with ``pts <= target`` (targets before the first frame return the first frame).
+* ``mode="exact"`` seeks to the keyframe at or before each target and decodes forward to it. When the next target
+  lies before the next keyframe after the current decode position, decoding simply continues instead of seeking.
+* ``mode="keyframe"`` snaps every target to the nearest keyframe (when the container has a keyframe index, else the
+  keyframe at or before the target), decodes only that keyframe and reports its true timestamp. Use it for very long
+  videos where approximate sampling is acceptable.
+
+Container header quirks handled here: a frame count of 0 or a wrong one (Matroska/WebM written by PyAV/FFmpeg store
+none), variable frame rate, non-zero stream start time, and display-matrix rotation (applied to the returned frames).
+
+How the stream is probed (``_PyAVReader.probe``):
+
+* MP4/MOV (complete sample index: ``len(stream.index_entries) == stream.frames``): frame count, keyframes and frame
+  indices come from FFmpeg's index, for free. Its timestamps are DTS; keyframe pts are taken as
+  ``dts + (first pts - first dts)`` (only used to decide between seeking and decoding on; FFmpeg's MP4 seek itself
+  is pts-aware).
+* Anything else in exact mode (Matroska/WebM, MPEG-TS, fragmented MP4, ...): one demux-only pass over the packets
+  (no decoding; costs about one read of the file) gives the exact frame count, every frame pts, keyframes and the
+  duration. Matroska's ``avg_frame_rate`` is the nominal default duration, not the average of a VFR stream, so
+  ``fps`` is ``frames / duration`` there.
+* Keyframe mode never scans: keyframes come from the index (Matroska cues are loaded by FFmpeg on the first seek),
+  the end of the stream from demuxing the packets after a seek close to the end; frame count / indices are then
+  estimates (``duration * fps``, ``round(t * fps)``) when the container has no complete index.
+
+Other PyAV / FFmpeg behaviour worth knowing:
+
+* Matroska/WebM have no per-stream duration; the per-track ``DURATION`` tag (and ``container.duration``) is the
+  absolute end time, i.e. it includes the start offset, while MP4's ``stream.duration`` is relative to the first
+  frame. ``metadata.duration`` is always first-frame start to last-frame end.
+* Timestamps are stored rounded (Matroska: 1 ms), so a target converts to the *nearest* tick; targets that fall on
+  an exact frame boundary then select the same frame in every container.
+* PyAV exposes the display matrix only on decoded frames (``frame.rotation``, counter-clockwise degrees); the legacy
+  ``rotate`` stream tag is used as fallback. Mirroring (flips) in the display matrix is not applied.
+* Corrupt packets are skipped (counted and logged); a stream with no decodable frame, or data that ends well before
+  the duration declared by its header (truncated download), raises :class:`VideoDecodeError`. All loops are bounded
+  by the number of packets, seeks are retried a bounded number of times, so broken files cannot hang the loader.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import io
+import logging
+import math
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "AudioDecodeError",
+    "BackendUnavailableError",
+    "DecodeStats",
+    "VideoDecodeError",
+    "VideoMetadata",
+    "load_audio",
+    "load_video",
+    "track_decoding",
+    "write_video",
+]
+
+#: ``load_video`` without ``num_frames``/``fps`` returns every frame of the window; refuse when the result would exceed
+#: this many bytes (pass ``num_frames``, ``fps`` or ``max_frames`` instead).
+ALL_FRAMES_MAX_BYTES = 4 * 1024**3
+
+_AV_TIME_BASE = 1_000_000
+# Re-seek back-off (seconds) used when a seek lands after the target (broken or unusual indexes).
+_SEEK_BACKOFF_S = (1.0, 4.0, 16.0, 64.0)
+# Without a keyframe index, keep decoding forward (instead of seeking) when the next target is this close (seconds).
+_DEFAULT_FORWARD_WINDOW_S = 2.0
+# Upper bound for packets read while probing the tail of a stream (safety net against pathological files).
+_MAX_TAIL_PACKETS = 200_000
+# load_audio decodes from the beginning (sample exact) unless start is further than this (seconds): then it seeks.
+_AUDIO_SEEK_MIN_S = 10.0
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Errors, metadata, instrumentation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class VideoDecodeError(ValueError):
+    """Raised for every bad input: missing/empty/corrupt/truncated files, non-video data and invalid arguments.
+
+    The message names the source, what is wrong and how to fix it.
+    """
+
+
+class AudioDecodeError(VideoDecodeError):
+    """Raised by :func:`load_audio` (no audio stream, undecodable audio, bad arguments)."""
+
+
+class BackendUnavailableError(VideoDecodeError, ImportError):
+    """The requested decoding backend (e.g. ``torchcodec``) is not installed."""
+
+
+@dataclass
+class VideoMetadata:
+    """Metadata of a :func:`load_video` result.
+
+    Attributes:
+        timestamps: presentation time in seconds of each returned frame, relative to the first frame of the stream
+            (first frame = 0.0). Always the true decoded pts, also in keyframe mode.
+        frame_indices: index of each returned frame in the decoder output order of the stream (0 = first frame).
+            Exact when it can be derived from a complete sample index (MP4/MOV), from a packet scan (Matroska/WebM and
+            other containers in exact mode), or when decoding started at the first frame; otherwise (keyframe mode on
+            containers without a complete index, torchcodec backend) estimated as ``round(timestamp * fps)``, which is
+            exact for constant frame rate.
+        fps: average frame rate of the source (``total_frames / duration`` when derived from a scan).
+        duration: duration of the video stream in seconds (first frame start to last frame end).
+        total_frames: number of frames of the stream (never blindly taken from a 0 or inconsistent header).
+        width, height: size of the returned frames (after rotation).
+        rotation: clockwise rotation in degrees (0/90/180/270) that was applied to the returned frames so they are
+            upright; this is the legacy ``rotate`` tag convention, i.e. ``-display_matrix_rotation % 360``.
+        backend: ``"pyav"`` or ``"torchcodec"``.
+        requested_timestamps: the sampling targets (seconds, same time origin as ``timestamps``).
+    """
+
+    timestamps: list[float]
+    frame_indices: list[int]
+    fps: float
+    duration: float
+    total_frames: int
+    width: int
+    height: int
+    rotation: int
+    backend: str
+    requested_timestamps: list[float] = field(default_factory=list)
+
+
+@dataclass
+class DecodeStats:
+    """Counters filled by :func:`track_decoding` (frames produced by the video decoder, seeks, packet scans)."""
+
+    frames_decoded: int = 0
+    seeks: int = 0
+    packets_scanned: int = 0
+
+
+_ACTIVE_STATS: list[DecodeStats] = []
+
+
+@contextlib.contextmanager
+def track_decoding() -> Iterator[DecodeStats]:
+    """Count the work done by :func:`load_video` inside the ``with`` block (used by tests and benchmarks)."""
+    stats = DecodeStats()
+    _ACTIVE_STATS.append(stats)
+    try:
+        yield stats
+    finally:
+        _ACTIVE_STATS.remove(stats)
+
+
+def _count(attr: str, n: int = 1) -> None:
+    for stats in _ACTIVE_STATS:
+        setattr(stats, attr, getattr(stats, attr) + n)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Opening sources
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _describe(source: Any) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return f"'{os.fspath(source)}'"
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return f"<{len(source)} bytes of in-memory data>"
+    name = getattr(source, "name", None)
+    if isinstance(name, str):
+        return f"'{name}' (file object)"
+    return f"<{type(source).__name__} file object>"
+
+
+@contextlib.contextmanager
+def _open_container(source: Any, error_cls: type[VideoDecodeError] = VideoDecodeError):
+    """Open ``source`` (path, bytes or binary file-like) with PyAV; yields ``(container, name)``."""
+    name = _describe(source)
+    restore_pos: tuple[Any, int] | None = None
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise error_cls(f"{name}: file does not exist; check the path (cwd is '{os.getcwd()}').")
+        if not path.is_file():
+            raise error_cls(f"{name}: is not a regular file (a directory?); pass the path of a media file.")
+        if path.stat().st_size == 0:
+            raise error_cls(f"{name}: file is empty (0 bytes); the download or the encoder that wrote it failed.")
+        target: Any = str(path)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise error_cls(f"{name}: the data is empty (0 bytes); pass the complete content of a media file.")
+        target = io.BytesIO(bytes(source))
+    elif hasattr(source, "read"):
+        seekable = False
+        with contextlib.suppress(Exception):
+            seekable = bool(source.seekable()) if hasattr(source, "seekable") else False
+        if seekable:
+            # FFmpeg addresses the data with absolute offsets, so the whole object is read from offset 0.
+            pos = source.tell()
+            size = source.seek(0, io.SEEK_END)
+            source.seek(0)
+            restore_pos = (source, pos)
+            if size == 0:
+                source.seek(pos)
+                raise error_cls(
+                    f"{name}: the file object is empty (0 bytes); pass the complete content of a media file."
+                )
+            target = source
+        else:
+            data = source.read()
+            if not data:
+                raise error_cls(f"{name}: the file object returned no data; pass the complete content of a media file.")
+            target = io.BytesIO(data)
+    else:
+        raise error_cls(
+            f"unsupported source type {type(source).__name__}: pass a path (str/Path), bytes, or a binary file object."
+        )
+    try:
+        container = av.open(target, mode="r", metadata_errors="ignore")
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
+        if restore_pos is not None:
+            restore_pos[0].seek(restore_pos[1])
+        raise error_cls(
+            f"{name}: could not be opened as a media file ({exc}). The data is corrupt, truncated, or not an "
+            "audio/video container; re-download it or re-encode it (e.g. `ffmpeg -i in -c:v libx264 out.mp4`)."
+        ) from exc
+    try:
+        yield container, name
+    finally:
+        container.close()
+        if restore_pos is not None:
+            with contextlib.suppress(Exception):
+                restore_pos[0].seek(restore_pos[1])
+
+
+def _streams_summary(container) -> str:
+    kinds = [s.type for s in container.streams]
+    return ", ".join(kinds) if kinds else "none"
+
+
+def _pick_video_stream(container, name: str):
+    streams = list(container.streams.video)
+    if not streams:
+        raise VideoDecodeError(
+            f"{name}: contains no video stream (streams found: {_streams_summary(container)}). Is it an audio, "
+            "image or text file? Pass a video file (for audio use load_audio)."
+        )
+    for s in streams:  # skip cover art ("attached pictures")
+        with contextlib.suppress(Exception):
+            if s.disposition & av.stream.Disposition.attached_pic:
+                continue
+        return s
+    return streams[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Argument validation and sampling targets
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _check_positive_int(value: Any, what: str, name: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise VideoDecodeError(f"{name}: {what} must be a positive integer, got {value!r}.")
+
+
+def _validate_args(name, num_frames, fps, start, end, mode, max_frames, sampling, backend) -> None:
+    if num_frames is not None and fps is not None:
+        raise VideoDecodeError(
+            f"{name}: pass either num_frames or fps, not both (got num_frames={num_frames!r}, fps={fps!r})."
+        )
+    if num_frames is not None:
+        _check_positive_int(num_frames, "num_frames", name)
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            raise VideoDecodeError(f"{name}: fps must be a positive finite number, got {fps!r}.")
+    if max_frames is not None:
+        _check_positive_int(max_frames, "max_frames", name)
+    for label, value in (("start", start), ("end", end)):
+        if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
+            raise VideoDecodeError(f"{name}: {label} must be a finite number of seconds >= 0, got {value!r}.")
+    if start is not None and end is not None and start >= end:
+        raise VideoDecodeError(f"{name}: start ({start}) must be smaller than end ({end}).")
+    if mode not in ("exact", "keyframe"):
+        raise VideoDecodeError(f"{name}: mode must be 'exact' or 'keyframe', got {mode!r}.")
+    if sampling not in ("uniform", "linspace"):
+        raise VideoDecodeError(f"{name}: sampling must be 'uniform' or 'linspace', got {sampling!r}.")
+    if backend not in ("pyav", "torchcodec", "auto"):
+        raise VideoDecodeError(f"{name}: backend must be 'pyav', 'torchcodec' or 'auto', got {backend!r}.")
+
+
+def _resolve_window(name: str, duration: float, start: float | None, end: float | None) -> tuple[float, float]:
+    lo = float(start or 0.0)
+    if lo >= duration:
+        raise VideoDecodeError(
+            f"{name}: start={lo:.3f}s is beyond the end of the video (duration {duration:.3f}s); pass a smaller start."
+        )
+    hi = duration if end is None else min(float(end), duration)
+    return lo, hi
+
+
+def _downsample(targets: list, max_frames: int, sampling: str) -> list:
+    n = len(targets)
+    if n <= max_frames:
+        return targets
+    if sampling == "linspace":
+        picks = np.round(np.linspace(0, n - 1, max_frames)).astype(int)
+    else:
+        picks = np.floor((np.arange(max_frames) + 0.5) * n / max_frames).astype(int)
+    return [targets[int(i)] for i in picks]
+
+
+def _sampling_targets(
+    lo: float, hi: float, num_frames: int | None, fps: float | None, sampling: str, last: float | None = None
+) -> list[float]:
+    """Targets (seconds) inside ``[lo, hi)``; ``last`` is the start time of the last frame of the window (for
+    ``linspace``). See :func:`load_video` for the rules."""
+    span = hi - lo
+    last = lo if last is None else min(max(lo, last), hi)
+    if num_frames is not None:
+        if sampling == "linspace":
+            if num_frames == 1:
+                return [lo]
+            return [float(x) for x in np.linspace(lo, last, num_frames)]
+        return [lo + (i + 0.5) * span / num_frames for i in range(num_frames)]
+    assert fps is not None
+    if sampling == "linspace":
+        n = max(1, math.ceil(span * fps - 1e-9))
+        return [lo + i / fps for i in range(n)]
+    n = math.ceil(span * fps - 0.5 - 1e-9)
+    if n < 1:
+        return [lo + span / 2]
+    return [lo + (i + 0.5) / fps for i in range(n)]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# PyAV decoding machinery
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Frame:
+    pts: int
+    index: int | None
+    frame: Any  # av.VideoFrame (dropped once converted to RGB)
+    key: bool
+
+
+class _KeyIndex:
+    """Keyframe positions (pts domain) from a packet scan or from FFmpeg's per-stream index."""
+
+    def __init__(self, stream, shift: int, complete: bool, scan_keys: list[int] | None = None):
+        self.stream = stream
+        self.shift = shift  # index timestamp + shift ~= pts (MP4 index timestamps are dts)
+        self.complete = complete
+        self.scan_keys = scan_keys
+
+    def _entries(self):
+        return self.stream.index_entries
+
+    def _key_ts(self, pos: int) -> int | None:
+        entry = self._entries()[pos]
+        return entry.timestamp + self.shift
+
+    def covers(self, pts: int) -> bool:
+        if self.complete:
+            return True
+        ie = self._entries()
+        n = len(ie)
+        if n < 2:
+            return False
+        return ie[n - 1].timestamp + self.shift >= pts
+
+    def next_key_after(self, pts: int) -> int | None:
+        """First keyframe with pts strictly greater than ``pts`` (``None``: none known)."""
+        if self.scan_keys is not None:
+            i = bisect.bisect_right(self.scan_keys, pts)
+            return self.scan_keys[i] if i < len(self.scan_keys) else None
+        ie = self._entries()
+        if len(ie) == 0:
+            return None
+        pos = ie.search_timestamp(pts - self.shift + 1, backward=False, any_frame=False)
+        return None if pos < 0 else self._key_ts(pos)
+
+    def key_at_or_before(self, pts: int) -> int | None:
+        if self.scan_keys is not None:
+            i = bisect.bisect_right(self.scan_keys, pts)
+            return self.scan_keys[i - 1] if i > 0 else None
+        ie = self._entries()
+        if len(ie) == 0:
+            return None
+        pos = ie.search_timestamp(pts - self.shift, backward=True, any_frame=False)
+        return None if pos < 0 else self._key_ts(pos)
+
+    def key_at_or_after(self, pts: int) -> int | None:
+        return self.next_key_after(pts - 1)
+
+
+@dataclass
+class _StreamInfo:
+    first_pts: int
+    duration_pts: int
+    fps: float
+    total_frames: int
+    keys: _KeyIndex
+    all_pts: list[int] | None = None  # every frame pts (sorted), from a scan
+    dts_indexed: bool = False  # frame index = position in FFmpeg's (complete) index
+
+
+class _PyAVReader:
+    """Seek/decode state machine over one video stream."""
+
+    def __init__(self, container, stream, name: str):
+        self.c = container
+        self.s = stream
+        self.name = name
+        self.tb: Fraction = stream.time_base or Fraction(1, _AV_TIME_BASE)
+        self.s.codec_context.thread_type = "AUTO"
+        self.info: _StreamInfo | None = None
+        self._gen: Iterator[_Frame] | None = None
+        self.prev: _Frame | None = None
+        self.peek: _Frame | None = None
+        self.eof = False
+        self.demux_error: Exception | None = None
+        self.decode_errors = 0
+        self.first_decode_error: Exception | None = None
+        self.seek_origin: int | None = None
+        self._out_count = 0
+        self._first_dts: int | None = None
+        self._base_index: int | None = None
+        self._last_pts: int | None = None
+        self.max_key_gap = 0
+        self._last_key: int | None = None
+        self._key_cache: dict[int, _Frame] = {}
+
+    # -- time conversion ---------------------------------------------------------------------------------------------
+    def sec_to_pts(self, seconds: float) -> int:
+        """Seconds (relative to the first frame) -> pts, rounded to the nearest tick.
+
+        Containers store rounded timestamps (Matroska: 1 ms), so a target within half a tick of a frame's pts
+        belongs to that frame; this keeps targets on exact frame boundaries consistent across containers.
+        """
+        assert self.info is not None
+        return self.info.first_pts + math.floor(seconds * self.tb.denominator / self.tb.numerator + 0.5)
+
+    def pts_to_sec(self, pts: int) -> float:
+        assert self.info is not None
+        return float((pts - self.info.first_pts) * self.tb)
+
+    def last_frame_before(self, end_s: float) -> float:
+        """Start time (seconds) of the last frame before ``end_s``: exact after a scan, else ``end - 1 / fps``."""
+        info = self.info
+        assert info is not None
+        if info.all_pts is not None:
+            i = bisect.bisect_left(info.all_pts, self.sec_to_pts(end_s)) - 1
+            return self.pts_to_sec(info.all_pts[max(i, 0)])
+        return end_s - (1.0 / info.fps if info.fps else 0.0)
+
+    def dur_to_pts(self, seconds: float) -> int:
+        return max(1, math.floor(seconds * self.tb.denominator / self.tb.numerator))
+
+    # -- probing -----------------------------------------------------------------------------------------------------
+    def _read_header_rate(self) -> float:
+        for rate in (self.s.average_rate, self.s.guessed_rate, self.s.base_rate):
+            if rate:
+                return float(rate)
+        return 0.0
+
+    def scan(self) -> _StreamInfo:
+        """Demux (without decoding) the whole stream: exact frame count, frame pts, keyframes and duration."""
+        pts_list: list[int] = []
+        keys: list[int] = []
+        last_end: int | None = None
+        demux = self.c.demux(self.s)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:  # truncated/corrupt: keep what was readable
+                self.demux_error = exc
+                break
+            if packet.size == 0:
+                continue
+            pts = packet.pts if packet.pts is not None else packet.dts
+            if pts is None:
+                continue
+            pts_list.append(pts)
+            if packet.is_keyframe:
+                keys.append(pts)
+            end = pts + (packet.duration or 0)
+            last_end = end if last_end is None else max(last_end, end)
+        _count("packets_scanned", len(pts_list))
+        if not pts_list:
+            raise self._no_frames_error()
+        pts_list.sort()
+        keys.sort()
+        first = pts_list[0]
+        n = len(pts_list)
+        if n > 1:
+            deltas = np.diff(np.asarray(pts_list[-min(n, 16) :]))
+            typical = int(np.median(deltas)) if len(deltas) else 0
+        else:
+            rate = self._read_header_rate()
+            typical = self.dur_to_pts(1.0 / rate) if rate else self.dur_to_pts(0.04)
+        if last_end is not None and last_end > pts_list[-1]:
+            end_pts = last_end  # the last frame's own duration is known
+        else:
+            end_pts = pts_list[-1] + max(typical, 1)
+        duration_pts = end_pts - first
+        duration_s = float(duration_pts * self.tb)
+        fps = n / duration_s if duration_s > 0 else self._read_header_rate()
+        self._check_scan_truncation(end_pts, fps)
+        if not keys:
+            keys = [first]
+        return _StreamInfo(
+            first_pts=first,
+            duration_pts=duration_pts,
+            fps=fps,
+            total_frames=n,
+            keys=_KeyIndex(self.s, 0, True, scan_keys=keys),
+            all_pts=pts_list,
+        )
+
+    def _declared_end_s(self) -> float | None:
+        """End of the video stream (seconds) according to the container header, if it says so."""
+        if self.s.duration:
+            return float(self.s.duration * self.tb)  # relative to the stream start (MP4 and most demuxers)
+        tag = (self.s.metadata or {}).get("DURATION")  # Matroska/WebM per-track tag: absolute end time
+        if tag:
+            with contextlib.suppress(ValueError):
+                h, m, sec = tag.split(":")
+                return int(h) * 3600 + int(m) * 60 + float(sec)
+        if self.c.duration and len(self.c.streams) == 1:
+            return self.c.duration / _AV_TIME_BASE
+        return None
+
+    def _check_scan_truncation(self, end_pts: int, fps: float) -> None:
+        """Raise when the readable data ends well before the end declared by the header."""
+        declared = self._declared_end_s()
+        absolute_end = float(end_pts * self.tb)
+        if declared is None:
+            if self.demux_error is not None:
+                raise self._truncated_error(absolute_end, None)
+            return
+        # Containers disagree whether their duration includes the start offset: compare with the absolute end,
+        # which is the larger reading, and allow a few frames of slack.
+        slack = max(0.5, 3.0 / fps if fps else 0.0, 0.02 * declared)
+        if absolute_end < declared - slack:
+            raise self._truncated_error(absolute_end, declared)
+
+    def probe(self, mode: str, need_scan: bool) -> _StreamInfo:
+        header_frames = int(self.s.frames or 0)
+        ie = self.s.index_entries
+        n_entries = len(ie)
+        complete_index = header_frames > 0 and n_entries == header_frames
+        if need_scan or (mode == "exact" and not complete_index):
+            self.info = self.scan()
+            return self.info
+        first_pts = self.s.start_time
+        if first_pts is None:
+            first_pts = self._first_frame_pts()
+        shift = 0
+        if complete_index:
+            shift = first_pts - ie[0].timestamp
+        keys = _KeyIndex(self.s, shift, complete_index)
+        fps = self._read_header_rate()
+        duration_pts = None
+        if self.s.duration and self.s.duration > 0:
+            duration_pts = int(self.s.duration)
+        else:
+            end = self._probe_end_pts(first_pts)
+            if end is not None and end > first_pts:
+                duration_pts = end - first_pts
+                self._check_scan_truncation(end, fps)
+            elif self.c.duration:
+                duration_pts = self.dur_to_pts(self.c.duration / _AV_TIME_BASE)
+        if duration_pts is None:
+            self.info = self.scan()
+            return self.info
+        duration_s = float(duration_pts * self.tb)
+        if complete_index:
+            total = header_frames
+        else:
+            estimate = round(duration_s * fps) if fps else 0
+            if header_frames > 0 and abs(header_frames - estimate) <= max(2, 0.05 * estimate):
+                total = header_frames
+            else:
+                total = max(1, estimate)
+        if not fps and duration_s > 0:
+            fps = total / duration_s
+        self.info = _StreamInfo(
+            first_pts=first_pts,
+            duration_pts=duration_pts,
+            fps=fps,
+            total_frames=total,
+            keys=keys,
+            dts_indexed=complete_index,
+        )
+        self.reset()
+        return self.info
+
+    def _first_frame_pts(self) -> int:
+        self._seek_raw(0, stream_level=False)
+        gen = self._frames()
+        for fr in gen:
+            return fr.pts
+        raise self._no_frames_error()
+
+    def _probe_end_pts(self, first_pts: int) -> int | None:
+        """End of the stream (pts) from its last packets: seek close to the end, demux the tail."""
+        guess_s = (self.c.duration / _AV_TIME_BASE) if self.c.duration else 1e7
+        try:
+            self.c.seek(first_pts + self.dur_to_pts(guess_s + 1.0), backward=True, any_frame=False, stream=self.s)
+        except av.error.FFmpegError:
+            return None
+        end = None
+        for i, packet in enumerate(self._safe_demux()):
+            if i > _MAX_TAIL_PACKETS:
+                break
+            if packet.size == 0:
+                continue
+            pts = packet.pts if packet.pts is not None else packet.dts
+            if pts is None:
+                continue
+            e = pts + (packet.duration or 0)
+            end = e if end is None else max(end, e)
+        self.demux_error = None
+        self.reset()
+        return end
+
+    def _safe_demux(self):
+        demux = self.c.demux(self.s)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                return
+            except av.error.FFmpegError as exc:
+                self.demux_error = exc
+                return
+            yield packet
+
+    # -- decoding ----------------------------------------------------------------------------------------------------
+    def reset(self) -> None:
+        self._gen = None
+        self.prev = None
+        self.peek = None
+        self.eof = False
+
+    def _frames(self) -> Iterator[_Frame]:
+        """Decoded frames from the current demuxer position (presentation order)."""
+        info = self.info
+        for packet in self._safe_demux():
+            if packet.size and self._first_dts is None:
+                self._first_dts = packet.dts if packet.dts is not None else packet.pts
+            try:
+                frames = self.s.decode(packet)
+            except av.error.FFmpegError as exc:
+                self.decode_errors += 1
+                self.first_decode_error = self.first_decode_error or exc
+                continue
+            for frame in frames:
+                _count("frames_decoded")
+                yield self._wrap(frame, info)
+        if self.demux_error is not None:  # drain what the decoder still holds
+            with contextlib.suppress(av.error.FFmpegError):
+                for frame in self.s.decode(None):
+                    _count("frames_decoded")
+                    yield self._wrap(frame, info)
+
+    def _wrap(self, frame, info: _StreamInfo | None) -> _Frame:
+        pts = frame.pts
+        if pts is None:
+            pts = frame.dts
+        if pts is None:  # synthesize from the previous frame
+            step = self.dur_to_pts(1.0 / info.fps) if info is not None and info.fps else 1
+            pts = (self._last_pts + step) if self._last_pts is not None else (info.first_pts if info else 0)
+        self._last_pts = pts
+        index = None
+        if info is not None:
+            if info.all_pts is not None:
+                index = bisect.bisect_left(info.all_pts, pts)
+            else:
+                if self._out_count == 0:
+                    self._base_index = self._resolve_base_index(pts)
+                if self._base_index is not None:
+                    index = self._base_index + self._out_count
+        self._out_count += 1
+        key = bool(frame.key_frame)
+        if key:
+            if self._last_key is not None and pts > self._last_key:
+                self.max_key_gap = max(self.max_key_gap, pts - self._last_key)
+            self._last_key = pts
+        return _Frame(pts=pts, index=index, frame=frame, key=key)
+
+    def _resolve_base_index(self, first_pts: int) -> int | None:
+        info = self.info
+        assert info is not None
+        if first_pts <= info.first_pts:
+            return 0
+        if info.dts_indexed and self._first_dts is not None:
+            pos = self.s.index_entries.search_timestamp(self._first_dts, backward=True, any_frame=True)
+            if pos >= 0:
+                return pos
+        return None
+
+    def _seek_raw(self, pts: int, stream_level: bool = True) -> None:
+        self.reset()
+        self._out_count = 0
+        self._first_dts = None
+        self._base_index = None
+        self._last_pts = None
+        self._last_key = None
+        self.demux_error = None
+        _count("seeks")
+        try:
+            if stream_level:
+                self.c.seek(pts, backward=True, any_frame=False, stream=self.s)
+            else:
+                self.c.seek(0)
+        except av.error.FFmpegError as exc:
+            try:
+                self.c.seek(0)  # e.g. stream-level seeking unsupported: restart from the beginning
+            except av.error.FFmpegError:
+                raise VideoDecodeError(
+                    f"{self.name}: the data cannot be seeked ({exc}); save it to a regular file or re-mux it."
+                ) from exc
+        self.seek_origin = pts
+        self._gen = self._frames()
+
+    def _next(self) -> _Frame | None:
+        if self.eof or self._gen is None:
+            return None
+        fr = next(self._gen, None)
+        if fr is None:
+            self.eof = True
+        return fr
+
+    def _advance_to(self, target: int) -> None:
+        """Decode until ``prev`` is the last frame with pts <= target (``peek`` holds the first frame after it)."""
+        while True:
+            if self.peek is not None:
+                if self.peek.pts > target:
+                    return
+                self.prev, self.peek = self.peek, None
+                continue
+            fr = self._next()
+            if fr is None:
+                return
+            self.peek = fr
+
+    def _position(self) -> int | None:
+        if self.peek is not None:
+            return self.peek.pts
+        return self.prev.pts if self.prev is not None else None
+
+    def _can_continue(self, target: int) -> bool:
+        if self._gen is None or self.prev is None:
+            return False
+        if target < self.prev.pts:
+            return False
+        if self.peek is not None and target < self.peek.pts:
+            return True  # same frame as before
+        if self.eof and self.peek is None:
+            return True
+        pos = self._position()
+        assert pos is not None and self.info is not None
+        keys = self.info.keys
+        if keys.covers(target):
+            nxt = keys.next_key_after(pos)
+            return nxt is None or nxt > target
+        window = max(self.max_key_gap, self.dur_to_pts(_DEFAULT_FORWARD_WINDOW_S))
+        return target - pos <= window
+
+    def frame_at(self, target: int) -> _Frame:
+        """The last frame with pts <= target (exact mode)."""
+        info = self.info
+        assert info is not None
+        if not self._can_continue(target):
+            self._seek_raw(target)
+        attempts = 0
+        while True:
+            self._advance_to(target)
+            if self.prev is not None:
+                if self.eof and self.peek is None:
+                    self._check_truncated(target)
+                return self.prev
+            first = self.peek
+            at_start = self.seek_origin is not None and self.seek_origin <= info.first_pts
+            if first is not None and (first.pts <= info.first_pts or at_start or target < info.first_pts):
+                return first  # the target precedes the first frame
+            if at_start:
+                raise self._no_frames_error()  # decoded from the very beginning and got nothing
+            # The seek landed after the target (or on undecodable data): retry further back, finally from the start.
+            attempts += 1
+            if first is None or attempts >= len(_SEEK_BACKOFF_S):
+                self._seek_raw(info.first_pts)
+            else:
+                self._seek_raw(max(info.first_pts, target - self.dur_to_pts(_SEEK_BACKOFF_S[attempts - 1])))
+
+    def keyframe_near(self, target: int) -> _Frame:
+        """Seek to the keyframe nearest to ``target`` and decode only that frame (keyframe mode)."""
+        info = self.info
+        assert info is not None
+        seek_to = target
+        keys = info.keys
+        if keys.covers(target):
+            before = keys.key_at_or_before(target)
+            after = keys.key_at_or_after(target)
+            cands = [k for k in (before, after) if k is not None and k <= info.first_pts + info.duration_pts]
+            if cands:
+                seek_to = min(cands, key=lambda k: (abs(k - target), k))
+        cached = self._key_cache.get(seek_to)
+        if cached is not None:
+            return cached
+        self._seek_raw(seek_to)
+        fr = self._decode_one()
+        if fr is None and seek_to != info.first_pts:
+            self._seek_raw(info.first_pts)
+            fr = self._decode_one()
+        if fr is None:
+            raise self._no_frames_error()
+        self._key_cache[seek_to] = fr
+        return fr
+
+    def _decode_one(self) -> _Frame | None:
+        """Send packets until the decoder outputs one frame; drain early so no extra frames are decoded."""
+        info = self.info
+        for packet in self._safe_demux():
+            if packet.size == 0:
+                continue
+            if self._first_dts is None:
+                self._first_dts = packet.dts if packet.dts is not None else packet.pts
+            try:
+                frames = self.s.decode(packet)
+                if not frames:
+                    frames = self.s.decode(None)  # drain instead of feeding more packets
+                    if not frames:
+                        self.s.codec_context.flush_buffers()  # leave the draining state, try the next packet
+            except av.error.FFmpegError as exc:
+                self.decode_errors += 1
+                self.first_decode_error = self.first_decode_error or exc
+                with contextlib.suppress(av.error.FFmpegError):
+                    self.s.codec_context.flush_buffers()
+                continue
+            if frames:
+                _count("frames_decoded", len(frames))
+                return self._wrap(frames[0], info)
+        return None
+
+    # -- errors ------------------------------------------------------------------------------------------------------
+    def _no_frames_error(self) -> VideoDecodeError:
+        detail = ""
+        if self.first_decode_error is not None:
+            detail = f" ({self.decode_errors} packet(s) failed to decode, first error: {self.first_decode_error})"
+        elif self.demux_error is not None:
+            detail = f" (reading failed: {self.demux_error})"
+        return VideoDecodeError(
+            f"{self.name}: the video stream has no decodable frames{detail}. The file is corrupt, truncated or "
+            "empty; re-encode or re-download it."
+        )
+
+    def _truncated_error(self, readable_end: float, declared: float | None) -> VideoDecodeError:
+        decl = f" but its header declares {declared:.2f}s" if declared is not None else ""
+        err = f" (error: {self.demux_error})" if self.demux_error is not None else ""
+        return VideoDecodeError(
+            f"{self.name}: the video data ends at {readable_end:.2f}s{decl}{err}; the file is truncated or corrupt. "
+            "Re-download or re-encode it (or pass end= to read only the intact part)."
+        )
+
+    def _check_truncated(self, target: int) -> None:
+        """At end of data: raise if frames that the index/header promise before ``target`` are missing."""
+        info = self.info
+        assert info is not None and self.prev is not None
+        if info.all_pts is not None:
+            return  # the scan only lists readable packets; checked in scan()
+        expected_last = info.total_frames - 1
+        idx = self.prev.index
+        tol = max(2, int(0.02 * info.total_frames))
+        missing = idx is not None and info.dts_indexed and idx < expected_last - tol
+        if self.demux_error is not None or missing:
+            declared = float(info.duration_pts * self.tb)
+            readable = self.pts_to_sec(self.prev.pts)
+            if missing or readable + max(1.0, 0.1 * declared) < declared:
+                raise self._truncated_error(readable, declared)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Rotation / conversion helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _frame_rotation_cw(frame, stream) -> int:
+    """Clockwise degrees (0/90/180/270) needed to display ``frame`` upright."""
+    ccw = 0
+    with contextlib.suppress(Exception):
+        ccw = int(round(frame.rotation or 0))
+    if ccw == 0:
+        tag = (stream.metadata or {}).get("rotate")
+        if tag is not None:
+            with contextlib.suppress(ValueError):
+                return int(round(float(tag) / 90.0)) * 90 % 360
+    return int(round(-ccw / 90.0)) * 90 % 360
+
+
+def _apply_rotation(frames: torch.Tensor, rotation_cw: int) -> torch.Tensor:
+    """Rotate ``(T, H, W, C)`` frames clockwise by ``rotation_cw`` degrees."""
+    k = (rotation_cw // 90) % 4
+    if k == 0:
+        return frames
+    return torch.rot90(frames, -k, dims=(1, 2)).contiguous()
+
+
+def _to_rgb(frame, size: tuple[int, int] | None) -> np.ndarray:
+    if size is not None and (frame.width, frame.height) != size:
+        return frame.to_ndarray(format="rgb24", width=size[0], height=size[1])
+    return frame.to_ndarray(format="rgb24")
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# load_video
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _torchcodec_available() -> bool:
+    try:
+        import torchcodec.decoders  # noqa: F401
+    except Exception:  # ImportError, or a broken install (missing FFmpeg libraries)
+        return False
+    return True
+
+
+def load_video(
+    source: str | os.PathLike | bytes | Any,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    *,
+    start: float | None = None,
+    end: float | None = None,
+    mode: str = "exact",
+    max_frames: int | None = None,
+    sampling: str = "uniform",
+    backend: str = "pyav",
+) -> tuple[torch.Tensor, VideoMetadata]:
+    """Decode frames of a video sampled by timestamp.
+
+    Args:
+        source: path (str/Path), ``bytes``, or a binary file object (read from offset 0; a non-seekable one is read
+            into memory).
+        num_frames: number of frames to sample from ``[start, end)``.
+        fps: sample one frame every ``1/fps`` seconds of ``[start, end)`` (mutually exclusive with ``num_frames``).
+            If both are ``None`` every frame of the window is returned (capped by ``max_frames``); this is refused
+            with :class:`VideoDecodeError` when the result would exceed :data:`ALL_FRAMES_MAX_BYTES`.
+        start, end: window in seconds relative to the first frame; ``end`` is clamped to the duration, ``start``
+            beyond the duration is an error.
+        mode: ``"exact"`` (seek + decode forward to each target) or ``"keyframe"`` (nearest keyframe only).
+        max_frames: cap on the number of returned frames; when more targets were requested the target list is
+            uniformly re-sampled down to ``max_frames`` (covering the whole window, never truncating the tail).
+        sampling: ``"uniform"``: targets are segment midpoints, ``start + (i + 0.5) * (end - start) / n`` (with
+            ``fps``: ``start + (i + 0.5) / fps`` while ``< end``). ``"linspace"``: ``n`` targets evenly spaced from
+            ``start`` to the start time of the last frame of the window, both included (for constant frame rate the
+            same frames as ``np.linspace(first, last, n).astype(int)`` on indices; with ``fps``: ``start + i / fps``
+            while ``< end``). The last frame time is exact after a packet scan, else estimated as ``end - 1 / fps``.
+        backend: ``"pyav"``, ``"torchcodec"`` (error if not installed) or ``"auto"`` (torchcodec when importable and
+            ``mode="exact"``, else pyav).
+
+    Returns:
+        ``(frames, metadata)``: uint8 tensor ``(T, H, W, 3)`` RGB (upright: display rotation applied) and
+        :class:`VideoMetadata`. ``T`` equals the number of targets; targets falling into the same frame return that
+        frame repeatedly.
+    """
+    name = _describe(source)
+    _validate_args(name, num_frames, fps, start, end, mode, max_frames, sampling, backend)
+    if backend == "auto":
+        backend = "torchcodec" if (mode == "exact" and _torchcodec_available()) else "pyav"
+    if backend == "torchcodec":
+        return _load_video_torchcodec(source, name, num_frames, fps, start, end, mode, max_frames, sampling)
+
+    with _open_container(source) as (container, name):
+        stream = _pick_video_stream(container, name)
+        reader = _PyAVReader(container, stream, name)
+        all_frames = num_frames is None and fps is None
+        info = reader.probe(mode, need_scan=all_frames)
+        duration = float(info.duration_pts * reader.tb)
+        lo, hi = _resolve_window(name, duration, start, end)
+
+        if all_frames:
+            assert info.all_pts is not None
+            lo_pts, hi_pts = reader.sec_to_pts(lo), reader.sec_to_pts(hi)
+            window = [p for p in info.all_pts if lo_pts <= p < hi_pts] or [info.all_pts[0]]
+            if max_frames is not None and len(window) > max_frames:
+                window = _downsample(window, max_frames, "uniform")
+            nbytes = len(window) * stream.width * stream.height * 3
+            if nbytes > ALL_FRAMES_MAX_BYTES:
+                raise VideoDecodeError(
+                    f"{name}: returning all {len(window)} frames would need {nbytes / 1024**3:.1f} GiB; pass "
+                    "num_frames=, fps= or max_frames= (or a shorter start/end window)."
+                )
+            targets_pts = window
+            requested = [reader.pts_to_sec(p) for p in window]
+        else:
+            requested = _sampling_targets(lo, hi, num_frames, fps, sampling, reader.last_frame_before(hi))
+            if max_frames is not None:
+                requested = _downsample(requested, max_frames, sampling)
+            targets_pts = [reader.sec_to_pts(t) for t in requested]
+
+        order = sorted(range(len(targets_pts)), key=lambda i: targets_pts[i])
+        picked: list[_Frame | None] = [None] * len(targets_pts)
+        out: np.ndarray | None = None
+        size: tuple[int, int] | None = None
+        rotation = 0
+        row_of: dict[int, int] = {}  # id(_Frame) -> first output row (the objects stay alive in `picked`)
+        for i in order:
+            t = targets_pts[i]
+            fr = reader.keyframe_near(t) if mode == "keyframe" else reader.frame_at(t)
+            picked[i] = fr
+            row = row_of.get(id(fr))
+            if row is not None:  # several targets inside one frame
+                out[i] = out[row]
+                continue
+            if out is None:
+                size = (fr.frame.width, fr.frame.height)
+                rotation = _frame_rotation_cw(fr.frame, stream)
+                out = np.empty((len(targets_pts), size[1], size[0], 3), dtype=np.uint8)
+            out[i] = _to_rgb(fr.frame, size)  # convert right away, keep no decoded frame alive
+            fr.frame = None
+            row_of[id(fr)] = i
+        frames_out = [fr for fr in picked if fr is not None]
+        video = _apply_rotation(torch.from_numpy(out), rotation)
+
+        fps_src = info.fps
+        indices = []
+        for fr in frames_out:
+            if fr.index is not None:
+                indices.append(int(fr.index))
+            else:
+                indices.append(int(round(reader.pts_to_sec(fr.pts) * fps_src)) if fps_src else 0)
+        if reader.decode_errors:
+            logger.warning(
+                "%s: %d packet(s) could not be decoded and were skipped (first error: %s)",
+                name,
+                reader.decode_errors,
+                reader.first_decode_error,
+            )
+        meta = VideoMetadata(
+            timestamps=[reader.pts_to_sec(fr.pts) for fr in frames_out],
+            frame_indices=indices,
+            fps=float(fps_src),
+            duration=duration,
+            total_frames=int(info.total_frames),
+            width=int(video.shape[2]),
+            height=int(video.shape[1]),
+            rotation=rotation,
+            backend="pyav",
+            requested_timestamps=[float(t) for t in requested],
+        )
+        return video, meta
+
+
+def _load_video_torchcodec(source, name, num_frames, fps, start, end, mode, max_frames, sampling):
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except Exception as exc:
+        raise BackendUnavailableError(
+            f"{name}: backend='torchcodec' was requested but torchcodec cannot be imported ({exc}). Install it "
+            "(`pip install torchcodec`, matching your torch version, FFmpeg libraries required) or use backend='pyav'."
+        ) from exc
+    if mode != "exact":
+        raise VideoDecodeError(f"{name}: backend='torchcodec' supports mode='exact' only; use backend='pyav'.")
+    if isinstance(source, (str, os.PathLike)):
+        if not Path(source).is_file():
+            raise VideoDecodeError(f"{name}: file does not exist; check the path.")
+        src: Any = os.fspath(source)
+    elif isinstance(source, (bytes, bytearray, memoryview)):
+        src = bytes(source)
+    else:
+        src = source.read()
+    if isinstance(src, bytes) and not src:
+        raise VideoDecodeError(f"{name}: the data is empty (0 bytes).")
+    try:
+        decoder = VideoDecoder(src, seek_mode="exact", dimension_order="NHWC", num_ffmpeg_threads=0)
+        md = decoder.metadata
+        begin = float(getattr(md, "begin_stream_seconds", None) or 0.0)
+        end_s = getattr(md, "end_stream_seconds", None)
+        duration = float(end_s) - begin if end_s is not None else float(md.duration_seconds or 0.0)
+        src_fps = float(md.average_fps or 0.0)
+        total = int(md.num_frames or round(duration * src_fps))
+        lo, hi = _resolve_window(name, duration, start, end)
+        if num_frames is None and fps is None:  # every frame of the window
+            batch = decoder.get_frames_played_in_range(start_seconds=begin + lo, stop_seconds=begin + hi)
+            requested = [float(p) - begin for p in batch.pts_seconds.tolist()]
+            if max_frames is not None and len(requested) > max_frames:
+                keep = _downsample(list(range(len(requested))), max_frames, "uniform")
+                batch = decoder.get_frames_played_at(seconds=[begin + requested[i] for i in keep])
+                requested = [requested[i] for i in keep]
+        else:
+            last = hi - (1.0 / src_fps if src_fps else 0.0)
+            requested = _sampling_targets(lo, hi, num_frames, fps, sampling, last)
+            if max_frames is not None:
+                requested = _downsample(requested, max_frames, sampling)
+            batch = decoder.get_frames_played_at(seconds=[begin + t for t in requested])
+    except VideoDecodeError:
+        raise
+    except Exception as exc:
+        raise VideoDecodeError(f"{name}: torchcodec could not decode the video ({exc}).") from exc
+    video = batch.data
+    if video.shape[-1] != 3:  # older versions ignore dimension_order
+        video = video.permute(0, 2, 3, 1)
+    # torchcodec >= 0.11 applies the display rotation itself and reports it (counter-clockwise degrees) as
+    # metadata.rotation; older versions neither apply nor expose it (frames are returned as stored, rotation 0).
+    rotation = int(round(-(getattr(md, "rotation", None) or 0) / 90.0)) * 90 % 360
+    video = video.contiguous()
+    stamps = [float(p) - begin for p in batch.pts_seconds.tolist()]
+    meta = VideoMetadata(
+        timestamps=stamps,
+        frame_indices=[int(round(t * src_fps)) for t in stamps],
+        fps=src_fps,
+        duration=duration,
+        total_frames=total,
+        width=int(video.shape[2]),
+        height=int(video.shape[1]),
+        rotation=rotation,
+        backend="torchcodec",
+        requested_timestamps=[float(t) for t in requested],
+    )
+    return video, meta
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# load_audio
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_audio(
+    source: str | os.PathLike | bytes | Any,
+    sampling_rate: int = 16000,
+    mono: bool = True,
+    start: float | None = None,
+    end: float | None = None,
+) -> tuple[torch.Tensor, int]:
+    """Decode the first audio stream of ``source`` (a video or audio file), resampled to ``sampling_rate``.
+
+    ``start``/``end`` are seconds relative to the first audio sample. Returns ``(waveform, sampling_rate)`` with a
+    float32 waveform of shape ``(num_samples,)`` when ``mono`` else ``(channels, num_samples)`` (source layout).
+    Raises :class:`AudioDecodeError` when there is no audio stream or nothing can be decoded.
+    """
+    name = _describe(source)
+    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
+        raise AudioDecodeError(f"{name}: sampling_rate must be a positive integer, got {sampling_rate!r}.")
+    for label, value in (("start", start), ("end", end)):
+        if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
+            raise AudioDecodeError(f"{name}: {label} must be a finite number of seconds >= 0, got {value!r}.")
+    if start is not None and end is not None and start >= end:
+        raise AudioDecodeError(f"{name}: start ({start}) must be smaller than end ({end}).")
+
+    with _open_container(source, AudioDecodeError) as (container, name):
+        if not container.streams.audio:
+            raise AudioDecodeError(
+                f"{name}: contains no audio stream (streams found: {_streams_summary(container)}); pass a file with "
+                "an audio track."
+            )
+        stream = container.streams.audio[0]
+        tb = stream.time_base or Fraction(1, stream.rate or _AV_TIME_BASE)
+        origin = stream.start_time if stream.start_time is not None else None
+        if mono:
+            layout = "mono"
+        else:
+            layout = stream.layout.name if stream.layout is not None else "stereo"
+        resampler = av.AudioResampler(format="fltp", layout=layout, rate=int(sampling_rate))
+        seeked = False
+        if start is not None and start > _AUDIO_SEEK_MIN_S:
+            # Far into the stream: seek (time origin = the stream start time; exact up to the codec delay, a few ms).
+            try:
+                container.seek((origin or 0) + math.floor(start / tb), backward=True, any_frame=False, stream=stream)
+                seeked = True
+            except av.error.FFmpegError:
+                pass
+        if not seeked:
+            origin = None  # decoding from the beginning: time origin = the first decoded sample
+        chunks: list[np.ndarray] = []
+        first_time: float | None = None
+        decode_errors = 0
+        first_error: Exception | None = None
+        produced = 0
+        demux = container.demux(stream)
+        while True:
+            try:
+                packet = next(demux)
+            except StopIteration:
+                break
+            except av.error.FFmpegError as exc:
+                first_error = first_error or exc
+                break
+            try:
+                frames = stream.decode(packet)
+            except av.error.FFmpegError as exc:
+                decode_errors += 1
+                first_error = first_error or exc
+                continue
+            for frame in frames:
+                if first_time is None:
+                    if frame.pts is not None:
+                        if origin is None:
+                            origin = frame.pts
+                        first_time = float((frame.pts - origin) * tb)
+                    else:
+                        first_time = 0.0
+                for out in resampler.resample(frame):
+                    arr = out.to_ndarray()
+                    chunks.append(arr)
+                    produced += arr.shape[1]
+            if end is not None and first_time is not None and first_time + produced / sampling_rate > end + 0.5:
+                break
+        for out in resampler.resample(None):
+            arr = out.to_ndarray()
+            chunks.append(arr)
+        if not chunks:
+            detail = f" (first error: {first_error})" if first_error is not None else ""
+            raise AudioDecodeError(
+                f"{name}: the audio stream has no decodable samples{detail}; the file is corrupt or truncated."
+            )
+        wave = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
+        t0 = first_time or 0.0
+        lo = 0
+        if start is not None:
+            lo = max(0, round((start - t0) * sampling_rate))
+        hi = wave.shape[1]
+        if stream.duration:  # drop encoder padding past the declared end (e.g. the last AAC frame in MP4)
+            declared_end = float(stream.duration * tb) + float(((stream.start_time or 0) - (origin or 0)) * tb)
+            hi = min(hi, max(lo, round((declared_end - t0) * sampling_rate)))
+        if end is not None:
+            hi = min(hi, max(lo, round((end - t0) * sampling_rate)))
+        wave = wave[:, lo:hi]
+        if decode_errors:
+            logger.warning(
+                "%s: %d audio packet(s) could not be decoded (first error: %s)", name, decode_errors, first_error
+            )
+        out_t = torch.from_numpy(np.ascontiguousarray(wave))
+        return (out_t[0] if mono else out_t), int(sampling_rate)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# write_video
+# ----------------------------------------------------------------------------------------------------------------------
+
+_DEFAULT_CODECS = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".m4v": "libx264", ".webm": "libvpx-vp9"}
+_DEFAULT_AUDIO_CODECS = {".webm": "libopus", ".ogg": "libopus"}
+_SUBSAMPLED = ("yuv420p", "yuvj420p", "nv12", "yuv422p", "yuvj422p", "yuv420p10le", "yuv422p10le")
+
+
+def _as_frame_array(frame: Any) -> np.ndarray:
+    if isinstance(frame, torch.Tensor):
+        frame = frame.detach().cpu().numpy()
+    arr = np.asarray(frame)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"write_video: frames must be uint8 (H, W, 3) RGB, got dtype {arr.dtype} shape {arr.shape}.")
+    return np.ascontiguousarray(arr)
+
+
+def _iter_frames(frames: Any) -> Iterator[np.ndarray]:
+    if isinstance(frames, (torch.Tensor, np.ndarray)):
+        if frames.ndim != 4:
+            raise ValueError(f"write_video: frames must have shape (T, H, W, 3), got {tuple(frames.shape)}.")
+        for i in range(frames.shape[0]):
+            yield _as_frame_array(frames[i])
+        return
+    for frame in frames:
+        yield _as_frame_array(frame)
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: torch.Tensor | np.ndarray | Iterable[Any],
+    fps: float,
+    *,
+    codec: str | None = None,
+    gop_size: int | None = None,
+    pix_fmt: str = "yuv420p",
+    audio: torch.Tensor | np.ndarray | None = None,
+    audio_rate: int = 16000,
+    crf: int | None = None,
+    options: dict | None = None,
+    rotation: int | None = None,
+    timestamps: Iterable[float] | None = None,
+) -> Path:
+    """Encode RGB frames to a video file.
+
+    Args:
+        path: output file; its extension selects the container and, when ``codec`` is ``None``, the codec
+            (``.mp4``/``.mkv``/``.mov`` -> libx264, ``.webm`` -> libvpx-vp9).
+        frames: uint8 ``(T, H, W, 3)`` tensor/array, or any iterable of ``(H, W, 3)`` frames (streamed, so very long
+            videos need not fit in memory). With chroma-subsampled ``pix_fmt`` (e.g. yuv420p) H and W must be even.
+        fps: nominal frame rate (frame ``i`` gets pts ``i / fps`` unless ``timestamps`` is given).
+        gop_size: fixed keyframe interval in frames (sets ``g``/``keyint_min`` and disables x264 scene-cut keyframes;
+            values in ``options`` take precedence).
+        audio: optional waveform (float in [-1, 1] or int16), shape ``(num_samples,)`` or ``(channels, num_samples)``,
+            sampled at ``audio_rate``; encoded as AAC (Opus for WebM).
+        crf: constant rate factor (``0`` = lossless for libx264/libx265/libvpx-vp9).
+        options: extra encoder options (strings), e.g. ``{"preset": "ultrafast"}``.
+        rotation: clockwise display rotation in degrees (0/90/180/270) stored as display-matrix side data; readers
+            must rotate the decoded frames by it (``load_video`` does and reports it in ``metadata.rotation``).
+        timestamps: optional presentation time (seconds, strictly increasing) of every frame, for variable frame rate
+            or a non-zero start time.
+
+    Returns:
+        the output path.
+    """
+    path = Path(path)
+    ext = path.suffix.lower()
+    if codec is None:
+        codec = _DEFAULT_CODECS.get(ext)
+        if codec is None:
+            raise ValueError(f"write_video: cannot choose a codec for extension {ext!r}; pass codec=.")
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0:
+        raise ValueError(f"write_video: fps must be a positive number, got {fps!r}.")
+    rate = Fraction(fps).limit_denominator(100_000)
+    if rotation is not None and rotation % 90 != 0:
+        raise ValueError(f"write_video: rotation must be a multiple of 90 degrees, got {rotation!r}.")
+    it = _iter_frames(frames)
+    first = next(it, None)
+    if first is None:
+        raise ValueError("write_video: no frames given.")
+    height, width = first.shape[:2]
+    if pix_fmt in _SUBSAMPLED and (height % 2 or width % 2):
+        raise ValueError(
+            f"write_video: pix_fmt={pix_fmt} needs even width and height, got {width}x{height}; crop or pad the "
+            "frames to even sizes, or use pix_fmt='yuv444p'."
+        )
+    stamps = list(timestamps) if timestamps is not None else None
+    if stamps is not None and any(b <= a for a, b in zip(stamps[:-1], stamps[1:], strict=True)):
+        raise ValueError("write_video: timestamps must be strictly increasing.")
+
+    opts: dict[str, str] = {}
+    is_vpx = codec.startswith("libvpx")
+    if crf is not None:
+        if is_vpx and crf == 0:
+            opts["lossless"] = "1"
+        else:
+            opts["crf"] = str(crf)
+            if is_vpx:
+                opts["b"] = "0"
+    if gop_size is not None:
+        opts["g"] = str(gop_size)
+        opts["keyint_min"] = str(gop_size)
+        if codec in ("libx264", "libx265"):
+            opts["sc_threshold"] = "0"
+    if options:
+        opts.update({str(k): str(v) for k, v in options.items()})
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    container = av.open(str(path), mode="w")
+    try:
+        vstream = container.add_stream(codec, rate=rate)
+        vstream.width = width
+        vstream.height = height
+        vstream.pix_fmt = pix_fmt
+        if gop_size is not None:
+            vstream.codec_context.gop_size = int(gop_size)
+        if stamps is not None:
+            tb = Fraction(1, 90_000)
+            vstream.codec_context.time_base = tb
+            vstream.time_base = tb
+        else:
+            tb = 1 / rate
+        vstream.options = opts
+        if rotation:
+            if hasattr(vstream, "set_display_rotation"):
+                vstream.set_display_rotation(-int(rotation))  # PyAV takes counter-clockwise degrees
+            else:  # old PyAV: legacy tag (honoured by the mov/mp4 muxer)
+                vstream.metadata["rotate"] = str(int(rotation) % 360)
+
+        astream = None
+        wave = None
+        if audio is not None:
+            wave = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
+            if wave.ndim == 1:
+                wave = wave[None, :]
+            if wave.ndim != 2 or wave.shape[0] not in (1, 2):
+                raise ValueError(f"write_video: audio must be (num_samples,) or (1|2, num_samples), got {wave.shape}.")
+            if wave.dtype == np.int16:
+                wave = wave.astype(np.float32) / 32768.0
+            wave = np.ascontiguousarray(wave, dtype=np.float32)
+            acodec = _DEFAULT_AUDIO_CODECS.get(ext, "aac")
+            layout = "mono" if wave.shape[0] == 1 else "stereo"
+            astream = container.add_stream(acodec, rate=int(audio_rate), layout=layout)
+        audio_done = 0
+
+        def push_audio(until_s: float | None) -> None:
+            nonlocal audio_done
+            if astream is None or wave is None:
+                return
+            stop = wave.shape[1] if until_s is None else min(wave.shape[1], int(until_s * audio_rate))
+            if stop <= audio_done:
+                return
+            chunk = wave[:, audio_done:stop]
+            aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=astream.layout.name)
+            aframe.sample_rate = int(audio_rate)
+            aframe.pts = audio_done
+            aframe.time_base = Fraction(1, int(audio_rate))
+            audio_done = stop
+            for packet in astream.encode(aframe):
+                container.mux(packet)
+
+        def frames_all() -> Iterator[np.ndarray]:
+            yield first
+            yield from it
+
+        count = 0
+        for i, arr in enumerate(frames_all()):
+            if arr.shape[:2] != (height, width):
+                raise ValueError(f"write_video: frame {i} has size {arr.shape[:2]}, expected {(height, width)}.")
+            vframe = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            if stamps is not None:
+                if i >= len(stamps):
+                    raise ValueError(f"write_video: more frames than timestamps ({len(stamps)}).")
+                vframe.pts = round(stamps[i] / tb)
+                t_now = stamps[i]
+            else:
+                vframe.pts = i
+                t_now = float(i / rate)
+            vframe.time_base = tb
+            for packet in vstream.encode(vframe):
+                container.mux(packet)
+            push_audio(t_now + 1.0)
+            count += 1
+        if stamps is not None and count != len(stamps):
+            raise ValueError(f"write_video: got {count} frames but {len(stamps)} timestamps.")
+        for packet in vstream.encode(None):
+            container.mux(packet)
+        if astream is not None:
+            push_audio(None)
+            for packet in astream.encode(None):
+                container.mux(packet)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            container.close()
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise
+    container.close()
+    return path
