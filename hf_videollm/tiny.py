@@ -27,23 +27,24 @@ PUNCT = list(".,:;!?'\"()[]{}<>-_/\\*#=+%&|@$^~`")
 
 
 def tiny_tokenizer(extra_words: Iterable[str] = (), *, padding_side: str = "left"):
-    """A word-level fast tokenizer (LLaMA-style ids: ``<unk>``=0, ``<s>``=1, ``</s>``=2, ``<pad>``=3).
+    """A lower-casing word-level fast tokenizer (LLaMA-style ids: ``<unk>``=0, ``<s>``=1, ``</s>``=2, ``<pad>``=3).
 
     Words outside the vocabulary become ``<unk>``; letters and digits are in the vocabulary so nothing is lost
     silently in tests that spell things out.
     """
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     words: list[str] = []
     seen = set(SPECIALS)
     for w in [*BASE_WORDS, *extra_words, *PUNCT, *"abcdefghijklmnopqrstuvwxyz", *"0123456789"]:
-        for piece in re.findall(r"\w+|[^\w\s]", w):
+        for piece in re.findall(r"\w+|[^\w\s]", w.lower()):
             if piece not in seen:
                 seen.add(piece)
                 words.append(piece)
     vocab = {tok: i for i, tok in enumerate([*SPECIALS, *words])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()  # case-insensitive words; special tokens are matched before this
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
     return PreTrainedTokenizerFast(

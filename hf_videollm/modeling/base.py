@@ -68,6 +68,12 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         "audio": "audio_token_id",
     }
 
+    def _init_weights(self, module: nn.Module) -> None:
+        if getattr(module, "_keep_default_init", False):
+            module.reset_parameters()  # layers the original builds with PyTorch's default init (e.g. projectors)
+            return
+        super()._init_weights(module)
+
     # ----------------------------------------------------------------------------------------------- embeddings
     def get_input_embeddings(self) -> nn.Module:
         return self.language_model.get_input_embeddings()

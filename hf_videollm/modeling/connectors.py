@@ -28,6 +28,8 @@ class MLPProjector(nn.Module):
     """``depth`` Linear layers with an activation between them: ``linear_1 -> act -> linear_2 -> ...``.
 
     ``depth=1`` is LLaVA v1's linear projector, ``depth=2`` with GELU is LLaVA v1.5's ``mlp2x_gelu`` (exact GELU).
+    Its Linear layers keep PyTorch's default initialisation, as the original ``build_vision_projector`` does (a
+    stage-1 projector trained from scratch starts from it), not transformers' ``normal(0, 0.02)``.
     """
 
     def __init__(self, in_features: int, out_features: int, depth: int = 2, act: str = "gelu", bias: bool = True):
@@ -39,6 +41,9 @@ class MLPProjector(nn.Module):
         for i in range(2, depth + 1):
             setattr(self, f"linear_{i}", nn.Linear(out_features, out_features, bias=bias))
         self.act = ACT2FN[act] if depth > 1 else nn.Identity()
+        for m in self.children():
+            if isinstance(m, nn.Linear):
+                m._keep_default_init = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.linear_1(x)
