@@ -58,6 +58,6 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"model: {label} | device {args.device} | dtype {args.dtype} | attn {args.attn} | frames {args.frames}")
     print(f"{'stage':<24}{'seconds':>10}{'rate':>24}")
     print(f"{'encode video':<24}{enc:>10.4f}{args.frames / enc:>18.1f} fr/s")
-    print(f"{'prefill ({} tok)'.format(prompt_len):<24}{prefill:>10.4f}{prompt_len / prefill:>18.1f} tok/s")
-    print(f"{'generate ({} new)'.format(args.new_tokens):<24}{gen:>10.4f}{args.new_tokens / decode:>18.1f} tok/s")
+    print(f"{f'prefill ({prompt_len} tok)':<24}{prefill:>10.4f}{prompt_len / prefill:>18.1f} tok/s")
+    print(f"{f'generate ({args.new_tokens} new)':<24}{gen:>10.4f}{args.new_tokens / decode:>18.1f} tok/s")
     return 0

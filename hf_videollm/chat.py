@@ -9,8 +9,9 @@ import torch
 
 def load_for_inference(model_id: str, *, dtype: str = "float32", load_in_4bit: bool = False, attn: str | None = None):
     """Load any registered model + processor with the Auto classes (local directory or Hub id)."""
-    import hf_videollm  # noqa: F401  (registers the Auto classes)
     from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import hf_videollm  # noqa: F401  (registers the Auto classes)
 
     kwargs = {"dtype": getattr(torch, dtype)}
     if attn:
