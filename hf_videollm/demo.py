@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 
 def moving_square_video(num_frames: int = 16, size: int = 64, seed: int = 0) -> np.ndarray:

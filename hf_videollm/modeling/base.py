@@ -68,6 +68,19 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         "audio": "audio_token_id",
     }
 
+    def post_init(self) -> None:
+        super().post_init()
+        # transformers aggregates children's no-split classes; keep the ones that exist in this model (a vision-only
+        # CLIP tower lists CLIPTextEmbeddings, which makes FSDP's layer-class lookup fail).
+        present = {type(m).__name__ for m in self.modules()}
+        if self._no_split_modules:
+            self._no_split_modules = sorted(c for c in set(self._no_split_modules) if c in present)
+
+    def unused_parameter_prefixes(self) -> list[str]:
+        """Parameters the forward never uses (e.g. CLIP layers after the selected feature layer): kept frozen, so
+        DDP without ``find_unused_parameters`` and optimizers never see them."""
+        return []
+
     def _init_weights(self, module: nn.Module) -> None:
         if getattr(module, "_keep_default_init", False):
             module.reset_parameters()  # layers the original builds with PyTorch's default init (e.g. projectors)

@@ -162,6 +162,14 @@ class VideoLLMLlavaForConditionalGeneration(VideoLLMPreTrainedModel, GenerationM
         tokens = self.multi_modal_projector(self._cast_for(self.multi_modal_projector, feats))
         return [t.flatten(0, 1) for t in tokens.split(lengths, dim=0)]
 
+    def unused_parameter_prefixes(self) -> list[str]:
+        layers = self.config.vision_feature_layer
+        deepest = max(layers) if isinstance(layers, list) else layers
+        n = self.config.vision_config.num_hidden_layers
+        used = deepest % (n + 1)  # hidden_states has n + 1 entries; entry k is the output of layer k - 1
+        unused = [f"vision_tower.encoder.layers.{i}." for i in range(used, n)]
+        return [*unused, "vision_tower.post_layernorm."]
+
     def dummy_media_inputs(self, modality: str) -> dict[str, Any]:
         p = next(self.vision_tower.parameters())
         size = self.config.vision_config.image_size

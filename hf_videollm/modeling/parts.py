@@ -63,6 +63,11 @@ class PartsMixin:
         for name in self._check_parts(names):
             for module in self.get_part_modules(name):
                 module.requires_grad_(True)
+        unused = tuple(getattr(self, "unused_parameter_prefixes", list)())
+        if unused:
+            for pname, param in self.named_parameters():
+                if pname.startswith(unused):
+                    param.requires_grad_(False)
 
     def set_trainable_parts(self, names: Iterable[str]) -> None:
         """Train exactly the named parts; freeze everything else (including parameters outside every part)."""

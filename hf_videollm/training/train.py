@@ -162,6 +162,13 @@ def apply_stage(model, stage: Stage, cfg: TrainConfig, mode: str):
 
 
 # ------------------------------------------------------------------------------------------------------ train
+def _has_accelerator() -> bool:
+    acc = getattr(torch, "accelerator", None)
+    if acc is not None and hasattr(acc, "is_available"):
+        return bool(acc.is_available())
+    return torch.cuda.is_available()
+
+
 def train(cfg: TrainConfig):
     """Run one training stage. Returns the ``VideoLLMTrainer`` (``trainer.state`` holds the log history)."""
     from transformers import TrainingArguments
@@ -184,21 +191,6 @@ def train(cfg: TrainConfig):
             cfg.model_family = _family_of(AutoConfig.from_pretrained(cfg.model))
     stage = get_stage(cfg.model_family, cfg.stage)
     mode = cfg.mode or ("lora" if stage.lora else "full")
-
-    model, processor, base_source = load_model_for_training(cfg, stage, mode)
-    for key, value in (("num_frames", cfg.num_frames), ("video_fps", cfg.video_fps), ("max_visual_tokens", cfg.max_visual_tokens)):
-        if value is not None:
-            setattr(processor, key, value)
-    if cfg.video_fps is not None and cfg.num_frames is None:
-        processor.num_frames = None
-
-    records = load_records(cfg.data)
-    dataset = VideoLLMDataset(records, processor, skip_invalid=cfg.skip_invalid)
-    model = apply_stage(model, stage, cfg, mode)
-    core = unwrap_videollm(model)
-    summary = core.trainable_parameters_summary()
-    logger.info("trainable parameters per part:\n%s", summary)
-    print(f"stage {stage.name} ({mode}): {stage.description}\n{summary}")
 
     lr = cfg.learning_rate if cfg.learning_rate is not None else stage.learning_rate
     part_lrs = {**stage.part_learning_rates, **cfg.part_learning_rates}
@@ -226,9 +218,27 @@ def train(cfg: TrainConfig):
         gradient_checkpointing=cfg.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},  # works with frozen towers
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
-        use_cpu=cfg.use_cpu,
+        use_cpu=cfg.use_cpu or not _has_accelerator(),  # several CPU processes must still form one DDP group
         **cfg.extra_training_args,
     )
+    # TrainingArguments exist before the model is loaded: DeepSpeed ZeRO-3 sharded init and FSDP's CPU-RAM-efficient
+    # loading hook into from_pretrained through them. Ranks wait for the main process to write a tiny base model.
+    with args.main_process_first(local=True, desc="load model"):
+        model, processor, base_source = load_model_for_training(cfg, stage, mode)
+    for key, value in (("num_frames", cfg.num_frames), ("video_fps", cfg.video_fps), ("max_visual_tokens", cfg.max_visual_tokens)):
+        if value is not None:
+            setattr(processor, key, value)
+    if cfg.video_fps is not None and cfg.num_frames is None:
+        processor.num_frames = None
+
+    records = load_records(cfg.data)
+    dataset = VideoLLMDataset(records, processor, skip_invalid=cfg.skip_invalid)
+    model = apply_stage(model, stage, cfg, mode)
+    core = unwrap_videollm(model)
+    summary = core.trainable_parameters_summary()
+    logger.info("trainable parameters per part:\n%s", summary)
+    print(f"stage {stage.name} ({mode}): {stage.description}\n{summary}")
+
     collator = VideoLLMCollator(processor, max_length=cfg.max_length)
     trainer = VideoLLMTrainer(
         model=model,
@@ -240,8 +250,11 @@ def train(cfg: TrainConfig):
         sample_lengths=dataset.lengths if cfg.group_by_length else None,
     )
     result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    # Every rank takes part in the final save (ZeRO-3 / FSDP gather the weights collectively); only rank 0 writes.
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(out))
     if trainer.is_world_process_zero():
-        trainer.save_model(str(out))
         processor.save_pretrained(out)
         meta = {
             "base_model": str(Path(base_source).resolve()) if Path(base_source).exists() else base_source,
