@@ -261,3 +261,48 @@ def test_resume_after_a_kill_gives_the_same_weights(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_parquet_yaml_config_video_and_vision_lora(tmp_path, tiny_llava):
+    """Parquet data + a YAML config, a video sample mixed with image and text-only ones, LoRA on the tower too."""
+    import pandas as pd
+    import yaml
+
+    from hf_videollm.processors import write_video
+    from hf_videollm.training import load_train_config
+
+    _, processor = tiny_llava
+    jsonl = _dataset(tmp_path, n=2, text_only=1)
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    write_video(tmp_path / "clip.mp4", frames, fps=4)
+    rows = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    rows.append({"messages": [{"role": "user", "content": [{"type": "video", "video": "clip.mp4"},
+                                                           {"type": "text", "text": "what moves"}]},
+                              {"role": "assistant", "content": [{"type": "text", "text": "a square"}]}]})
+    parquet = tmp_path / "train.parquet"
+    rows = [r for r in rows if "messages" in r]
+    for r in rows:  # parquet needs one type per column: content as a list of parts everywhere
+        for m in r["messages"]:
+            if isinstance(m["content"], str):
+                m["content"] = [{"type": "text", "text": m["content"]}]
+    pd.DataFrame({"messages": [r["messages"] for r in rows]}).to_parquet(parquet)
+    ds = VideoLLMDataset(load_records(parquet), processor)
+    batch = VideoLLMCollator(processor)([ds[i] for i in range(len(ds))])
+    assert batch["pixel_values"].shape[0] == 1 and batch["pixel_values_videos"].shape[0] == 1
+    assert batch["input_ids"].shape[0] == len(rows) == 3
+
+    cfg_path = tmp_path / "run.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "model": "tiny:llava", "data": [str(parquet)], "output_dir": str(tmp_path / "out"), "stage": "lora",
+        "lora_r": 4, "lora_alpha": 8, "lora_vision_tower": True, "max_steps": 1, "per_device_train_batch_size": 4,
+    }))
+    cfg = load_train_config(cfg_path, max_steps=2)  # flags override the file
+    assert cfg.max_steps == 2
+    trainer = train(cfg)
+    lora = [n for n, _ in trainer.model.named_modules() if n.endswith("lora_A")]
+    assert any(".vision_tower." in n for n in lora) and any(".language_model." in n for n in lora)
+    assert not any("multi_modal_projector" in n for n in lora)
+    with pytest.raises(ValueError, match="unknown training option"):
+        bad = tmp_path / "bad.yaml"
+        bad.write_text(yaml.safe_dump({"model": "x", "data": ["y"], "output_dir": "z", "learning_rat": 1}))
+        load_train_config(bad)

@@ -1,0 +1,67 @@
+"""LLaVA specifics: video pooling, several images per prompt, processor settings round trip, device_map."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hf_videollm.modeling.llava import llava_tokens_per_frame
+from hf_videollm.processors.llava import VideoLLMLlavaProcessor
+from hf_videollm.tiny import build_tiny
+
+
+def _frames(n=4, size=40, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_video_spatial_pooling_matches_processor_count():
+    model, processor = build_tiny("llava", image_size=56, video_pool_stride=2)
+    assert processor.video_pool_stride == 2
+    batch = processor(text=[f"{processor.video_token} what happens"], videos=[_frames()])
+    n = (batch["input_ids"] == model.config.video_token_id).sum().item()
+    assert n == 4 * llava_tokens_per_frame(56, 14, "default", 2) == 4 * 4  # 4x4 grid pooled to 2x2, 4 frames
+    with torch.no_grad():
+        feats = model.get_video_features(batch["pixel_values_videos"])
+        out = model(**batch)
+    assert feats[0].shape[0] == n and torch.isfinite(out.logits).all()
+
+
+def test_several_images_keep_their_order():
+    model, processor = build_tiny("llava")
+    model.eval()
+    imgs = [torch.full((3, 30, 30), v, dtype=torch.uint8) for v in (0, 255)]
+    a = processor(text=[f"{processor.image_token} and {processor.image_token}"], images=imgs)
+    b = processor(text=[f"{processor.image_token} and {processor.image_token}"], images=imgs[::-1])
+    with torch.no_grad():
+        la, lb = model(**a).logits, model(**b).logits
+    assert not torch.allclose(la, lb)  # swapping the images changes the output: each placeholder gets its own image
+    # the same two images given per sample (nested) or flat are equivalent
+    c = processor(text=[f"{processor.image_token} and {processor.image_token}"], images=[imgs])
+    assert torch.equal(a["pixel_values"], c["pixel_values"])
+
+
+def test_processor_saves_every_preprocessing_setting(tmp_path):
+    _, processor = build_tiny("llava")
+    processor.num_frames, processor.video_fps, processor.max_visual_tokens = None, 2.0, 999
+    processor.save_pretrained(tmp_path)
+    again = VideoLLMLlavaProcessor.from_pretrained(tmp_path)
+    for key in ("image_size", "pad_to_square", "pad_fill", "image_mean", "image_std", "num_frames", "video_fps",
+                "max_frames", "max_visual_tokens", "image_token_id", "video_token_id", "tokenization", "chat_template"):
+        assert getattr(again, key) == getattr(processor, key), key
+    assert (tmp_path / "chat_template.jinja").is_file()
+
+
+def test_device_map_auto_loads_with_no_split_modules(tmp_path):
+    model, processor = build_tiny("llava")
+    model.save_pretrained(tmp_path)
+    loaded = type(model).from_pretrained(tmp_path, device_map="auto").eval()
+    batch = processor(text=[f"{processor.image_token} hi"], images=[torch.zeros(3, 20, 20, dtype=torch.uint8)])
+    with torch.no_grad():
+        assert torch.isfinite(loaded(**batch).logits).all()
+    from accelerate import infer_auto_device_map
+
+    # With a tight budget the layers are spread, but never inside a no-split block.
+    dmap = infer_auto_device_map(model, max_memory={"cpu": "200KB", "disk": "10GB"},
+                                 no_split_module_classes=model._no_split_modules)
+    for key in dmap:
+        assert ".self_attn." not in key and ".mlp." not in key, key
