@@ -215,8 +215,8 @@ def train(cfg: TrainConfig):
         report_to=cfg.report_to,
         remove_unused_columns=False,  # samples are chat messages; the collator builds model inputs
         dataloader_num_workers=cfg.dataloader_num_workers,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # works with frozen towers
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},  # works with frozen towers
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         use_cpu=cfg.use_cpu or not _has_accelerator(),  # several CPU processes must still form one DDP group
         **cfg.extra_training_args,
