@@ -93,7 +93,16 @@ class VideoLLMProcessor(ProcessorMixin):
 
     # -------------------------------------------------------------------------------------- tokenization
     def _special_affixes(self) -> tuple[list[int], list[int]]:
-        """Ids the tokenizer adds before / after a text with ``add_special_tokens=True`` (e.g. BOS, or T5's EOS)."""
+        """Ids the tokenizer adds before / after a text with ``add_special_tokens=True`` (e.g. BOS, or T5's EOS).
+
+        Computed once per tokenizer state (this runs for every sample in training)."""
+        key = (id(self.tokenizer), len(self.tokenizer))
+        cached = self.__dict__.get("_affix_cache")
+        if cached is None or cached[0] != key:
+            self.__dict__["_affix_cache"] = cached = (key, self._find_special_affixes())
+        return cached[1]
+
+    def _find_special_affixes(self) -> tuple[list[int], list[int]]:
         tok = self.tokenizer
         plain = tok("a", add_special_tokens=False)["input_ids"]
         full = tok("a", add_special_tokens=True)["input_ids"]
