@@ -121,6 +121,23 @@ def test_collator_supervises_only_assistant_tokens_and_right_pads(tmp_path, tiny
     assert (batch["labels"][batch["input_ids"] == processor.image_token_id] == -100).all()
 
 
+def test_collator_cache_encodes_each_sample_once(tmp_path, tiny_llava, monkeypatch):
+    _, processor = tiny_llava
+    ds = VideoLLMDataset(load_records(_dataset(tmp_path, n=3)), processor)
+    calls = []
+    real_call = type(processor).__call__
+    monkeypatch.setattr(type(processor), "__call__", lambda self, *a, **k: calls.append(1) or real_call(self, *a, **k))
+    cached = VideoLLMCollator(processor, cache=True)
+    first = cached([ds[0], ds[1]])
+    again = cached([ds[1], ds[0], ds[2]])  # a later epoch: only the new sample is processed
+    assert len(calls) == 3
+    assert torch.equal(again["input_ids"][0], first["input_ids"][1])
+    assert torch.equal(again["pixel_values"][1], first["pixel_values"][0])
+    plain = VideoLLMCollator(processor)
+    plain([ds[0]]), plain([ds[0]])
+    assert len(calls) == 5  # without the cache every call processes again
+
+
 def test_truncation_never_cuts_a_media_span(tmp_path, tiny_llava):
     _, processor = tiny_llava
     long_answer = " ".join(["red"] * 60)

@@ -6,6 +6,10 @@ right-padded for training. A sample longer than ``max_length`` is shortened from
 stays after its last media span and keeps at least one supervised token; otherwise it is dropped with a logged
 reason (``on_overflow="drop"``) or fails (``"error"``). The processor's ``max_visual_tokens`` is a per-sample
 visual-token budget enforced the same way. Text-only, image, video and audio samples mix freely in one batch.
+
+``cache=True`` keeps every encoded sample in memory, keyed by its dataset index, so later epochs skip decoding and
+preprocessing (useful for many epochs over a small dataset; the processor must be deterministic, i.e. no random
+augmentation). With DataLoader workers each worker holds its own cache: use ``persistent_workers``.
 """
 
 from __future__ import annotations
@@ -31,14 +35,24 @@ class VideoLLMCollator:
     processor: Any
     max_length: int | None = None
     on_overflow: str = "drop"  # "drop" | "error"
+    cache: bool = False
     dropped: list[tuple[int, str]] = field(default_factory=list)
+    _cache: dict = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.on_overflow not in ("drop", "error"):
             raise ValueError("on_overflow must be 'drop' or 'error'")
 
     def encode(self, sample: dict) -> dict[str, Any] | None:
-        """One sample -> unpadded tensors, or None when it is dropped."""
+        """One sample -> unpadded tensors, or None when it is dropped (cached by ``sample["index"]`` if ``cache``)."""
+        key = sample.get("index")
+        if not self.cache or key is None:
+            return self._encode(sample)
+        if key not in self._cache:
+            self._cache[key] = self._encode(sample)  # a dropped sample is cached as None: dropped once, logged once
+        return self._cache[key]
+
+    def _encode(self, sample: dict) -> dict[str, Any] | None:
         messages = sample["messages"]
         text = self.processor.apply_chat_template(messages, mark_generation=True)
         media = {_MEDIA_KEYS[k]: v for k, v in media_of(messages).items() if v}

@@ -58,6 +58,7 @@ class TrainConfig:
     skip_invalid: bool = False
     group_by_length: bool = False
     dataloader_num_workers: int = 0
+    cache_encoded_samples: bool = False  # keep encoded samples in memory after their first epoch (small datasets)
     seed: int = 42
     dtype: str = "float32"  # "bfloat16" for bf16 mixed precision on GPUs
     logging_steps: int = 10
@@ -215,6 +216,7 @@ def train(cfg: TrainConfig):
         report_to=cfg.report_to,
         remove_unused_columns=False,  # samples are chat messages; the collator builds model inputs
         dataloader_num_workers=cfg.dataloader_num_workers,
+        dataloader_persistent_workers=cfg.cache_encoded_samples and cfg.dataloader_num_workers > 0,
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},  # works with frozen towers
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
@@ -237,9 +239,10 @@ def train(cfg: TrainConfig):
     core = unwrap_videollm(model)
     summary = core.trainable_parameters_summary()
     logger.info("trainable parameters per part:\n%s", summary)
-    print(f"stage {stage.name} ({mode}): {stage.description}\n{summary}")
+    overridden = f" -- trainable parts overridden: {', '.join(cfg.trainable_parts)}" if cfg.trainable_parts else ""
+    print(f"stage {stage.name} ({mode}): {stage.description}{overridden}\n{summary}")
 
-    collator = VideoLLMCollator(processor, max_length=cfg.max_length)
+    collator = VideoLLMCollator(processor, max_length=cfg.max_length, cache=cfg.cache_encoded_samples)
     trainer = VideoLLMTrainer(
         model=model,
         args=args,
