@@ -12,6 +12,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
+    from .demo import run_bench_synthetic
+
+    return run_bench_synthetic(args)
+
+
+def _add_bench_flags(p: argparse.ArgumentParser) -> None:
+    """Flags of the synthetic benchmark (``None`` = the model's demo preset, see ``hf_videollm.tiny.DemoPreset``)."""
+    p.add_argument("--model", default="llava", help="registered model name (its tiny demo config is trained)")
+    p.add_argument("--workdir", default=None, help="where data and the model go (default: a temporary directory)")
+    p.add_argument("--report", default=None, help="write a JSON report here")
+    p.add_argument("--kinds", default=None, help="comma-separated question kinds (default: all the model can perceive)")
+    p.add_argument("--train-per-kind", type=int, default=None, help="training videos per kind")
+    p.add_argument("--test-per-kind", type=int, default=None, help="held-out videos per kind (default 100)")
+    p.add_argument("--max-steps", type=int, default=None, help="training steps")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--learning-rate", type=float, default=None)
+    p.add_argument("--num-frames", type=int, default=None, help="frames the model samples from each video")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--quiet", action="store_true", help="no training progress output")
+
+
 def _cmd_convert(args: argparse.Namespace) -> int:
     from .conversion import convert
 
@@ -113,12 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hf-videollm", description="Hugging Face-native video LLMs")
     sub = p.add_subparsers(dest="command", required=True)
 
-    d = sub.add_parser("demo", help="build a tiny video model, run it on a generated video and print the answer")
-    d.add_argument("--model", default="llava", help="registered model name (tiny config)")
-    d.add_argument("--workdir", default=None, help="where generated files go (default: a temporary directory)")
-    d.add_argument("--report", default=None, help="write a JSON report here")
-    d.add_argument("--seed", type=int, default=0)
+    d = sub.add_parser(
+        "demo",
+        help="train a tiny video model on generated videos, show it uses time, save, reload and answer a new video",
+    )
+    _add_bench_flags(d)
+    d.add_argument("--strict", action="store_true", help="exit with 1 when a target is not met")
     d.set_defaults(func=_cmd_demo)
+
+    bs = sub.add_parser("bench-synthetic", help="the demo's synthetic video-QA benchmark for any registered model")
+    _add_bench_flags(bs)
+    bs.set_defaults(func=_cmd_bench_synthetic)
 
     c = sub.add_parser("convert", help="convert an original or transformers checkpoint to hf_videollm format")
     c.add_argument("model", help="model family, e.g. llava")

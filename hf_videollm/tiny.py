@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["tiny_tokenizer", "TinySpec", "TINY_BUILDERS", "build_tiny", "BASE_WORDS"]
+__all__ = ["tiny_tokenizer", "TinySpec", "DemoPreset", "TINY_BUILDERS", "build_tiny", "BASE_WORDS"]
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 BASE_WORDS = (
@@ -64,18 +64,30 @@ class TinySpec:
     name: str
     build: Callable[..., tuple]  # (tokenizer, seed) -> (model, processor)
     modalities: tuple[str, ...]
+    demo: DemoPreset | None = None
 
 
-def _tiny_llava(tokenizer, seed: int = 0, **overrides):
+def _merge(base: dict, overrides: dict) -> dict:
+    """``base`` updated with ``overrides``, recursing into nested dicts (``vision_config``...)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _tiny_llava(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+    """``overrides``: config fields (nested dicts update ``vision_config`` / ``text_config``); ``processor``:
+    processor settings. ``image_size`` / ``patch_size`` reach both."""
     from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration
     from .processors.llava import VideoLLMLlavaProcessor
 
     vocab = len(tokenizer)
     image_size = overrides.pop("image_size", 28)
+    patch_size = overrides.pop("patch_size", 14)
     cfg = dict(
         vision_config=dict(
             model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, image_size=image_size, patch_size=14, hidden_act="quick_gelu",
+            num_attention_heads=2, image_size=image_size, patch_size=patch_size, hidden_act="quick_gelu",
         ),
         text_config=dict(
             model_type="llama", vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -87,26 +99,77 @@ def _tiny_llava(tokenizer, seed: int = 0, **overrides):
         video_token_id=vocab + 1,
         projector_type="mlp2x_gelu",
     )
-    cfg.update(overrides)
+    text = overrides.pop("text_config", {})
+    if text.get("model_type", "llama") != "llama":  # another LLM family: its own field names, our special ids
+        ids = {k: cfg["text_config"][k] for k in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")}
+        cfg["text_config"] = {**ids, **text}
+    else:
+        cfg["text_config"] = _merge(cfg["text_config"], text)
+    cfg = _merge(cfg, overrides)
     torch.manual_seed(seed)
     config = VideoLLMLlavaConfig(**cfg)
     model = VideoLLMLlavaForConditionalGeneration(config)
     processor = VideoLLMLlavaProcessor(
         tokenizer,
-        image_size=image_size,
-        patch_size=14,
-        image_token_id=config.image_token_id,
-        video_token_id=config.video_token_id,
-        video_pool_stride=config.video_pool_stride,
-        num_frames=4,
+        **{
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "image_token_id": config.image_token_id,
+            "video_token_id": config.video_token_id,
+            "video_pool_stride": config.video_pool_stride,
+            "num_frames": 4,
+            **(processor or {}),
+        },
     )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     return model, processor
 
 
+@dataclass(frozen=True)
+class DemoPreset:
+    """How ``hf-videollm demo`` / ``bench-synthetic`` build and train this model from scratch on the synthetic
+    benchmark (:mod:`hf_videollm.demo`): builder overrides and training hyperparameters, chosen so the 2-core CPU
+    run stays within about five minutes."""
+
+    model_overrides: dict
+    num_frames: int = 8
+    train_per_kind: int = 1000
+    max_steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_ratio: float = 0.03
+    stage: str = "stage2"  # the recipe stage whose machinery runs; every part trains (from scratch)
+
+
+def _llava_demo_preset() -> DemoPreset:
+    from .processors.chat_templates import vicuna_v1_template
+
+    return DemoPreset(
+        model_overrides=dict(
+            image_size=28,
+            patch_size=14,  # 2x2 patches: four tokens per frame
+            vision_config=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4),
+            vision_feature_layer=-1,  # every tower layer trains (the default -2 would leave the last one unused)
+            # A GPT-2-style LLM: its learned absolute positions put each frame's index into the token itself, which
+            # a model trained from scratch for a few minutes turns into "early vs late" much sooner than RoPE's
+            # relative offsets (measured: direction stays at chance for 3000 steps with a tiny LLaMA).
+            text_config=dict(model_type="gpt2", n_embd=128, n_layer=2, n_head=4, n_positions=512, resid_pdrop=0.0,
+                             embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.1, tie_word_embeddings=False),
+            processor=dict(
+                chat_template=vicuna_v1_template(system=""),
+                # the synthetic videos' own pixel statistics (dark scenes), not CLIP's
+                image_mean=[0.18, 0.175, 0.165],
+                image_std=[0.13, 0.12, 0.10],
+            ),
+        ),
+        num_frames=8,
+        max_steps=3000,
+    )
+
+
 TINY_BUILDERS: dict[str, TinySpec] = {
-    "llava": TinySpec("llava", _tiny_llava, ("image", "video")),
+    "llava": TinySpec("llava", _tiny_llava, ("image", "video"), _llava_demo_preset()),
 }
 
 

@@ -36,14 +36,3 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "error" in err and "nowhere" in err
     rc = main(["train", "--model", "tiny:llava"])
     assert rc == 2 and "--data" in capsys.readouterr().err
-
-
-def test_demo_runs_the_whole_inference_path(tmp_path, capsys):
-    import json
-
-    report = tmp_path / "report.json"
-    assert main(["demo", "--workdir", str(tmp_path / "w"), "--report", str(report)]) == 0
-    data = json.loads(report.read_text())
-    assert data["reload_matches"] and (tmp_path / "w" / "demo.mp4").is_file()
-    assert (tmp_path / "w" / "model" / "config.json").is_file()
-    assert "answer:" in capsys.readouterr().out

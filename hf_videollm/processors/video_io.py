@@ -60,9 +60,9 @@ from pathlib import Path
 from typing import Any
 
 import av
-from av.video.reformatter import VideoReformatter
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 
 logger = logging.getLogger(__name__)
 
