@@ -43,13 +43,14 @@ Command line: ``python -m hf_videollm.synthetic OUT_DIR --samples-per-kind 50 --
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
 import os
 import re
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ QUESTIONS: dict[str, str] = {
 _MIN_FRAMES = 8
 _MIN_SIZE = 16
 _MIN_AUDIO_SECONDS = 1.0
+_MIN_CHUNK = 64  # fewer samples per worker than this are built in the calling process
 _SEED_SPACE = 2**53 // len(SPLITS)  # seeds stay below 2**53 (exact in any JSON reader)
 
 _TOKEN_RE = re.compile(r"[a-z]+|[^\sa-z]")
@@ -611,10 +613,64 @@ def _balanced_answers(seed: int, split: str, kind: str, n: int) -> list[str]:
     return labels
 
 
+def counts_per_kind(samples_per_kind: int | Mapping[str, int], kinds: Sequence[str]) -> dict[str, int]:
+    """``{kind: n}`` for every kind of ``kinds``: one count for all, or a mapping that names each kind exactly."""
+
+    def check(name: str, n: Any) -> int:
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"{name} must be a non-negative integer, got {n!r}")
+        return int(n)
+
+    if isinstance(samples_per_kind, Mapping):
+        missing = [k for k in kinds if k not in samples_per_kind]
+        extra = [k for k in samples_per_kind if k not in kinds]
+        if missing or extra:
+            raise ValueError(
+                f"samples_per_kind must give a count for exactly the kinds {list(kinds)}; "
+                f"missing {missing}, not asked for {extra}"
+            )
+        return {k: check(f"samples_per_kind[{k!r}]", samples_per_kind[k]) for k in kinds}
+    n = check("samples_per_kind", samples_per_kind)
+    return {k: n for k in kinds}
+
+
+def _plan(
+    split: str, samples_per_kind: int | Mapping[str, int], kinds: Sequence[str], seed: int, audio: bool | None
+) -> list[tuple[str, str, str, int]]:
+    """Validated ``[(id, kind, answer, sample_seed), ...]`` of a split, kind by kind."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    kinds = tuple(kinds)
+    for kind in kinds:
+        _check_kind(kind)
+        if audio is False and kind in KINDS_AUDIO:
+            raise ValueError(f"kind {kind!r} needs an audio track but audio=False")
+    if len(set(kinds)) != len(kinds):
+        raise ValueError(f"kinds contains duplicates: {kinds}")
+    counts = counts_per_kind(samples_per_kind, kinds)
+    plan = []
+    for kind in kinds:
+        width = max(4, len(str(max(counts[kind] - 1, 0))))
+        for index, answer in enumerate(_balanced_answers(seed, split, kind, counts[kind])):
+            plan.append((f"{split}-{kind}_{index:0{width}d}", kind, answer, sample_seed(seed, split, kind, index)))
+    return plan
+
+
+def _build(item: tuple[str, str, str, int], size, num_frames: int, fps: float, audio: bool | None) -> SyntheticSample:
+    sample_id, kind, answer, s = item
+    frames, wave, question, answer, choices, meta = make_sample(
+        kind, s, size=size, num_frames=num_frames, fps=fps, audio=bool(audio), answer=answer
+    )
+    return SyntheticSample(
+        id=sample_id, kind=kind, question=question, answer=answer, choices=choices, seed=s, video=None,
+        frames=frames, meta=meta, audio=wave,
+    )
+
+
 def build_samples(
     *,
     split: str,
-    samples_per_kind: int,
+    samples_per_kind: int | Mapping[str, int],
     kinds: Sequence[str] = KINDS_VIDEO,
     seed: int = 0,
     size: int | Sequence[int] = 64,
@@ -624,44 +680,15 @@ def build_samples(
 ) -> Iterator[SyntheticSample]:
     """Yield the samples of a split in memory (``frames``/``audio`` set, ``video=None``), kind by kind.
 
+    ``samples_per_kind``: one count for every kind, or ``{kind: count}`` naming each kind of ``kinds``; a kind's
+    samples do not depend on the other kinds' counts.
     ``audio``: ``None`` = an audio track for audio kinds only, ``True`` = for every sample, ``False`` = none (audio
     kinds are then refused).
     """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if (
-        isinstance(samples_per_kind, bool)
-        or not isinstance(samples_per_kind, (int, np.integer))
-        or samples_per_kind < 0
-    ):
-        raise ValueError(f"samples_per_kind must be a non-negative integer, got {samples_per_kind!r}")
-    kinds = tuple(kinds)
-    for kind in kinds:
-        _check_kind(kind)
-        if audio is False and kind in KINDS_AUDIO:
-            raise ValueError(f"kind {kind!r} needs an audio track but audio=False")
-    if len(set(kinds)) != len(kinds):
-        raise ValueError(f"kinds contains duplicates: {kinds}")
+    plan = _plan(split, samples_per_kind, kinds, seed, audio)
     _make_cfg(size, num_frames, fps)  # validate before generating anything
-    width = max(4, len(str(max(samples_per_kind - 1, 0))))
-    for kind in kinds:
-        for index, answer in enumerate(_balanced_answers(seed, split, kind, samples_per_kind)):
-            s = sample_seed(seed, split, kind, index)
-            frames, wave, question, answer, choices, meta = make_sample(
-                kind, s, size=size, num_frames=num_frames, fps=fps, audio=bool(audio), answer=answer
-            )
-            yield SyntheticSample(
-                id=f"{split}-{kind}_{index:0{width}d}",
-                kind=kind,
-                question=question,
-                answer=answer,
-                choices=choices,
-                seed=s,
-                video=None,
-                frames=frames,
-                meta=meta,
-                audio=wave,
-            )
+    for item in plan:
+        yield _build(item, size, num_frames, fps, audio)
 
 
 # Reproducible encoding. libx264 at these tiny sizes is not bit-reproducible with its defaults: with several threads,
@@ -693,11 +720,31 @@ def _row(sample: SyntheticSample, video_rel: str) -> dict:
     }
 
 
+def _write_rows(
+    items: list[tuple[str, str, str, int]], video_dir: Path | None, size, num_frames: int, fps: float,
+    audio: bool | None, container: str,
+) -> list[dict]:
+    """Build ``items``, write their files into ``video_dir`` (``None``: no files) and return their JSONL rows."""
+    if video_dir is not None:
+        from .processors.video_io import write_video
+    rows = []
+    for item in items:
+        sample = _build(item, size, num_frames, fps, audio)
+        name = f"{sample.id.split('-', 1)[1]}.{container}"
+        if video_dir is not None:
+            write_video(
+                video_dir / name, sample.frames, fps, audio=sample.audio, audio_rate=AUDIO_RATE,
+                options=_ENCODER_OPTIONS[container],
+            )
+        rows.append(_row(sample, f"videos/{name}"))
+    return rows
+
+
 def generate_dataset(
     out_dir: str | os.PathLike,
     *,
     split: str,
-    samples_per_kind: int,
+    samples_per_kind: int | Mapping[str, int],
     kinds: Sequence[str] = KINDS_VIDEO,
     seed: int = 0,
     size: int | Sequence[int] = 64,
@@ -706,6 +753,7 @@ def generate_dataset(
     container: str = "mp4",
     write_files: bool = True,
     audio: bool | None = None,
+    workers: int = 1,
 ) -> Path:
     """Write ``out_dir/split/videos/<kind>_<index>.<container>`` and ``out_dir/split/data.jsonl``; return the latter.
 
@@ -715,41 +763,34 @@ def generate_dataset(
     in the video file (AAC in MP4, Opus in WebM). ``container``: ``"mp4"`` (H.264), ``"webm"`` (VP9) or ``"mkv"``.
 
     ``write_files=False`` writes only ``data.jsonl`` (the videos can be regenerated from the seeds with
-    :func:`make_sample` at any time). ``audio``: see :func:`build_samples`. Answers are balanced per kind and the
-    same arguments always give the same rows and the same decoded frames.
+    :func:`make_sample` at any time). ``audio``, ``samples_per_kind``: see :func:`build_samples`. Answers are
+    balanced per kind and the same arguments always give the same rows and the same decoded frames, whatever
+    ``workers`` (processes that build and encode the samples; fresh interpreters, so safe after torch has run).
     """
     if container not in ("mp4", "webm", "mkv"):
         raise ValueError(f"container must be 'mp4', 'webm' or 'mkv', got {container!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ValueError(f"workers must be a positive integer, got {workers!r}")
+    plan = _plan(split, samples_per_kind, kinds, seed, audio)
+    _make_cfg(size, num_frames, fps)
     root = Path(out_dir) / split
-    video_dir = root / "videos"
-    rows = []
-    samples = build_samples(
-        split=split,
-        samples_per_kind=samples_per_kind,
-        kinds=kinds,
-        seed=seed,
-        size=size,
-        num_frames=num_frames,
-        fps=fps,
-        audio=audio,
-    )
-    if write_files:
-        from .processors.video_io import write_video
-
+    video_dir = root / "videos" if write_files else None
+    if video_dir is not None:
         video_dir.mkdir(parents=True, exist_ok=True)
-    for sample in samples:
-        name = f"{sample.id.split('-', 1)[1]}.{container}"
-        if write_files:
-            assert sample.frames is not None
-            write_video(
-                video_dir / name,
-                sample.frames,
-                fps,
-                audio=sample.audio,
-                audio_rate=AUDIO_RATE,
-                options=_ENCODER_OPTIONS[container],
-            )
-        rows.append(_row(sample, f"videos/{name}"))
+    job = functools.partial(
+        _write_rows, video_dir=video_dir, size=size, num_frames=num_frames, fps=fps, audio=audio, container=container
+    )
+    workers = min(workers, len(plan) // _MIN_CHUNK)
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        step = -(-len(plan) // (4 * workers))  # a few chunks per worker, in order
+        chunks = [plan[i : i + step] for i in range(0, len(plan), step)]
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = [row for part in pool.map(job, chunks) for row in part]
+    else:
+        rows = job(plan)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "data.jsonl"
     tmp = path.with_name(path.name + ".tmp")
@@ -771,6 +812,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num-frames", type=int, default=16)
     parser.add_argument("--fps", type=float, default=8)
     parser.add_argument("--container", default="mp4", choices=("mp4", "webm", "mkv"))
+    parser.add_argument("--workers", type=int, default=1, help="processes that build and encode the videos")
     args = parser.parse_args(argv)
     for split in args.splits:
         t0 = time.perf_counter()
@@ -784,6 +826,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             num_frames=args.num_frames,
             fps=args.fps,
             container=args.container,
+            workers=args.workers,
         )
         n = args.samples_per_kind * len(args.kinds)
         print(f"{path}: {n} samples in {time.perf_counter() - t0:.1f}s")

@@ -196,6 +196,20 @@ def test_answers_balanced_within_each_kind(tmp_path):
     assert read_rows(again) == rows
 
 
+def test_counts_per_kind(tmp_path):
+    counts = {"direction": 6, "order": 2, "count": 0}
+    path = S.generate_dataset(tmp_path, split="train", samples_per_kind=counts, kinds=list(counts), write_files=False)
+    assert Counter(r["kind"] for r in read_rows(path)) == {"direction": 6, "order": 2}
+    # a kind's samples do not depend on the other kinds' counts
+    alone = S.generate_dataset(tmp_path / "alone", split="train", samples_per_kind=6, kinds=["direction"],
+                               write_files=False)
+    assert read_rows(alone) == [r for r in read_rows(path) if r["kind"] == "direction"]
+    with pytest.raises(ValueError, match=r"missing \['order'\], not asked for \['pitch'\]"):
+        next(S.build_samples(split="train", samples_per_kind={"direction": 1, "pitch": 1}, kinds=["direction", "order"]))
+    with pytest.raises(ValueError, match=r"samples_per_kind\['order'\] must be a non-negative integer"):
+        next(S.build_samples(split="train", samples_per_kind={"order": -1}, kinds=["order"]))
+
+
 def test_train_and_test_seeds_disjoint():
     seeds = {split: [S.sample_seed(0, split, kind, i) for kind in S.KINDS for i in range(2000)] for split in S.SPLITS}
     for split, values in seeds.items():
@@ -254,6 +268,19 @@ def test_written_files_are_reproducible(dataset, tmp_path):
     for r in read_rows(dataset):  # identical bytes (one encoder thread; x264 with threads is not reproducible)
         rel = r["messages"][0]["content"][0]["video"]
         assert (again.parent / rel).read_bytes() == (dataset.parent / rel).read_bytes(), rel
+
+
+def test_worker_processes_write_the_same_dataset(tmp_path, monkeypatch):
+    monkeypatch.setattr(S, "_MIN_CHUNK", 4)  # so that 16 samples are split over two worker processes
+    kw = dict(split="train", samples_per_kind={"order": 9, "count": 7}, kinds=["order", "count"], seed=3)
+    one = S.generate_dataset(tmp_path / "one", **kw)
+    two = S.generate_dataset(tmp_path / "two", workers=2, **kw)
+    assert two.read_bytes() == one.read_bytes()
+    for r in read_rows(one):
+        rel = r["messages"][0]["content"][0]["video"]
+        assert (two.parent / rel).read_bytes() == (one.parent / rel).read_bytes(), rel
+    with pytest.raises(ValueError, match="workers must be a positive integer"):
+        S.generate_dataset(tmp_path / "bad", workers=0, **kw)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
