@@ -18,13 +18,25 @@ def _cmd_bench_synthetic(args: argparse.Namespace) -> int:
     return run_bench_synthetic(args)
 
 
+def _per_kind(text: str):
+    from .demo import parse_per_kind
+
+    try:
+        return parse_per_kind(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _add_bench_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the synthetic benchmark (``None`` = the model's demo preset, see ``hf_videollm.tiny.DemoPreset``)."""
     p.add_argument("--model", default="llava", help="registered model name (its tiny demo config is trained)")
     p.add_argument("--workdir", default=None, help="where data and the model go (default: a temporary directory)")
     p.add_argument("--report", default=None, help="write a JSON report here")
     p.add_argument("--kinds", default=None, help="comma-separated question kinds (default: all the model can perceive)")
-    p.add_argument("--train-per-kind", type=int, default=None, help="training videos per kind")
+    p.add_argument(
+        "--train-per-kind", type=_per_kind, default=None, metavar="N|KIND=N,...",
+        help="training videos per kind: one count for every kind, or kind=count pairs that update the preset's",
+    )
     p.add_argument("--test-per-kind", type=int, default=None, help="held-out videos per kind (default 100)")
     p.add_argument("--max-steps", type=int, default=None, help="training steps")
     p.add_argument("--batch-size", type=int, default=None)

@@ -49,7 +49,7 @@ class BenchSettings:
     model: str = "llava"
     workdir: str | None = None
     kinds: list[str] | None = None  # default: every synthetic kind of the model's modalities
-    train_per_kind: int | None = None
+    train_per_kind: int | dict[str, int] | None = None  # one count, or {kind: count} updating the preset's
     test_per_kind: int = 100
     max_steps: int | None = None
     batch_size: int | None = None
@@ -72,18 +72,20 @@ class BenchSettings:
             raise ValueError(f"model {self.model!r} takes no video ({spec.modalities}); pick a video model")
         preset = spec.demo
         values = asdict(self)
-        for name in ("train_per_kind", "max_steps", "batch_size", "learning_rate", "warmup_ratio", "num_frames"):
+        for name in ("max_steps", "batch_size", "learning_rate", "warmup_ratio", "num_frames"):
             if values[name] is None:
                 values[name] = getattr(preset, name)
         if values["kinds"] is None:
             values["kinds"] = list(S.KINDS_VIDEO) + (list(S.KINDS_AUDIO) if "audio" in spec.modalities else [])
-        unknown = [k for k in values["kinds"] if k not in S.KINDS]
+        kinds = values["kinds"]
+        unknown = [k for k in kinds if k not in S.KINDS]
         if unknown:
             raise ValueError(f"unknown kind(s) {unknown}; expected some of {S.KINDS}")
-        audio_kinds = [k for k in values["kinds"] if k in S.KINDS_AUDIO]
+        audio_kinds = [k for k in kinds if k in S.KINDS_AUDIO]
         if audio_kinds and "audio" not in spec.modalities:
             raise ValueError(f"model {self.model!r} hears no audio; drop the kind(s) {audio_kinds}")
-        for name in ("train_per_kind", "test_per_kind", "max_steps", "batch_size", "num_frames"):
+        values["train_per_kind"] = _train_counts(values["train_per_kind"], kinds, preset)
+        for name in ("test_per_kind", "max_steps", "batch_size", "num_frames"):
             if values[name] < 1:
                 raise ValueError(f"{name} must be >= 1, got {values[name]}")
         if values["num_frames"] > values["video_frames"]:
@@ -91,6 +93,39 @@ class BenchSettings:
                 f"num_frames={values['num_frames']} is more than the {values['video_frames']} frames each video has"
             )
         return BenchSettings(**values)
+
+
+def _train_counts(asked: int | dict[str, int] | None, kinds: list[str], preset) -> dict[str, int]:
+    """Training videos per kind: the preset's counts, updated by ``asked`` ({kind: n}) or all replaced (one n)."""
+    if asked is None or isinstance(asked, dict):
+        asked = asked or {}
+        stray = [k for k in asked if k not in kinds]
+        if stray:
+            raise ValueError(f"train_per_kind names kind(s) {stray} that this run does not train on ({kinds})")
+        counts = {k: asked.get(k, preset.train_counts.get(k, preset.train_per_kind)) for k in kinds}
+    else:
+        counts = {k: asked for k in kinds}
+    for kind, n in counts.items():
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"train_per_kind must be >= 1 for every kind, got {n!r} for {kind!r}")
+    return counts
+
+
+def parse_per_kind(text: str) -> int | dict[str, int]:
+    """``"2000"`` -> 2000; ``"direction=4000,count=500"`` -> ``{"direction": 4000, "count": 500}``."""
+    text = text.strip()
+    try:
+        if "=" not in text:
+            return int(text)
+        out = {}
+        for item in text.split(","):
+            kind, _, n = item.partition("=")
+            out[kind.strip()] = int(n)
+        return out
+    except ValueError:
+        raise ValueError(
+            f"cannot read {text!r}: give one count (2000) or kind=count pairs (direction=4000,count=500)"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -215,15 +250,16 @@ def run_benchmark(settings: BenchSettings) -> dict:
     t = time.perf_counter()
     data = workdir / "data"
     paths = {}
-    for split, n in (("train", settings.train_per_kind), ("test", settings.test_per_kind)):
+    test_counts = {k: settings.test_per_kind for k in settings.kinds}
+    for split, n in (("train", settings.train_per_kind), ("test", test_counts)):
         paths[split] = S.generate_dataset(
             data, split=split, samples_per_kind=n, kinds=settings.kinds, seed=settings.seed,
-            size=settings.video_size, num_frames=settings.video_frames,
+            size=settings.video_size, num_frames=settings.video_frames, workers=min(2, os.cpu_count() or 1),
         )
     timings["generate_data"] = time.perf_counter() - t
-    n_train = settings.train_per_kind * len(settings.kinds)
-    say(f"data: {n_train} training and {settings.test_per_kind * len(settings.kinds)} test videos "
-        f"({', '.join(settings.kinds)}) in {timings['generate_data']:.1f} s -> {data}")
+    per_kind = ", ".join(f"{k} {n}" for k, n in settings.train_per_kind.items())
+    say(f"data: {sum(settings.train_per_kind.values())} training videos ({per_kind}) and "
+        f"{settings.test_per_kind} test videos per kind in {timings['generate_data']:.1f} s -> {data}")
 
     base = workdir / "base_model"
     params, parts = _build_base(settings, base)

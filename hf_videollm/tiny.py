@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -135,6 +135,7 @@ class DemoPreset:
     model_overrides: dict
     num_frames: int = 8
     train_per_kind: int = 1000
+    train_counts: dict = field(default_factory=dict)  # {kind: training videos} where a kind needs another count
     max_steps: int = 1500
     batch_size: int = 32
     learning_rate: float = 1e-3

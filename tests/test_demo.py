@@ -67,11 +67,28 @@ def test_strict_demo_fails_when_targets_are_missed(tmp_path):
         (BenchSettings(kinds=["pitch"]), "hears no audio"),
         (BenchSettings(num_frames=32), "more than the 16 frames"),
         (BenchSettings(max_steps=0), "max_steps must be >= 1"),
+        (BenchSettings(train_per_kind=0), "train_per_kind must be >= 1 for every kind, got 0 for 'appearance'"),
+        (BenchSettings(kinds=["order"], train_per_kind={"direction": 5}), r"names kind\(s\) \['direction'\]"),
     ],
 )
 def test_bad_settings_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
         settings.resolve()
+
+
+def test_training_counts_per_kind():
+    from hf_videollm.demo import parse_per_kind
+    from hf_videollm.tiny import TINY_BUILDERS
+
+    preset = TINY_BUILDERS["llava"].demo
+    default = BenchSettings().resolve().train_per_kind
+    assert default == {k: preset.train_counts.get(k, preset.train_per_kind) for k in default}
+    # kind=count pairs update the preset's counts; one count replaces them all
+    updated = BenchSettings(train_per_kind=parse_per_kind("order=7, count=9")).resolve().train_per_kind
+    assert updated == {**default, "order": 7, "count": 9}
+    assert BenchSettings(train_per_kind=parse_per_kind("12")).resolve().train_per_kind == dict.fromkeys(default, 12)
+    with pytest.raises(ValueError, match="give one count"):
+        parse_per_kind("order=many")
 
 
 def test_targets_and_table():
