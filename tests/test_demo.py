@@ -25,6 +25,10 @@ def test_shortened_benchmark_learns_to_use_time(tmp_path):
     assert acc["video"]["order"] >= 0.85, report
     assert acc["single_frame"]["order"] <= 0.70, report
     assert report["train_loss"]["last"] < report["train_loss"]["first"]
+    # per answer: 80 balanced questions = 20 per colour, so the mean over answers is the kind's accuracy
+    by_answer = acc["video_by_answer"]["order"]
+    assert set(by_answer) == {"red", "green", "blue", "yellow"}
+    assert sum(by_answer.values()) / 4 == pytest.approx(acc["video"]["order"])
     assert (tmp_path / "model" / "config.json").is_file()
 
 
