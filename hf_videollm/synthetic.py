@@ -765,14 +765,15 @@ def generate_dataset(
     ``write_files=False`` writes only ``data.jsonl`` (the videos can be regenerated from the seeds with
     :func:`make_sample` at any time). ``audio``, ``samples_per_kind``: see :func:`build_samples`. Answers are
     balanced per kind and the same arguments always give the same rows and the same decoded frames, whatever
-    ``workers`` (processes that build and encode the samples; fresh interpreters, so safe after torch has run).
+    ``workers`` (processes that build and encode the samples; spawned fresh interpreters, so safe after torch has
+    run, but a script calling this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard).
     """
     if container not in ("mp4", "webm", "mkv"):
         raise ValueError(f"container must be 'mp4', 'webm' or 'mkv', got {container!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise ValueError(f"workers must be a positive integer, got {workers!r}")
     plan = _plan(split, samples_per_kind, kinds, seed, audio)
-    _make_cfg(size, num_frames, fps)
+    _make_cfg(size, num_frames, fps)  # validate before writing anything
     root = Path(out_dir) / split
     video_dir = root / "videos" if write_files else None
     if video_dir is not None:
