@@ -261,8 +261,7 @@ def run_benchmark(settings: BenchSettings) -> dict:
     t = time.perf_counter()
     data = workdir / "data"
     paths = {}
-    test_counts = {k: settings.test_per_kind for k in settings.kinds}
-    for split, n in (("train", settings.train_per_kind), ("test", test_counts)):
+    for split, n in (("train", settings.train_per_kind), ("test", settings.test_per_kind)):
         paths[split] = S.generate_dataset(
             data, split=split, samples_per_kind=n, kinds=settings.kinds, seed=settings.seed,
             size=settings.video_size, num_frames=settings.video_frames, workers=min(settings.data_workers, os.cpu_count() or 1),
