@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
-
 from ..modeling.llava import llava_tokens_per_frame
 from .base import ProcessorInputError, VideoLLMProcessor
 from .chat_templates import LLAVA_V1_SYSTEM, vicuna_v1_template
-from .media import load_frames, load_images
+from .media import FramePixelsMixin
 
 __all__ = ["VideoLLMLlavaProcessor", "CLIP_MEAN", "CLIP_STD"]
 
@@ -17,7 +13,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-class VideoLLMLlavaProcessor(VideoLLMProcessor):
+class VideoLLMLlavaProcessor(FramePixelsMixin, VideoLLMProcessor):
     """Turns text + images/videos into LLaVA inputs.
 
     Image pipeline (as ``llava.mm_utils.process_images``): optional pad-to-square with the mean colour
@@ -106,37 +102,14 @@ class VideoLLMLlavaProcessor(VideoLLMProcessor):
             rescale_factor=self.rescale_factor,
         )
 
-    def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
-        tf = self.transform
-        pixels = [tf(img) for img in load_images(images, self.max_image_pixels, self.max_aspect_ratio)]
-        n = llava_tokens_per_frame(self.image_size, self.patch_size, self.vision_feature_select_strategy)
-        return {"pixel_values": torch.stack(pixels)}, [n] * len(pixels)
+    def image_tokens(self) -> int:
+        return llava_tokens_per_frame(self.image_size, self.patch_size, self.vision_feature_select_strategy)
 
-    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list[int]]:
-        tf = self.transform
-        clips = []
-        for i, video in enumerate(videos):
-            frames = load_frames(
-                video, index=i, num_frames=self.num_frames, fps=self.video_fps, max_frames=self.max_frames,
-                max_aspect_ratio=self.max_aspect_ratio,
-            )
-            clips.append(tf(frames))
+    def video_tokens(self, num_frames: int) -> int:
         per_frame = llava_tokens_per_frame(
             self.image_size, self.patch_size, self.vision_feature_select_strategy, self.video_pool_stride
         )
-        counts = [c.shape[0] * per_frame for c in clips]
-        if len({c.shape[0] for c in clips}) == 1:
-            return {"pixel_values_videos": torch.stack(clips)}, counts
-        return {"pixel_values_videos": clips}, counts
-
-    def estimate_media_tokens(self, media: dict[str, list]) -> int:
-        """Media tokens a sample will take, without decoding (videos: ``num_frames`` or ``max_frames``)."""
-        per_image = llava_tokens_per_frame(self.image_size, self.patch_size, self.vision_feature_select_strategy)
-        per_frame = llava_tokens_per_frame(
-            self.image_size, self.patch_size, self.vision_feature_select_strategy, self.video_pool_stride
-        )
-        frames = self.num_frames or self.max_frames
-        return len(media.get("image", [])) * per_image + len(media.get("video", [])) * frames * per_frame
+        return num_frames * per_frame
 
     # ------------------------------------------------------------------------------------------ tokens
     def _expand(self, modality: str, num_tokens: int) -> list[int]:

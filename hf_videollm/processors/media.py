@@ -13,7 +13,7 @@ import torch
 from .image_io import ImageLoadError, check_aspect_ratio, load_image
 from .video_io import VideoDecodeError, load_video
 
-__all__ = ["load_images", "load_frames"]
+__all__ = ["load_images", "load_frames", "FramePixelsMixin"]
 
 
 def load_images(images: list, max_pixels: int | None, max_aspect_ratio: float | None) -> list[torch.Tensor]:
@@ -42,6 +42,7 @@ def load_frames(
     fps: float | None,
     max_frames: int | None,
     max_aspect_ratio: float | None = None,
+    sampling: str = "uniform",
 ) -> torch.Tensor:
     """A video (file source, ``(T, H, W, C)``/``(T, C, H, W)`` array or tensor, or list of frames) -> uint8 ``(T, 3, H, W)``.
 
@@ -51,7 +52,7 @@ def load_frames(
     """
     try:
         if _is_video_source(video):
-            frames, _ = load_video(video, num_frames=num_frames, fps=fps, max_frames=max_frames)
+            frames, _ = load_video(video, num_frames=num_frames, fps=fps, max_frames=max_frames, sampling=sampling)
             frames = frames.permute(0, 3, 1, 2)
         else:
             if isinstance(video, (list, tuple)):
@@ -73,3 +74,37 @@ def load_frames(
     except (VideoDecodeError, ImageLoadError) as e:
         raise type(e)(f"video {index}: {e}") from e
     return frames.contiguous()
+
+
+class FramePixelsMixin:
+    """The image / video pixel path shared by processors whose model sees every frame as an image.
+
+    The processor provides ``transform`` (an :class:`~.transforms.ImageTransform`), ``image_tokens()`` and
+    ``video_tokens(num_frames)`` (computed with the model's own formula), and the settings ``num_frames``,
+    ``video_fps``, ``max_frames``, ``max_image_pixels``, ``max_aspect_ratio`` (``frame_sampling``: optional, default
+    ``"uniform"``, see :func:`~.video_io.load_video`).
+    """
+
+    def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
+        tf = self.transform
+        pixels = [tf(img) for img in load_images(images, self.max_image_pixels, self.max_aspect_ratio)]
+        return {"pixel_values": torch.stack(pixels)}, [self.image_tokens()] * len(pixels)
+
+    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list[int]]:
+        tf = self.transform
+        clips = []
+        for i, video in enumerate(videos):
+            frames = load_frames(
+                video, index=i, num_frames=self.num_frames, fps=self.video_fps, max_frames=self.max_frames,
+                max_aspect_ratio=self.max_aspect_ratio, sampling=getattr(self, "frame_sampling", "uniform"),
+            )
+            clips.append(tf(frames))
+        counts = [self.video_tokens(c.shape[0]) for c in clips]
+        if len({c.shape[0] for c in clips}) == 1:
+            return {"pixel_values_videos": torch.stack(clips)}, counts
+        return {"pixel_values_videos": clips}, counts
+
+    def estimate_media_tokens(self, media: dict[str, list]) -> int:
+        """Media tokens a sample will take, without decoding (videos: ``num_frames`` or ``max_frames``)."""
+        frames = self.num_frames or self.max_frames
+        return len(media.get("image", [])) * self.image_tokens() + len(media.get("video", [])) * self.video_tokens(frames)

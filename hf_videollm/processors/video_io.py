@@ -277,6 +277,10 @@ def _pick_video_stream(container, name: str):
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+#: Frame sampling rules of :func:`load_video`.
+SAMPLING_RULES = ("uniform", "linspace", "index_midpoints")
+
+
 def _check_positive_int(value: Any, what: str, name: str) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise VideoDecodeError(f"{name}: {what} must be a positive integer, got {value!r}.")
@@ -301,8 +305,8 @@ def _validate_args(name, num_frames, fps, start, end, mode, max_frames, sampling
         raise VideoDecodeError(f"{name}: start ({start}) must be smaller than end ({end}).")
     if mode not in ("exact", "keyframe"):
         raise VideoDecodeError(f"{name}: mode must be 'exact' or 'keyframe', got {mode!r}.")
-    if sampling not in ("uniform", "linspace"):
-        raise VideoDecodeError(f"{name}: sampling must be 'uniform' or 'linspace', got {sampling!r}.")
+    if sampling not in SAMPLING_RULES:
+        raise VideoDecodeError(f"{name}: sampling must be one of {SAMPLING_RULES}, got {sampling!r}.")
     if backend not in ("pyav", "torchcodec", "auto"):
         raise VideoDecodeError(f"{name}: backend must be 'pyav', 'torchcodec' or 'auto', got {backend!r}.")
 
@@ -340,6 +344,11 @@ def _sampling_targets(
             if num_frames == 1:
                 return [lo]
             return [float(x) for x in np.linspace(lo, last, num_frames)]
+        if sampling == "index_midpoints":
+            # midpoints of n equal segments of [first frame, last frame] rounded to the nearest frame: half a frame
+            # later, the frame displayed there is the rounded one
+            half = (hi - last) / 2
+            return [lo + (i + 0.5) * (last - lo) / num_frames + half for i in range(num_frames)]
         return [lo + (i + 0.5) * span / num_frames for i in range(num_frames)]
     assert fps is not None
     if sampling == "linspace":
@@ -985,6 +994,9 @@ def load_video(
             ``start`` to the start time of the last frame of the window, both included (for constant frame rate the
             same frames as ``np.linspace(first, last, n).astype(int)`` on indices; with ``fps``: ``start + i / fps``
             while ``< end``). The last frame time is exact after a packet scan, else estimated as ``end - 1 / fps``.
+            ``"index_midpoints"``: midpoints of ``n`` equal segments from the first to the last frame of the window,
+            rounded to the nearest frame: for constant frame rate ``round((i + 0.5) * (frames - 1) / n)`` on indices
+            (VideoLLaMA 2's ``frame_sample``); with ``fps`` the same as ``"uniform"``.
         backend: ``"pyav"``, ``"torchcodec"`` (error if not installed) or ``"auto"`` (torchcodec when importable and
             ``mode="exact"``, else pyav).
 
