@@ -15,10 +15,16 @@ class ModelEntry:
 
 def _entries() -> dict[str, ModelEntry]:
     from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration
+    from .modeling.videollama2 import VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration
     from .processors.llava import VideoLLMLlavaProcessor
+    from .processors.videollama2 import VideoLLMVideoLlama2Processor
 
     return {
         "llava": ModelEntry("llava", VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaProcessor),
+        "videollama2": ModelEntry(
+            "videollama2", VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration,
+            VideoLLMVideoLlama2Processor,
+        ),
     }
 
 

@@ -75,6 +75,35 @@ def _merge(base: dict, overrides: dict) -> dict:
     return out
 
 
+def _tiny_text_config(tokenizer, overrides: dict, model_type: str) -> dict:
+    """A 2-layer ``model_type`` LLM config (64 wide) with the tokenizer's vocabulary and special ids; ``overrides``
+    update it (another ``model_type`` replaces it, keeping the ids)."""
+    ids = dict(
+        vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    if overrides.get("model_type", model_type) != model_type:  # another LLM family: its own field names
+        return {**ids, **overrides}
+    base = dict(
+        model_type=model_type, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=2048, tie_word_embeddings=False, **ids,
+    )
+    return _merge(base, overrides)
+
+
+def _tiny_clip(image_size: int, patch_size: int) -> dict:
+    return dict(
+        model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, image_size=image_size, patch_size=patch_size, hidden_act="quick_gelu",
+    )
+
+
+def _finish(model, tokenizer):
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
 def _tiny_llava(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
     """``overrides``: config fields (nested dicts update ``vision_config`` / ``text_config``); ``processor``:
     processor settings. ``image_size`` / ``patch_size`` reach both."""
@@ -85,26 +114,12 @@ def _tiny_llava(tokenizer, seed: int = 0, *, processor: dict | None = None, **ov
     image_size = overrides.pop("image_size", 28)
     patch_size = overrides.pop("patch_size", 14)
     cfg = dict(
-        vision_config=dict(
-            model_type="clip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, image_size=image_size, patch_size=patch_size, hidden_act="quick_gelu",
-        ),
-        text_config=dict(
-            model_type="llama", vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-            num_attention_heads=4, num_key_value_heads=2, pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, max_position_embeddings=2048,
-            tie_word_embeddings=False,
-        ),
+        vision_config=_tiny_clip(image_size, patch_size),
+        text_config=_tiny_text_config(tokenizer, overrides.pop("text_config", {}), "llama"),
         image_token_id=vocab,
         video_token_id=vocab + 1,
         projector_type="mlp2x_gelu",
     )
-    text = overrides.pop("text_config", {})
-    if text.get("model_type", "llama") != "llama":  # another LLM family: its own field names, our special ids
-        ids = {k: cfg["text_config"][k] for k in ("vocab_size", "pad_token_id", "bos_token_id", "eos_token_id")}
-        cfg["text_config"] = {**ids, **text}
-    else:
-        cfg["text_config"] = _merge(cfg["text_config"], text)
     cfg = _merge(cfg, overrides)
     torch.manual_seed(seed)
     config = VideoLLMLlavaConfig(**cfg)
@@ -121,9 +136,44 @@ def _tiny_llava(tokenizer, seed: int = 0, *, processor: dict | None = None, **ov
             **(processor or {}),
         },
     )
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    return model, processor
+    return _finish(model, tokenizer), processor
+
+
+def _tiny_videollama2(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+    """A tiny VideoLLaMA 2: CLIP 2x32 -> STC connector -> Mistral 2x64. Same ``overrides`` / ``processor`` rules as
+    the LLaVA builder; ``num_frames`` (frames an image is repeated to, default 4) reaches both."""
+    from .modeling.videollama2 import VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration
+    from .processors.videollama2 import VideoLLMVideoLlama2Processor
+
+    vocab = len(tokenizer)
+    image_size = overrides.pop("image_size", 28)
+    patch_size = overrides.pop("patch_size", 14)
+    cfg = dict(
+        vision_config=_tiny_clip(image_size, patch_size),
+        text_config=_tiny_text_config(tokenizer, overrides.pop("text_config", {}), "mistral"),
+        image_token_id=vocab,
+        video_token_id=vocab + 1,
+        projector_type="stc_connector",
+        num_frames=4,
+    )
+    cfg = _merge(cfg, overrides)
+    torch.manual_seed(seed)
+    config = VideoLLMVideoLlama2Config(**cfg)
+    model = VideoLLMVideoLlama2ForConditionalGeneration(config)
+    processor = VideoLLMVideoLlama2Processor(
+        tokenizer,
+        **{
+            "image_size": image_size,
+            "patch_size": patch_size,
+            "projector_type": config.projector_type,
+            "model_num_frames": config.num_frames,
+            "image_token_id": config.image_token_id,
+            "video_token_id": config.video_token_id,
+            "num_frames": config.num_frames,
+            **(processor or {}),
+        },
+    )
+    return _finish(model, tokenizer), processor
 
 
 @dataclass(frozen=True)
@@ -169,8 +219,31 @@ def _llava_demo_preset() -> DemoPreset:
     )
 
 
+def _videollama2_demo_preset() -> DemoPreset:
+    from .processors.chat_templates import vicuna_v1_template
+
+    return DemoPreset(
+        model_overrides=dict(
+            image_size=32,
+            patch_size=4,  # an 8x8 patch map per frame: the STC connector sees where the object is, frame to frame
+            num_frames=8,
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1),
+            vision_feature_layer=-1,
+            text_config=dict(hidden_size=64, intermediate_size=128),
+            processor=dict(
+                chat_template=vicuna_v1_template(system=""),
+                image_mean=[0.18, 0.175, 0.165],
+                image_std=[0.13, 0.12, 0.10],
+            ),
+        ),
+        num_frames=8,
+        max_steps=1500,
+    )
+
+
 TINY_BUILDERS: dict[str, TinySpec] = {
     "llava": TinySpec("llava", _tiny_llava, ("image", "video"), _llava_demo_preset()),
+    "videollama2": TinySpec("videollama2", _tiny_videollama2, ("image", "video"), _videollama2_demo_preset()),
 }
 
 

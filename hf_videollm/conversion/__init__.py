@@ -43,8 +43,14 @@ def _llava(*args, **kwargs):
     return convert_llava(*args, **kwargs)
 
 
+def _videollama2(*args, **kwargs):
+    from .videollama2 import convert_videollama2
+
+    return convert_videollama2(*args, **kwargs)
+
+
 #: model family -> converter(src, out, *, source_format, vision_tower, base, dtype, max_shard_size, progress)
-CONVERTERS = {"llava": _llava}
+CONVERTERS = {"llava": _llava, "videollama2": _videollama2}
 
 
 def convert(

@@ -30,7 +30,7 @@ from .merge import MediaMismatchError, as_item_list, assign_items_to_samples, me
 from .parts import PartsMixin
 from .quantization import QuantizationMixin
 
-__all__ = ["VideoLLMPreTrainedModel", "VideoLLMCausalLMOutput", "MediaMismatchError"]
+__all__ = ["VideoLLMPreTrainedModel", "VisionTowerModel", "VideoLLMCausalLMOutput", "MediaMismatchError"]
 
 
 @dataclass
@@ -275,3 +275,93 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         if features is not None:
             model_kwargs["mm_encoder_outputs"] = features
         return input_ids, model_kwargs
+
+
+class VisionTowerModel(VideoLLMPreTrainedModel):
+    """Models that see images and video frames through one transformers vision tower (CLIP / SigLIP) at
+    ``vision_tower``, a connector at ``multi_modal_projector`` and the LLM at ``language_model`` (LLaVA, VideoLLaMA 2).
+
+    The config provides ``vision_config``, ``vision_feature_layer`` and ``vision_feature_select_strategy``; the
+    subclass builds the modules and defines ``get_image_features`` / ``get_video_features``.
+    """
+
+    input_modalities = ("image", "video", "text")
+    media_inputs = {"image": ("pixel_values",), "video": ("pixel_values_videos",)}
+    media_modules = {"image": ("vision_tower", "multi_modal_projector"), "video": ("vision_tower", "multi_modal_projector")}
+    _parts = {
+        "vision_tower": ("vision_tower",),
+        "connector": ("multi_modal_projector",),
+        "language_model": ("language_model",),
+    }
+
+    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Tower features of the selected layer for ``(N, 3, H, W)`` images or frames, ``(N, P, C_vis)``."""
+        from .vision import select_hidden_features
+
+        pixel_values = self._cast_for(self.vision_tower, pixel_values)
+        return select_hidden_features(
+            self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
+        )
+
+    @staticmethod
+    def _check_images(pixel_values: torch.Tensor) -> None:
+        if pixel_values.ndim != 4:
+            raise ValueError(
+                f"pixel_values must be (num_images, 3, H, W), got shape {tuple(pixel_values.shape)}; "
+                "pass videos as pixel_values_videos (num_videos, frames, 3, H, W)"
+            )
+
+    @staticmethod
+    def _video_list(pixel_values_videos: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """``(V, T, 3, H, W)`` or a list of ``(T_i, 3, H, W)`` -> list of per-video frame tensors."""
+        if isinstance(pixel_values_videos, (list, tuple)):
+            return list(pixel_values_videos)
+        if pixel_values_videos.ndim != 5:
+            raise ValueError(
+                f"pixel_values_videos must be (num_videos, frames, 3, H, W), got {tuple(pixel_values_videos.shape)}"
+            )
+        return list(pixel_values_videos.unbind(0))
+
+    def unused_parameter_prefixes(self) -> list[str]:
+        from .vision import unused_tower_prefixes
+
+        return unused_tower_prefixes(self.config.vision_config, self.config.vision_feature_layer)
+
+    def dummy_media_inputs(self, modality: str) -> dict[str, Any]:
+        p = next(self.vision_tower.parameters())
+        size = self.config.vision_config.image_size
+        dtype = p.dtype if p.is_floating_point() else torch.float32
+        pixels = torch.zeros(1, 3, size, size, device=p.device, dtype=dtype)
+        if modality == "image":
+            return {"pixel_values": pixels}
+        frames = getattr(self.config, "num_frames", 1)  # the fewest frames the connector takes
+        return {"pixel_values_videos": pixels[None].expand(1, frames, -1, -1, -1)}
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.Tensor | None = None,
+        pixel_values_videos: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, list[torch.Tensor]] | None = None,
+        **kwargs: Any,
+    ) -> VideoLLMCausalLMOutput:
+        return self._multimodal_forward(
+            input_ids=input_ids,
+            inputs_embeds=inputs_embeds,
+            media_kwargs={"pixel_values": pixel_values, "pixel_values_videos": pixel_values_videos},
+            mm_encoder_outputs=mm_encoder_outputs,
+            attention_mask=attention_mask,
+            labels=labels,
+            position_ids=position_ids,
+            cache=cache,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            **kwargs,
+        )

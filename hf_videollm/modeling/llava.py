@@ -10,15 +10,12 @@ Reads top to bottom: config -> encoder (transformers' CLIP) -> connector -> merg
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
-from .base import VideoLLMCausalLMOutput, VideoLLMPreTrainedModel
+from .base import VisionTowerModel
 from .connectors import MLPProjector, parse_projector_type, pooled_grid_side, spatial_pool
-from .vision import select_hidden_features
 
 __all__ = ["VideoLLMLlavaConfig", "VideoLLMLlavaForConditionalGeneration", "llava_tokens_per_frame"]
 
@@ -106,16 +103,8 @@ class VideoLLMLlavaConfig(PreTrainedConfig):
         )
 
 
-class VideoLLMLlavaForConditionalGeneration(VideoLLMPreTrainedModel, GenerationMixin):
+class VideoLLMLlavaForConditionalGeneration(VisionTowerModel, GenerationMixin):
     config_class = VideoLLMLlavaConfig
-    input_modalities = ("image", "video", "text")
-    media_inputs = {"image": ("pixel_values",), "video": ("pixel_values_videos",)}
-    media_modules = {"image": ("vision_tower", "multi_modal_projector"), "video": ("vision_tower", "multi_modal_projector")}
-    _parts = {
-        "vision_tower": ("vision_tower",),
-        "connector": ("multi_modal_projector",),
-        "language_model": ("language_model",),
-    }
 
     def __init__(self, config: VideoLLMLlavaConfig):
         super().__init__(config)
@@ -129,79 +118,18 @@ class VideoLLMLlavaForConditionalGeneration(VideoLLMPreTrainedModel, GenerationM
         self.post_init()
 
     # --------------------------------------------------------------------------------------------- encoders
-    def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """CLIP features of the selected layer, ``(N, P, C_vis)`` (before the projector)."""
-        pixel_values = self._cast_for(self.vision_tower, pixel_values)
-        return select_hidden_features(
-            self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
-        )
-
     def get_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """``(N, 3, H, W)`` images -> ``(N, tokens, D_llm)`` visual tokens."""
-        if pixel_values.ndim != 4:
-            raise ValueError(
-                f"pixel_values must be (num_images, 3, H, W), got shape {tuple(pixel_values.shape)}; "
-                "pass videos as pixel_values_videos (num_videos, frames, 3, H, W)"
-            )
+        self._check_images(pixel_values)
         feats = self.get_vision_features(pixel_values)
         return self.multi_modal_projector(self._cast_for(self.multi_modal_projector, feats))
 
     def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """``(V, T, 3, H, W)`` (or a list of ``(T_i, 3, H, W)``) -> one ``(T_i * tokens_per_frame, D_llm)`` per video."""
-        videos = list(pixel_values_videos) if isinstance(pixel_values_videos, (list, tuple)) else None
-        if videos is None:
-            if pixel_values_videos.ndim != 5:
-                raise ValueError(
-                    f"pixel_values_videos must be (num_videos, frames, 3, H, W), got {tuple(pixel_values_videos.shape)}"
-                )
-            videos = list(pixel_values_videos.unbind(0))
+        videos = self._video_list(pixel_values_videos)
         lengths = [v.shape[0] for v in videos]
         frames = torch.cat(videos, dim=0)
         feats = self.get_vision_features(frames)
         feats = spatial_pool(feats, self.config.video_pool_stride, self.config.video_pool_mode)
         tokens = self.multi_modal_projector(self._cast_for(self.multi_modal_projector, feats))
         return [t.flatten(0, 1) for t in tokens.split(lengths, dim=0)]
-
-    def unused_parameter_prefixes(self) -> list[str]:
-        layers = self.config.vision_feature_layer
-        deepest = max(layers) if isinstance(layers, list) else layers
-        n = self.config.vision_config.num_hidden_layers
-        used = deepest % (n + 1)  # hidden_states has n + 1 entries; entry k is the output of layer k - 1
-        unused = [f"vision_tower.encoder.layers.{i}." for i in range(used, n)]
-        return [*unused, "vision_tower.post_layernorm."]
-
-    def dummy_media_inputs(self, modality: str) -> dict[str, Any]:
-        p = next(self.vision_tower.parameters())
-        size = self.config.vision_config.image_size
-        pixels = torch.zeros(1, 3, size, size, device=p.device, dtype=p.dtype if p.is_floating_point() else torch.float32)
-        return {"pixel_values": pixels} if modality == "image" else {"pixel_values_videos": pixels[None]}
-
-    # --------------------------------------------------------------------------------------------- forward
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        pixel_values_videos: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Any | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        mm_encoder_outputs: dict[str, list[torch.Tensor]] | None = None,
-        **kwargs: Any,
-    ) -> VideoLLMCausalLMOutput:
-        return self._multimodal_forward(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            media_kwargs={"pixel_values": pixel_values, "pixel_values_videos": pixel_values_videos},
-            mm_encoder_outputs=mm_encoder_outputs,
-            attention_mask=attention_mask,
-            labels=labels,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )

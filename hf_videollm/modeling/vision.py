@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["select_hidden_features"]
+__all__ = ["select_hidden_features", "unused_tower_prefixes"]
 
 _DROP_CLS = {"default", "patch"}
 _KEEP_ALL = {"full", "cls_patch"}
@@ -34,3 +34,12 @@ def select_hidden_features(
     if strategy in _DROP_CLS:
         feats = feats[:, 1:]
     return feats
+
+
+def unused_tower_prefixes(tower_config, feature_layer: int | list[int], prefix: str = "vision_tower.") -> list[str]:
+    """Module prefixes of a CLIP/SigLIP tower that the selected feature layer never reaches: the layers after it,
+    ``post_layernorm`` and SigLIP's pooling ``head``."""
+    deepest = max(feature_layer) if isinstance(feature_layer, list) else feature_layer
+    n = tower_config.num_hidden_layers
+    used = deepest % (n + 1)  # hidden_states has n + 1 entries; entry k is the output of layer k - 1
+    return [*(f"{prefix}encoder.layers.{i}." for i in range(used, n)), f"{prefix}post_layernorm.", f"{prefix}head."]

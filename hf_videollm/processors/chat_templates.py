@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-__all__ = ["LLAVA_V1_SYSTEM", "VICUNA_V1_1_SYSTEM", "vicuna_v1_template"]
+__all__ = [
+    "LLAVA_V1_SYSTEM", "VICUNA_V1_1_SYSTEM", "QWEN2_SYSTEM", "vicuna_v1_template", "llama2_template", "chatml_template",
+]
 
 #: ``conv_llava_v1`` (LLaVA v1.5 inference) system prompt.
 LLAVA_V1_SYSTEM = (
@@ -22,6 +24,10 @@ VICUNA_V1_1_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
+
+
+#: Qwen2-Instruct's default system prompt (its chat template adds it when the conversation has none).
+QWEN2_SYSTEM = "You are a helpful assistant."
 
 
 def _body(name: str) -> str:
@@ -38,3 +44,15 @@ def _preamble(**defaults: str) -> str:
 def vicuna_v1_template(system: str = LLAVA_V1_SYSTEM, image_token: str = "<image>", video_token: str = "<video>") -> str:
     """``SYSTEM USER: <image>\\nQ ASSISTANT: A</s>USER: ... ASSISTANT:`` (SeparatorStyle.TWO)."""
     return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("vicuna_v1.jinja")
+
+
+def llama2_template(system: str = VICUNA_V1_1_SYSTEM, image_token: str = "<image>", video_token: str = "<video>") -> str:
+    """``[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n<video>\\nQ [/INST] A </s>[INST] ...`` (SeparatorStyle.LLAMA_2, as
+    VideoLLaMA 2's ``conv_mistral_instruct`` training template; no ``<<SYS>>`` block when ``system`` is empty)."""
+    return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("llama2.jinja")
+
+
+def chatml_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", video_token: str = "<video>") -> str:
+    """``<|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n<video>\\nQ<|im_end|>\\n<|im_start|>assistant\\n``
+    (Qwen2-Instruct; VideoLLaMA 2.1)."""
+    return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("chatml.jinja")

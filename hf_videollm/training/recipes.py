@@ -50,6 +50,25 @@ RECIPES: dict[str, dict[str, Stage]] = {
             part_learning_rates={"connector": 2e-5}, original_global_batch_size=128, original_epochs=1,
         ),
     },
+    "videollama2": {
+        "stage1": Stage(
+            "stage1", ("connector",), 1e-3,
+            "pretraining on image + video captions: STC connector only, tower and LLM frozen (tune_mm_mlp_adapter)",
+            original_global_batch_size=256, original_epochs=1,
+        ),
+        "stage2": Stage(
+            "stage2", ("connector", "language_model"), 2e-5,
+            "instruction tuning: STC connector + LLM (full), vision tower frozen",
+            original_global_batch_size=128, original_epochs=1,
+        ),
+        "lora": Stage(
+            "lora", ("connector",), 2e-5,
+            "stage 2 with LoRA r128/alpha256 on every LLM linear layer and the connector trained fully at 2e-5 "
+            "(scripts/custom/finetune_lora.sh; train.py's own default would be r64)",
+            lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector",),
+            part_learning_rates={"connector": 2e-5}, original_global_batch_size=128, original_epochs=1,
+        ),
+    },
 }
 
 

@@ -1,0 +1,136 @@
+"""VideoLLaMA 2 faithfulness: converter + model + processor reproduce what the original code computed.
+
+Fixtures: ``videollama2/clip_stc_mistral_video8`` (VideoLLaMA2-7B layout: CLIP + ``stc_connector`` + Mistral, 8
+frames) and ``videollama2/siglip_stc_v35_qwen2_video16`` (VideoLLaMA2.1 layout: SigLIP + ``stc_connector_v35`` +
+Qwen2, 16 frames), plus the ``preprocess`` case's frame indices. See ../shared/fixtures/README.md.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import fixture_case, load_case, load_tensors
+
+from hf_videollm.conversion import ConversionError, convert
+from hf_videollm.modeling.videollama2 import VideoLLMVideoLlama2ForConditionalGeneration
+from hf_videollm.processors.video_io import load_video
+from hf_videollm.processors.videollama2 import VideoLLMVideoLlama2Processor
+
+ATOL = RTOL = 1e-4
+VIDEO_SENTINEL = -201
+CASES = {
+    "clip_stc_mistral_video8": ("stc_connector", "default", 8),
+    "siglip_stc_v35_qwen2_video16": ("stc_connector_v35", "full", 16),
+}
+
+
+def _convert(case_dir, tmp_path):
+    out = tmp_path / "converted"
+    report = convert(
+        "videollama2", case_dir / "original", out, progress=False, vision_tower=str(case_dir / "original" / "vision_tower")
+    )
+    model = VideoLLMVideoLlama2ForConditionalGeneration.from_pretrained(out, attn_implementation="eager").eval()
+    return model, VideoLLMVideoLlama2Processor.from_pretrained(out), report
+
+
+def _expand_sentinel(input_ids, token_id, n):
+    """Original -201 sentinel -> n copies of our placeholder id (what our processor emits)."""
+    rows = [[u for t in row for u in ([token_id] * n if t == VIDEO_SENTINEL else [t])] for row in input_ids.tolist()]
+    return torch.tensor(rows)
+
+
+@pytest.mark.parametrize("case_name", sorted(CASES))
+def test_videollama2_release(case_name, tmp_path):
+    case_dir = fixture_case("videollama2", case_name)
+    case = load_case(case_dir)
+    projector, strategy, frames = CASES[case_name]
+    model, processor, report = _convert(case_dir, tmp_path)
+    assert model.config.projector_type == projector and model.config.num_frames == frames
+    assert model.config.vision_feature_select_strategy == strategy  # SigLIP has no CLS to drop
+    if strategy == "full":  # SigLIP's pooling head is consumed on purpose, with a reason
+        assert any("head" in k for k in report.to_dict()["dropped"])
+
+    inputs, expected = load_tensors(case_dir / "inputs.safetensors"), load_tensors(case_dir / "expected.safetensors")
+    pixels = inputs["pixel_values_0"][None]
+    with torch.no_grad():
+        feats = model.get_vision_features(pixels[0])
+        tokens = model.get_video_features(pixels)[0]
+    torch.testing.assert_close(feats, expected["frame_features"], atol=ATOL, rtol=RTOL)
+    torch.testing.assert_close(tokens, expected["visual_tokens"][0], atol=ATOL, rtol=RTOL)
+    assert tokens.shape[0] == case["visual_token_count"] == model.config.video_seq_length(frames)
+    assert processor.video_tokens(frames) == tokens.shape[0]
+
+    ids = _expand_sentinel(inputs["input_ids"], model.config.video_token_id, tokens.shape[0])
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=mask, pixel_values_videos=pixels)
+        greedy = [
+            model.generate(
+                input_ids=ids, attention_mask=mask, pixel_values_videos=pixels, max_new_tokens=5, min_new_tokens=5,
+                do_sample=False, use_cache=cache,
+            )[:, ids.shape[1]:]
+            for cache in (True, False)
+        ]
+    valid = expected["merged_attention_mask"][0].bool()
+    assert valid.sum() == ids.shape[1]
+    torch.testing.assert_close(out.logits[0], expected["logits"][0, valid], atol=ATOL, rtol=RTOL)
+    assert torch.equal(greedy[0], expected["greedy_new_tokens"]) and torch.equal(greedy[1], greedy[0])
+
+    # The converted processor renders the release's chat format and tokenizes it to the original ids.
+    prompt = case["prompt"]["texts"][0]
+    question = prompt.split("<video>\n", 1)[1].split(" [/INST]")[0].split("<|im_end|>")[0]
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    rendered = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    assert rendered == prompt.removeprefix("<s>")  # the processor adds BOS itself
+    blank = torch.zeros(frames, 20, 20, 3, dtype=torch.uint8).numpy()
+    assert processor(text=[rendered], videos=[blank])["input_ids"].tolist() == ids.tolist()
+
+
+def test_videollama2_image_is_a_still_video(tmp_path):
+    """An image = ``num_frames`` identical frames (the original ``expand``s it); the tower runs once per image."""
+    case_dir = fixture_case("videollama2", "clip_stc_mistral_video8")
+    model, _, _ = _convert(case_dir, tmp_path)
+    frame = load_tensors(case_dir / "inputs.safetensors")["pixel_values_0"][3]
+    with torch.no_grad():
+        as_image = model.get_image_features(frame[None])[0]
+        as_video = model.get_video_features(frame[None, None].expand(1, model.config.num_frames, -1, -1, -1))[0]
+    torch.testing.assert_close(as_image, as_video, atol=1e-6, rtol=1e-6)
+    assert as_image.shape[0] == model.config.image_seq_length
+
+
+@pytest.mark.parametrize("frames", [8, 16])
+def test_videollama2_frame_sampling_matches_frame_sample(frames):
+    """``frame_sample(n, 'uniform', N)``: round((i + 0.5) * (n - 1) / N) -- our ``index_midpoints`` rule."""
+    case_dir = fixture_case("videollama2", "preprocess")
+    expected = load_tensors(case_dir / "expected.safetensors")
+    _, meta = load_video(case_dir / "video.mp4", num_frames=frames, sampling="index_midpoints")
+    assert list(meta.frame_indices) == expected[f"video_frame_indices_{frames}"].tolist()
+    _, meta = load_video(case_dir / "video.mp4", fps=1, sampling="index_midpoints")  # the original's fps mode
+    assert list(meta.frame_indices) == expected["video_frame_indices_fps_mode"].tolist()
+
+
+def test_videollama2_processor_pixels_match_process_video():
+    """Processor end to end on the mp4 (decode, sample, CLIP-336 transform) = the original ``process_video``."""
+    case_dir = fixture_case("videollama2", "preprocess")
+    expected = load_tensors(case_dir / "expected.safetensors")
+    proc = VideoLLMVideoLlama2Processor(tokenizer=_word_tokenizer(), num_frames=8)
+    video = proc(text=["<video>"], videos=[str(case_dir / "video.mp4")])["pixel_values_videos"][0]
+    assert list(video.shape) == expected["video8_clip336_shape"].tolist()
+    torch.testing.assert_close(video.mean((2, 3)), expected["video8_clip336_mean_per_frame_channel"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(video.std((2, 3)), expected["video8_clip336_std_per_frame_channel"], atol=1e-5, rtol=0)
+
+
+def _word_tokenizer():
+    from hf_videollm.tiny import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+def test_videollama2_wrong_tower_fails_before_writing(tmp_path):
+    """A tower of another width than the release's mm_hidden_size is refused, and nothing is written."""
+    clip_case = fixture_case("videollama2", "clip_stc_mistral_video8")
+    siglip_case = fixture_case("videollama2", "siglip_stc_v35_qwen2_video16")
+    with pytest.raises(ConversionError, match="mm_hidden_size|shape"):
+        convert("videollama2", clip_case / "original", tmp_path / "o", progress=False,
+                vision_tower=str(siglip_case / "original" / "vision_tower"))
+    assert not (tmp_path / "o").exists()
