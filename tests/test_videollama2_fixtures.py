@@ -134,3 +134,60 @@ def test_videollama2_wrong_tower_fails_before_writing(tmp_path):
         convert("videollama2", clip_case / "original", tmp_path / "o", progress=False,
                 vision_tower=str(siglip_case / "original" / "vision_tower"))
     assert not (tmp_path / "o").exists()
+
+
+def test_videollama2_mixtral_release_round_trip(tmp_path):
+    """VideoLLaMA2-8x7B layout: per-expert ``block_sparse_moe.experts.E.w{1,2,3}`` -> transformers' stacked experts.
+
+    No fixture holds a Mixtral release: one is written here from a tiny model in the original key layout (4.x tower
+    nesting, per-expert weights) and converted back; every tensor must come back unchanged.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    from hf_videollm.tiny import build_tiny, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    text = dict(model_type="mixtral", hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, num_local_experts=3, num_experts_per_tok=2, tie_word_embeddings=False)
+    model, _ = build_tiny("videollama2", tokenizer=tok, text_config=text)
+    sd = model.state_dict()
+    release: dict[str, torch.Tensor] = {}
+    for k, v in sd.items():
+        if k.startswith("vision_tower."):
+            release["model.vision_tower.vision_tower.vision_model." + k[len("vision_tower."):]] = v
+        elif k.startswith("multi_modal_projector."):
+            release["model.mm_projector." + k[len("multi_modal_projector."):]] = v
+        elif k == "language_model.lm_head.weight":
+            release["lm_head.weight"] = v
+        elif ".mlp.experts.gate_up_proj" in k:
+            layer = k.split(".")[3]
+            for e, fused in enumerate(v):
+                w1, w3 = fused.chunk(2)
+                release[f"model.layers.{layer}.block_sparse_moe.experts.{e}.w1.weight"] = w1.clone()
+                release[f"model.layers.{layer}.block_sparse_moe.experts.{e}.w3.weight"] = w3.clone()
+        elif ".mlp.experts.down_proj" in k:
+            layer = k.split(".")[3]
+            for e, w2 in enumerate(v):
+                release[f"model.layers.{layer}.block_sparse_moe.experts.{e}.w2.weight"] = w2.clone()
+        else:
+            release["model." + k[len("language_model.model."):].replace(".mlp.gate.", ".block_sparse_moe.gate.")] = v
+    src = tmp_path / "release"
+    (src / "tower").mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in release.items()}, src / "model.safetensors")
+    tc = model.config.text_config.to_dict()
+    llm = {k: tc[k] for k in (*text, "vocab_size", "bos_token_id", "eos_token_id", "pad_token_id") if k != "model_type"}
+    cfg = dict(llm, model_type="videollama2_mixtral", architectures=["Videollama2MixtralForCausalLM"],
+               mm_projector_type="stc_connector", mm_hidden_size=32, mm_vision_select_layer=-2,
+               mm_vision_select_feature="patch", mm_vision_tower=str(src / "tower"), num_frames=4)
+    (src / "config.json").write_text(json.dumps(cfg))
+    tok.save_pretrained(src)
+    model.config.vision_config.save_pretrained(src / "tower")
+    (src / "tower" / "preprocessor_config.json").write_text(json.dumps({"crop_size": 28, "size": 28}))
+
+    convert("videollama2", src, tmp_path / "out", progress=False)
+    back = VideoLLMVideoLlama2ForConditionalGeneration.from_pretrained(tmp_path / "out")
+    assert back.config.text_config.model_type == "mixtral" and back.config.num_frames == 4
+    for k, v in back.state_dict().items():
+        assert torch.equal(v, sd[k]), k
