@@ -191,3 +191,29 @@ def test_videollama2_mixtral_release_round_trip(tmp_path):
     assert back.config.text_config.model_type == "mixtral" and back.config.num_frames == 4
     for k, v in back.state_dict().items():
         assert torch.equal(v, sd[k]), k
+
+
+def test_videollama2_release_without_tower_weights_takes_them_from_the_tower_repo(tmp_path):
+    """A release saved without ``model.vision_tower.*`` (as the "-Base" repos) gets the tower from the tower repo."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    case_dir = fixture_case("videollama2", "clip_stc_mistral_video8")
+    orig = case_dir / "original"
+    release, tower = tmp_path / "release", tmp_path / "tower"
+    shutil.copytree(orig, release, ignore=shutil.ignore_patterns("model-*.safetensors", "model.safetensors.index.json"))
+    shutil.copytree(orig / "vision_tower", tower, dirs_exist_ok=True)
+    sd = {}
+    for shard in sorted(orig.glob("model-*.safetensors")):
+        sd.update(load_file(shard))
+    prefix = "model.vision_tower.vision_tower."
+    save_file({k: v for k, v in sd.items() if not k.startswith(prefix)}, release / "model.safetensors")
+    save_file({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}, tower / "model.safetensors")
+
+    convert("videollama2", release, tmp_path / "out", progress=False, vision_tower=str(tower))
+    model = VideoLLMVideoLlama2ForConditionalGeneration.from_pretrained(tmp_path / "out").eval()
+    expected = load_tensors(case_dir / "expected.safetensors")
+    with torch.no_grad():
+        tokens = model.get_video_features(load_tensors(case_dir / "inputs.safetensors")["pixel_values_0"][None])[0]
+    torch.testing.assert_close(tokens, expected["visual_tokens"][0], atol=ATOL, rtol=RTOL)

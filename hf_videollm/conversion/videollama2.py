@@ -54,24 +54,25 @@ def _mixtral_experts(num_experts: int) -> list[Merge]:
         return torch.stack([torch.cat([g, u]) for g, u in zip(parts[:num_experts], parts[num_experts:])])
 
     return [
+        Rename(r"^model\.layers\.(\d+)\.block_sparse_moe\.gate\.weight$", r"language_model.model.layers.\1.mlp.gate.weight"),
         Merge(w1 + w3, target + "gate_up_proj", gate_up, "experts stacked, w1 (gate) and w3 (up) concatenated"),
         Merge(w2, target + "down_proj", lambda *p: torch.stack(p), "experts stacked"),
     ]
 
 
-def videollama2_original_table(*, siglip_head: bool = False, num_experts: int = 0) -> KeyTable:
-    """Original VideoLLaMA 2 release -> hf_videollm VideoLLaMA 2. ``num_experts``: Mixtral's experts per layer."""
+def videollama2_original_table(*, siglip: bool = False, num_experts: int = 0) -> KeyTable:
+    """Original VideoLLaMA 2 release -> hf_videollm VideoLLaMA 2. ``siglip``: the tower is SigLIP (its unused pooling
+    head is dropped); ``num_experts``: Mixtral's experts per layer (0: a dense LLM)."""
     tower = r"^model\.vision_tower\.vision_tower\.(?:vision_model\.)?"
     rules = [
         Drop(r"\.rotary_emb\.inv_freq$", "rotary buffer, recomputed from the config"),
         Drop(tower + r".*position_ids$", "buffer re-created by the model"),
     ]
-    if not siglip_head:
+    if siglip:
         rules.append(Drop(tower + r"head\.", "SigLIP's pooling head: the original never uses it (patch features)"))
     rules += [
         Rename(tower + r"(.+)$", r"vision_tower.\1"),
         Rename(r"^model\.mm_projector\.(.+)$", r"multi_modal_projector.\1"),
-        Rename(r"^model\.layers\.(\d+)\.block_sparse_moe\.gate\.weight$", r"language_model.model.layers.\1.mlp.gate.weight"),
         *(_mixtral_experts(num_experts) if num_experts else []),
         Rename(r"^lm_head\.weight$", "language_model.lm_head.weight"),
         Rename(r"^model\.(.+)$", r"language_model.model.\1"),
@@ -79,17 +80,16 @@ def videollama2_original_table(*, siglip_head: bool = False, num_experts: int = 
     return KeyTable("videollama2-original", rules)
 
 
-def tower_repo_table(siglip_head: bool = False) -> KeyTable:
+def tower_repo_table() -> KeyTable:
     """A CLIP/SigLIP repo (vision half or full model) -> ``vision_tower.*`` (for releases without tower weights)."""
     rules = [
         Drop(r"position_ids$", "buffer re-created by the model"),
         Drop(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$|logit_bias$)", "text half"),
     ]
-    if not siglip_head:
-        rules.append(Drop(r"^(?:vision_model\.)?head\.", "SigLIP's pooling head: never used (patch features)"))
     rules += [
+        Drop(r"^(?:vision_model\.)?head\.", "SigLIP's pooling head: never used (patch features)"),
         Rename(r"^vision_model\.(.+)$", r"vision_tower.\1"),
-        Rename(r"^(embeddings|encoder|pre_layrnorm|post_layernorm|head)\.(.+)$", r"vision_tower.\1.\2"),
+        Rename(r"^(embeddings|encoder|pre_layrnorm|post_layernorm)\.(.+)$", r"vision_tower.\1.\2"),
     ]
     return KeyTable("videollama2-vision-tower", rules)
 
@@ -208,7 +208,7 @@ def convert_videollama2(
         skeleton = VideoLLMVideoLlama2ForConditionalGeneration(config)
     release = CheckpointSource.open(src)
     num_experts = getattr(text_config, "num_local_experts", 0) if LLM_TYPES[orig["model_type"]] == "mixtral" else 0
-    sources = [(release, videollama2_original_table(num_experts=num_experts))]
+    sources = [(release, videollama2_original_table(siglip=siglip, num_experts=num_experts))]
     if not any(k.startswith("model.vision_tower.") for k in release.keys()):
         sources.append((CheckpointSource.open(tower_dir), tower_repo_table()))  # a "-Base" release
     report = convert_checkpoint(
