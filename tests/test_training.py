@@ -323,3 +323,24 @@ def test_parquet_yaml_config_video_and_vision_lora(tmp_path, tiny_llava):
         bad = tmp_path / "bad.yaml"
         bad.write_text(yaml.safe_dump({"model": "x", "data": ["y"], "output_dir": "z", "learning_rat": 1}))
         load_train_config(bad)
+
+
+@pytest.mark.parametrize("stage,mode", [("stage1", "full"), ("stage2", "full"), ("lora", "qlora")])
+def test_videollama2_stage_recipes(tmp_path, stage, mode):
+    """VideoLLaMA 2's own curriculum: stage 1 trains the STC connector only at 1e-3; stage 2 connector + LLM at 2e-5;
+    LoRA r128/alpha256 on the LLM at 2e-5 with the connector trained fully (finetune_lora.sh), here as QLoRA."""
+    if mode == "qlora":
+        pytest.importorskip("bitsandbytes")
+    data = _dataset(tmp_path, n=4)
+    trainer = train(TrainConfig(model="tiny:videollama2", data=[str(data)], output_dir=str(tmp_path / "out"),
+                                stage=stage, mode=mode, max_steps=2, per_device_train_batch_size=2, logging_steps=1))
+    core = unwrap_videollm(trainer.model)
+    trainable = {core.part_of_parameter(n.replace("base_model.model.", "")) for n, p in trainer.model.named_parameters()
+                 if p.requires_grad}
+    expected = {"stage1": {"connector"}, "stage2": {"connector", "language_model"}, "lora": {"connector", "language_model"}}
+    assert trainable == expected[stage]
+    assert {g["initial_lr"] for g in trainer.optimizer.param_groups} == {1e-3 if stage == "stage1" else 2e-5}
+    assert all(np.isfinite(loss) for loss in _losses(trainer))
+    if mode == "qlora":
+        assert "Linear4bit" in {type(m).__name__ for n, m in trainer.model.named_modules() if "language_model" in n}
+        assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == 128
