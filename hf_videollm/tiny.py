@@ -104,39 +104,46 @@ def _finish(model, tokenizer):
     return model
 
 
+def _tiny_tower_model(tokenizer, seed, overrides, processor, *, classes, llm_type, defaults, processor_defaults):
+    """Shared body of the builders of models with one CLIP tower: config (``defaults`` + tiny CLIP + tiny
+    ``llm_type`` LLM, updated by ``overrides``), model, processor (``processor_defaults(config)`` + ``processor``)."""
+    config_cls, model_cls, processor_cls = classes
+    vocab = len(tokenizer)
+    image_size = overrides.pop("image_size", 28)
+    patch_size = overrides.pop("patch_size", 14)
+    cfg = dict(
+        vision_config=_tiny_clip(image_size, patch_size),
+        text_config=_tiny_text_config(tokenizer, overrides.pop("text_config", {}), llm_type),
+        image_token_id=vocab,
+        video_token_id=vocab + 1,
+        **defaults,
+    )
+    torch.manual_seed(seed)
+    config = config_cls(**_merge(cfg, overrides))
+    model = model_cls(config)
+    settings = {
+        "image_size": image_size,
+        "patch_size": patch_size,
+        "image_token_id": config.image_token_id,
+        "video_token_id": config.video_token_id,
+        **processor_defaults(config),
+        **(processor or {}),
+    }
+    return _finish(model, tokenizer), processor_cls(tokenizer, **settings)
+
+
 def _tiny_llava(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
     """``overrides``: config fields (nested dicts update ``vision_config`` / ``text_config``); ``processor``:
     processor settings. ``image_size`` / ``patch_size`` reach both."""
     from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration
     from .processors.llava import VideoLLMLlavaProcessor
 
-    vocab = len(tokenizer)
-    image_size = overrides.pop("image_size", 28)
-    patch_size = overrides.pop("patch_size", 14)
-    cfg = dict(
-        vision_config=_tiny_clip(image_size, patch_size),
-        text_config=_tiny_text_config(tokenizer, overrides.pop("text_config", {}), "llama"),
-        image_token_id=vocab,
-        video_token_id=vocab + 1,
-        projector_type="mlp2x_gelu",
+    return _tiny_tower_model(
+        tokenizer, seed, overrides, processor,
+        classes=(VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaProcessor),
+        llm_type="llama", defaults={"projector_type": "mlp2x_gelu"},
+        processor_defaults=lambda c: {"video_pool_stride": c.video_pool_stride, "num_frames": 4},
     )
-    cfg = _merge(cfg, overrides)
-    torch.manual_seed(seed)
-    config = VideoLLMLlavaConfig(**cfg)
-    model = VideoLLMLlavaForConditionalGeneration(config)
-    processor = VideoLLMLlavaProcessor(
-        tokenizer,
-        **{
-            "image_size": image_size,
-            "patch_size": patch_size,
-            "image_token_id": config.image_token_id,
-            "video_token_id": config.video_token_id,
-            "video_pool_stride": config.video_pool_stride,
-            "num_frames": 4,
-            **(processor or {}),
-        },
-    )
-    return _finish(model, tokenizer), processor
 
 
 def _tiny_videollama2(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
@@ -145,35 +152,14 @@ def _tiny_videollama2(tokenizer, seed: int = 0, *, processor: dict | None = None
     from .modeling.videollama2 import VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
 
-    vocab = len(tokenizer)
-    image_size = overrides.pop("image_size", 28)
-    patch_size = overrides.pop("patch_size", 14)
-    cfg = dict(
-        vision_config=_tiny_clip(image_size, patch_size),
-        text_config=_tiny_text_config(tokenizer, overrides.pop("text_config", {}), "mistral"),
-        image_token_id=vocab,
-        video_token_id=vocab + 1,
-        projector_type="stc_connector",
-        num_frames=4,
-    )
-    cfg = _merge(cfg, overrides)
-    torch.manual_seed(seed)
-    config = VideoLLMVideoLlama2Config(**cfg)
-    model = VideoLLMVideoLlama2ForConditionalGeneration(config)
-    processor = VideoLLMVideoLlama2Processor(
-        tokenizer,
-        **{
-            "image_size": image_size,
-            "patch_size": patch_size,
-            "projector_type": config.projector_type,
-            "model_num_frames": config.num_frames,
-            "image_token_id": config.image_token_id,
-            "video_token_id": config.video_token_id,
-            "num_frames": config.num_frames,
-            **(processor or {}),
+    return _tiny_tower_model(
+        tokenizer, seed, overrides, processor,
+        classes=(VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration, VideoLLMVideoLlama2Processor),
+        llm_type="mistral", defaults={"projector_type": "stc_connector", "num_frames": 4},
+        processor_defaults=lambda c: {
+            "projector_type": c.projector_type, "model_num_frames": c.num_frames, "num_frames": c.num_frames,
         },
     )
-    return _finish(model, tokenizer), processor
 
 
 @dataclass(frozen=True)
@@ -227,9 +213,15 @@ def _videollama2_demo_preset() -> DemoPreset:
             image_size=32,
             patch_size=4,  # an 8x8 patch map per frame: the STC connector sees where the object is, frame to frame
             num_frames=8,
+            # VideoLLaMA 2.1's connector: the Conv3d pairs frames (0, 1), (2, 3), ... without padding, 4x4x4 = 64
+            # tokens per video (measured: direction 97-99 % after 500 steps on direction alone; with padding 1 and
+            # 125 tokens, 68 % after 800)
+            projector_type="stc_connector_v35",
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1),
             vision_feature_layer=-1,
-            text_config=dict(hidden_size=64, intermediate_size=128),
+            # a wider LLM init: with transformers' 0.02 the LLM reads colour at once but never shape or motion within
+            # the budget (the tower + connector learn both in a few hundred steps under a linear probe)
+            text_config=dict(hidden_size=64, intermediate_size=128, initializer_range=0.1),
             processor=dict(
                 chat_template=vicuna_v1_template(system=""),
                 image_mean=[0.18, 0.175, 0.165],

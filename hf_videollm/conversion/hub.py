@@ -1,4 +1,4 @@
-"""Resolve a local path or a Hub id to a local directory (downloads only what conversion reads)."""
+"""Resolve a local path or a Hub id to a local directory (downloads only what conversion reads); copy release files."""
 
 from __future__ import annotations
 
@@ -25,3 +25,11 @@ def resolve_local(path_or_id: str | Path, *, what: str = "checkpoint") -> Path:
             f"{what}: could not download {repo_id!r} from the Hub ({type(e).__name__}: {e}); "
             f"download it yourself and pass a local path"
         ) from e
+
+
+def copy_generation_config(src: Path, out: Path) -> None:
+    """Carry the release's ``generation_config.json`` (if any) into the converted checkpoint."""
+    if (src / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        GenerationConfig.from_pretrained(str(src)).save_pretrained(out)

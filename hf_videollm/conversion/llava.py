@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .engine import AddDelta, Drop, KeyTable, Rename, convert_checkpoint, expected_from_model
-from .hub import resolve_local
+from .hub import copy_generation_config, resolve_local
 from .sources import CheckpointSource, ConversionError
 
 __all__ = ["convert_llava", "llava_original_table", "LLAVA_TRANSFORMERS_TABLE", "CLIP_TOWER_TABLE"]
@@ -230,7 +230,7 @@ def convert_llava(
     if dtype is not None:
         config.dtype = dtype
     config.save_pretrained(out)
-    _copy_generation_config(src, out)
+    copy_generation_config(src, out)
 
     # ---- processor: the tower's CLIP preprocessing, v1.5 pad-to-square, the release's chat template
     system = LLAVA_V1_SYSTEM if not delta else VICUNA_V1_1_SYSTEM
@@ -249,14 +249,6 @@ def convert_llava(
     )
     processor.save_pretrained(out)
     return report
-
-
-def _copy_generation_config(src: Path, out: Path) -> None:
-    p = src / "generation_config.json"
-    if p.is_file():
-        from transformers import GenerationConfig
-
-        GenerationConfig.from_pretrained(str(src)).save_pretrained(out)
 
 
 def _convert_llava_transformers(src: Path, out: Path, *, dtype, max_shard_size, progress):
@@ -297,7 +289,7 @@ def _convert_llava_transformers(src: Path, out: Path, *, dtype, max_shard_size, 
     )
     config.architectures = [VideoLLMLlavaForConditionalGeneration.__name__]
     config.save_pretrained(out)
-    _copy_generation_config(src, out)
+    copy_generation_config(src, out)
 
     pc = {}
     pcf = src / "processor_config.json"

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from .engine import Drop, KeyTable, Merge, Rename, convert_checkpoint, expected_from_model
-from .hub import resolve_local
+from .hub import copy_generation_config, resolve_local
 from .sources import CheckpointSource, ConversionError
 
 __all__ = ["convert_videollama2", "videollama2_original_table", "LLM_TYPES"]
@@ -224,11 +224,7 @@ def convert_videollama2(
     if dtype is not None:
         config.dtype = dtype
     config.save_pretrained(out)
-    gen = src / "generation_config.json"
-    if gen.is_file():
-        from transformers import GenerationConfig
-
-        GenerationConfig.from_pretrained(str(src)).save_pretrained(out)
+    copy_generation_config(src, out)
 
     # ---- processor: the tower's preprocessing (inference: no pad-to-square), the release's chat format
     if LLM_TYPES[orig["model_type"]] == "qwen2":

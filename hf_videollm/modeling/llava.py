@@ -16,21 +16,9 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .base import VisionTowerModel
 from .connectors import MLPProjector, parse_projector_type, pooled_grid_side, spatial_pool
+from .vision import CLIP_L14_336
 
 __all__ = ["VideoLLMLlavaConfig", "VideoLLMLlavaForConditionalGeneration", "llava_tokens_per_frame"]
-
-CLIP_L14_336 = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "patch_size": 14,
-    "image_size": 336,
-    "projection_dim": 768,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-}
-
 
 def llava_tokens_per_frame(image_size: int, patch_size: int, strategy: str = "default", pool_stride: int = 1) -> int:
     """Visual tokens one image (or one video frame) becomes. The processor and the model both use this."""

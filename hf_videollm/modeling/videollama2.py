@@ -21,20 +21,10 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .base import VisionTowerModel
 from .connectors import STC_CONNECTORS, STCConnector, stc_output_grid
+from .vision import CLIP_L14_336
 
 __all__ = ["VideoLLMVideoLlama2Config", "VideoLLMVideoLlama2ForConditionalGeneration", "videollama2_num_tokens"]
 
-CLIP_L14_336 = {
-    "hidden_size": 1024,
-    "intermediate_size": 4096,
-    "num_hidden_layers": 24,
-    "num_attention_heads": 16,
-    "patch_size": 14,
-    "image_size": 336,
-    "projection_dim": 768,
-    "hidden_act": "quick_gelu",
-    "layer_norm_eps": 1e-5,
-}
 MISTRAL_7B_INSTRUCT_V02 = {
     "vocab_size": 32000,
     "hidden_size": 4096,

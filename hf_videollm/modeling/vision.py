@@ -5,7 +5,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["select_hidden_features", "unused_tower_prefixes"]
+__all__ = ["CLIP_L14_336", "select_hidden_features", "unused_tower_prefixes"]
+
+#: openai/clip-vit-large-patch14-336 vision config (LLaVA v1.5, VideoLLaMA 2).
+CLIP_L14_336 = {
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "patch_size": 14,
+    "image_size": 336,
+    "projection_dim": 768,
+    "hidden_act": "quick_gelu",
+    "layer_norm_eps": 1e-5,
+}
+
 
 _DROP_CLS = {"default", "patch"}
 _KEEP_ALL = {"full", "cls_patch"}
