@@ -6,12 +6,10 @@ from ..modeling.videollama2 import videollama2_num_tokens
 from .base import VideoLLMProcessor
 from .chat_templates import VICUNA_V1_1_SYSTEM, llama2_template
 from .media import FramePixelsMixin
+from .transforms import OPENAI_CLIP_MEAN as CLIP_MEAN
+from .transforms import OPENAI_CLIP_STD as CLIP_STD
 
 __all__ = ["VideoLLMVideoLlama2Processor"]
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
 
 class VideoLLMVideoLlama2Processor(FramePixelsMixin, VideoLLMProcessor):
     """Turns text + images/videos into VideoLLaMA 2 inputs.
