@@ -217,3 +217,21 @@ def test_videollama2_release_without_tower_weights_takes_them_from_the_tower_rep
     with torch.no_grad():
         tokens = model.get_video_features(load_tensors(case_dir / "inputs.safetensors")["pixel_values_0"][None])[0]
     torch.testing.assert_close(tokens, expected["visual_tokens"][0], atol=ATOL, rtol=RTOL)
+
+
+def test_videollama2_token_counts_of_the_releases_and_config_errors():
+    """Token counts of the released layouts (spec: 845 / 1521 / 1352) and clear errors for bad settings."""
+    from hf_videollm.modeling.videollama2 import VideoLLMVideoLlama2Config, videollama2_num_tokens
+
+    assert VideoLLMVideoLlama2Config().image_seq_length == 845  # CLIP-336, 8 frames, stc_connector
+    assert videollama2_num_tokens("stc_connector", 16, 336, 14) == 1521  # VideoLLaMA2-7B-16F
+    assert videollama2_num_tokens("stc_connector_v35", 16, 384, 14) == 1352  # VideoLLaMA2.1 (SigLIP-384)
+    siglip = VideoLLMVideoLlama2Config(
+        vision_config=dict(model_type="siglip_vision_model", image_size=384, patch_size=14),
+        projector_type="stc_connector_v35", num_frames=16,
+    )
+    assert siglip.vision_feature_select_strategy == "full"  # SigLIP has no CLS token
+    with pytest.raises(ValueError, match="projector_type must be one of"):
+        VideoLLMVideoLlama2Config(projector_type="mlp2x_gelu")
+    with pytest.raises(ValueError, match="needs at least 2 frame"):
+        videollama2_num_tokens("stc_connector_v35", 1, 384, 14)

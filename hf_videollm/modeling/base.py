@@ -29,6 +29,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from .merge import MediaMismatchError, as_item_list, assign_items_to_samples, media_mask, merge_media_embeddings
 from .parts import PartsMixin
 from .quantization import QuantizationMixin
+from .vision import select_hidden_features, unused_tower_prefixes
 
 __all__ = ["VideoLLMPreTrainedModel", "VisionTowerModel", "VideoLLMCausalLMOutput", "MediaMismatchError"]
 
@@ -296,8 +297,6 @@ class VisionTowerModel(VideoLLMPreTrainedModel):
 
     def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tower features of the selected layer for ``(N, 3, H, W)`` images or frames, ``(N, P, C_vis)``."""
-        from .vision import select_hidden_features
-
         pixel_values = self._cast_for(self.vision_tower, pixel_values)
         return select_hidden_features(
             self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
@@ -323,8 +322,6 @@ class VisionTowerModel(VideoLLMPreTrainedModel):
         return list(pixel_values_videos.unbind(0))
 
     def unused_parameter_prefixes(self) -> list[str]:
-        from .vision import unused_tower_prefixes
-
         return unused_tower_prefixes(self.config.vision_config, self.config.vision_feature_layer)
 
     def dummy_media_inputs(self, modality: str) -> dict[str, Any]:
