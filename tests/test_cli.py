@@ -36,3 +36,36 @@ def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert "error" in err and "nowhere" in err
     rc = main(["train", "--model", "tiny:llava"])
     assert rc == 2 and "--data" in capsys.readouterr().err
+
+
+def test_videollama2_convert_then_chat_about_a_video_file(tmp_path, capsys):
+    case = fixture_case("videollama2", "clip_stc_mistral_video8")
+    out = tmp_path / "videollama2"
+    rc = main(["convert", "videollama2", str(case / "original"), str(out), "--vision-tower",
+               str(case / "original" / "vision_tower"), "--quiet"])
+    assert rc == 0
+    capsys.readouterr()
+    video = fixture_case("videollama2", "preprocess") / "video.mp4"
+    rc = main(["chat", str(out), "--video", str(video), "--prompt", "Describe the video.", "--max-new-tokens", "3"])
+    assert rc == 0
+    assert capsys.readouterr().out.strip()
+
+
+def test_videollama2_lora_train_export_chat(tmp_path, capsys, monkeypatch):
+    """CLI path for VideoLLaMA 2: train (its LoRA stage) -> export (LoRA merged) -> chat with an image."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    rows = []
+    for i in range(4):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "conversations": [{"from": "human", "value": "<image>\nwhat color"},
+                                                            {"from": "gpt", "value": "red"}]})
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert main(["train", "--model", "tiny:videollama2", "--data", "d.jsonl", "--output-dir", "run", "--stage", "lora",
+                 "--max-steps", "2", "--per-device-train-batch-size", "2"]) == 0
+    assert json.loads((tmp_path / "run" / "adapter_config.json").read_text())["r"] == 128
+    assert main(["export", "run", "exported"]) == 0
+    capsys.readouterr()
+    assert main(["chat", "exported", "--image", "1.png", "--prompt", "what color", "--max-new-tokens", "2"]) == 0
+    assert capsys.readouterr().out.strip()
