@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from hf_videollm.synthetic import SHAPES
 from hf_videollm.modeling.videollama2 import VideoLLMVideoLlama2ForConditionalGeneration
 from hf_videollm.processors.videollama2 import VideoLLMVideoLlama2Processor
 
@@ -37,6 +38,8 @@ def _load(workdir: Path, proc, split: str, kinds: set[str] | None):
             proc(text=["<video>"], videos=[str(workdir / "data" / split / p)])["pixel_values_videos"][0] for p in paths
         ])
         torch.save(frames, cache)
+    if kinds and "shape" in kinds:  # pseudo-kind: the appearance questions about shape
+        rows = [dict(r, kind="shape") if r["kind"] == "appearance" and r["answer"] in SHAPES else r for r in rows]
     keep = [i for i, r in enumerate(rows) if kinds is None or r["kind"] in kinds]
     return [rows[i] for i in keep], frames[keep]
 
@@ -54,6 +57,9 @@ def main() -> None:
                     help="first STEPS steps on KIND only (+shape: and appearance questions about shape)")
     ap.add_argument("--question-first", action="store_true", help="put the question before the video in the prompt")
     ap.add_argument("--probe", action="store_true", help="linear head on mean-pooled connector tokens, no LLM")
+    ap.add_argument("--part-lr", action="append", default=[], metavar="PART=LR", help="another lr for a part")
+    ap.add_argument("--beta2", type=float, default=0.999, help="AdamW's second-moment decay")
+    ap.add_argument("--freeze", default=None, help="comma-separated parts kept at their random init (e.g. vision_tower)")
     args = ap.parse_args()
 
     proc = VideoLLMVideoLlama2Processor.from_pretrained(args.workdir / "model")
@@ -64,6 +70,8 @@ def main() -> None:
         target, name = (cfg.text_config, field[5:]) if field.startswith("text.") else (
             (cfg.vision_config, field[7:]) if field.startswith("vision.") else (cfg, field))
         setattr(target, name, json.loads(value) if value[:1] in "0123456789-[{tf" else value)
+        if field == "vision.patch_size":
+            proc.patch_size = int(value)
         if field == "projector_type":
             proc.projector_type = json.loads(value) if value[:1] == '"' else value
     torch.manual_seed(0)
@@ -118,8 +126,17 @@ def main() -> None:
         model.train()
         return {k: round(sum(v) / len(v), 2) for k, v in sorted(per.items())}
 
-    params = list(model.parameters()) + (list(head.parameters()) if head is not None else [])
-    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    if args.freeze:
+        model.freeze_parts(*args.freeze.split(","))
+    part_lr = {k: float(v) for k, v in (item.split("=") for item in args.part_lr)}
+    groups: dict[float, list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups.setdefault(part_lr.get(model.part_of_parameter(name), args.lr), []).append(p)
+    if head is not None:
+        groups.setdefault(args.lr, []).extend(head.parameters())
+    opt = torch.optim.AdamW([{"params": ps, "lr": lr} for lr, ps in groups.items()], weight_decay=0.0,
+                            betas=(0.9, args.beta2))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 30))
     start = time.time()
     for step in range(args.steps + 1):
