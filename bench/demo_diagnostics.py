@@ -22,9 +22,9 @@ from pathlib import Path
 
 import torch
 
-from hf_videollm.synthetic import SHAPES
 from hf_videollm.modeling.videollama2 import VideoLLMVideoLlama2ForConditionalGeneration
 from hf_videollm.processors.videollama2 import VideoLLMVideoLlama2Processor
+from hf_videollm.synthetic import SHAPES
 
 
 def _load(workdir: Path, proc, split: str, kinds: set[str] | None):
