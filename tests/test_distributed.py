@@ -161,7 +161,9 @@ WORKER = textwrap.dedent(
     def collate(self, samples):
         if not has_image:  # training starts: from here on a hang is a failure
             (report / f"started_rank{rank}").touch()
-            faulthandler.dump_traceback_later(opts["watchdog_s"], exit=True)
+            # each rank dumps to its own file: two ranks writing to one stderr interleave their stacks
+            dump = open(report / f"watchdog_rank{rank}.txt", "w")
+            faulthandler.dump_traceback_later(opts["watchdog_s"], exit=True, file=dump)
         batch = _collate(self, samples)
         has_image.append("pixel_values" in batch)
         return batch
@@ -322,5 +324,7 @@ def test_ddp_without_dummy_pass_deadlocks(tmp_path):
     assert rc not in (0, None), f"rc={rc}\n{log[-6000:]}"
     assert not (tmp_path / "rank0.json").exists() and not (tmp_path / "rank1.json").exists()
     # Either a deadlock (watchdog stack dump, one rank inside backward) or a DDP unused-parameter error.
-    deadlock = "Timeout (0:00:15)!" in log and " in backward" in log
+    dumps = "".join(p.read_text() for p in sorted(tmp_path.glob("watchdog_rank*.txt")))
+    deadlock = "Timeout (0:00:15)!" in dumps and " in backward" in dumps
+    log = log + "\n" + dumps
     assert deadlock or "did not receive grad" in log or "finished reduction" in log, log[-6000:]
