@@ -179,9 +179,16 @@ class DemoPreset:
     stage: str = "stage2"  # the recipe stage whose machinery runs; every part trains (from scratch)
 
 
-def _llava_demo_preset() -> DemoPreset:
+def _synthetic_processor() -> dict:
+    """Processor settings shared by the demo presets: a plain Vicuna v1 prompt, and the synthetic videos' own pixel
+    statistics (dark scenes), not CLIP's."""
     from .processors.chat_templates import vicuna_v1_template
 
+    return dict(chat_template=vicuna_v1_template(system=""), image_mean=[0.18, 0.175, 0.165],
+                image_std=[0.13, 0.12, 0.10])
+
+
+def _llava_demo_preset() -> DemoPreset:
     return DemoPreset(
         model_overrides=dict(
             image_size=28,
@@ -193,12 +200,7 @@ def _llava_demo_preset() -> DemoPreset:
             # relative offsets (measured: direction stays at chance for 3000 steps with a tiny LLaMA).
             text_config=dict(model_type="gpt2", n_embd=128, n_layer=2, n_head=4, n_positions=512, resid_pdrop=0.0,
                              embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.1, tie_word_embeddings=False),
-            processor=dict(
-                chat_template=vicuna_v1_template(system=""),
-                # the synthetic videos' own pixel statistics (dark scenes), not CLIP's
-                image_mean=[0.18, 0.175, 0.165],
-                image_std=[0.13, 0.12, 0.10],
-            ),
+            processor=_synthetic_processor(),
         ),
         num_frames=8,
         max_steps=3000,
@@ -206,8 +208,6 @@ def _llava_demo_preset() -> DemoPreset:
 
 
 def _videollama2_demo_preset() -> DemoPreset:
-    from .processors.chat_templates import vicuna_v1_template
-
     return DemoPreset(
         model_overrides=dict(
             image_size=32,
@@ -227,11 +227,7 @@ def _videollama2_demo_preset() -> DemoPreset:
                 hidden_size=64, intermediate_size=128, initializer_range=0.1,
                 num_attention_heads=8, num_key_value_heads=8, head_dim=8,
             ),
-            processor=dict(
-                chat_template=vicuna_v1_template(system=""),
-                image_mean=[0.18, 0.175, 0.165],
-                image_std=[0.13, 0.12, 0.10],
-            ),
+            processor=_synthetic_processor(),
         ),
         num_frames=8,
         max_steps=1500,
