@@ -235,3 +235,28 @@ def test_videollama2_token_counts_of_the_releases_and_config_errors():
         VideoLLMVideoLlama2Config(projector_type="mlp2x_gelu")
     with pytest.raises(ValueError, match="needs at least 2 frame"):
         videollama2_num_tokens("stc_connector_v35", 1, 384, 14)
+
+
+def test_videollama2_connector_depth():
+    """``connector_depth`` sizes both RegNet stages (default: the original's 4); bad values are named."""
+    from hf_videollm.modeling.videollama2 import VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration
+
+    tiny = dict(
+        vision_config=dict(model_type="clip_vision_model", hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+                           num_attention_heads=2, image_size=16, patch_size=4),
+        text_config=dict(model_type="mistral", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, vocab_size=40),
+        projector_type="stc_connector_v35", num_frames=4, image_token_id=38, video_token_id=39,
+    )
+    for depth, blocks in ((None, 4), (1, 1), (2, 2)):
+        model = VideoLLMVideoLlama2ForConditionalGeneration(VideoLLMVideoLlama2Config(**tiny, connector_depth=depth))
+        connector = model.multi_modal_projector
+        assert connector.s1.depth == connector.s2.depth == blocks
+        keys = {k.split(".")[2] for k in model.state_dict() if k.startswith("multi_modal_projector.s1.")}
+        assert keys == {f"b{i + 1}" for i in range(blocks)}  # the original's key names, b1 .. b<depth>
+        out = model.get_video_features(torch.rand(1, 4, 3, 16, 16))[0]
+        assert out.shape == (2 * 2 * 2, 16)
+    with pytest.raises(ValueError, match="connector_depth must be >= 1"):
+        VideoLLMVideoLlama2Config(**tiny, connector_depth=0)
+    with pytest.raises(ValueError, match="spatial_pool must have RegNet stages"):
+        VideoLLMVideoLlama2Config(**{**tiny, "projector_type": "spatial_pool"}, connector_depth=2)

@@ -182,17 +182,26 @@ class STCConnector(nn.Module):
     """Spatial-temporal convolution connector (VideoLLaMA 2): per frame a RegNet stage ``s1`` (encoder width ->
     hidden), a 3D ``sampler`` over (time, height, width) -- Conv3d + SiLU, or average pooling + SiLU --, per output
     frame a second stage ``s2``, then an MLP ``readout`` (Linear, GELU, Linear) to the language model's width.
+    ``depth``: RegNet blocks per stage (``None``: the type's own, 4 as in the original's ``STCConnector(depth=4)``).
 
     ``(B, T, N, C)`` frame features (``N`` a square patch grid) -> ``(B, T' * h' * w', D)`` tokens in (t, h, w) order.
     Neighbouring frames are mixed by the sampler: this is where the model sees motion.
     """
 
-    def __init__(self, connector_type: str, in_features: int, hidden_size: int, out_features: int, mlp_depth: int = 2):
+    def __init__(
+        self, connector_type: str, in_features: int, hidden_size: int, out_features: int, mlp_depth: int = 2,
+        depth: int | None = None,
+    ):
         super().__init__()
         if connector_type not in STC_CONNECTORS:
             raise ValueError(f"unknown STC connector {connector_type!r}; use one of {sorted(STC_CONNECTORS)}")
         self.connector_type = connector_type
-        sampler, down, pad, depth = STC_CONNECTORS[connector_type]
+        sampler, down, pad, table_depth = STC_CONNECTORS[connector_type]
+        if depth is not None and (depth < 1 or not table_depth):
+            raise ValueError(
+                f"depth={depth}: RegNet stages have at least 1 block, and {connector_type} has none to size"
+            )
+        depth = table_depth if depth is None else depth
         self.s1 = RegStage(depth, in_features, hidden_size) if depth else nn.Identity()
         if sampler == "conv":
             down_layer = nn.Conv3d(hidden_size, hidden_size, kernel_size=down, stride=down, padding=pad, bias=True)

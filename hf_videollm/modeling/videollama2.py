@@ -59,6 +59,8 @@ class VideoLLMVideoLlama2Config(PreTrainedConfig):
         projector_type: the original ``mm_projector_type``: ``stc_connector`` (VideoLLaMA 2, Conv3d padding 1),
             ``stc_connector_v35`` (2.1, padding 0), ``stp_connector`` (average pooling), ``spatial_conv`` /
             ``spatial_pool`` (no temporal down-sampling, no RegNet stages).
+        connector_depth: RegNet blocks in each of the connector's two stages; ``None`` = 4, the original's
+            ``STCConnector(depth=4)`` (every released checkpoint). Smaller values are for tiny models.
         num_frames: frames per video the model was trained with; images are repeated to this many frames.
     """
 
@@ -77,6 +79,7 @@ class VideoLLMVideoLlama2Config(PreTrainedConfig):
     vision_feature_layer: int = -2
     vision_feature_select_strategy: str | None = None
     projector_type: str = "stc_connector"
+    connector_depth: int | None = None
     num_frames: int = 8
     tie_word_embeddings: bool = False
 
@@ -93,6 +96,11 @@ class VideoLLMVideoLlama2Config(PreTrainedConfig):
         if self.vision_feature_select_strategy not in ("default", "full"):
             raise ValueError(
                 f"vision_feature_select_strategy must be 'default' or 'full', got {self.vision_feature_select_strategy!r}"
+            )
+        if self.connector_depth is not None and (self.connector_depth < 1 or not STC_CONNECTORS[self.projector_type][3]):
+            raise ValueError(
+                f"connector_depth must be >= 1 (RegNet blocks per stage) and {self.projector_type} must have RegNet "
+                f"stages; got {self.connector_depth}. Leave it None for the original's 4"
             )
         if self.num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {self.num_frames}")
@@ -116,7 +124,7 @@ class VideoLLMVideoLlama2ForConditionalGeneration(VisionTowerModel, GenerationMi
         self.vision_tower = AutoModel.from_config(config.vision_config)
         llm_width = config.text_config.hidden_size
         self.multi_modal_projector = STCConnector(
-            config.projector_type, config.vision_config.hidden_size, llm_width, llm_width
+            config.projector_type, config.vision_config.hidden_size, llm_width, llm_width, depth=config.connector_depth
         )
         self.language_model = AutoModelForCausalLM.from_config(config.text_config)
         self.post_init()
