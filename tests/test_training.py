@@ -136,6 +136,14 @@ def test_collator_cache_encodes_each_sample_once(tmp_path, tiny_llava, monkeypat
     plain = VideoLLMCollator(processor)
     plain([ds[0]]), plain([ds[0]])
     assert len(calls) == 5  # without the cache every call processes again
+    # the cache is keyed by the sample's content: a row repeated in the data (another index) is not decoded again
+    repeated = VideoLLMDataset(load_records([_dataset(tmp_path, n=3)] * 2), processor)
+    assert len(repeated) == 6 and repeated[4]["index"] == 4
+    cached([repeated[3], repeated[4], repeated[5]])
+    assert len(calls) == 5
+    other = dict(repeated[4], messages=[dict(m) for m in repeated[4]["messages"]])
+    other["messages"][1] = {"role": "assistant", "content": [{"type": "text", "text": "green"}]}
+    assert cached([other])["labels"].ne(-100).any() and len(calls) == 6  # another answer: a new entry
 
 
 def test_truncation_never_cuts_a_media_span(tmp_path, tiny_llava):
@@ -182,6 +190,18 @@ def test_full_stage2_training_lowers_the_loss(tmp_path):
     assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4]), losses
     meta = json.loads((tmp_path / "out" / "hf_videollm_training.json").read_text())
     assert meta["stage"]["name"] == "stage2" and meta["mode"] == "full"
+
+
+def test_shuffle_false_reads_the_data_file_in_order(tmp_path, monkeypatch):
+    seen = []
+    real_call = VideoLLMCollator.__call__
+    monkeypatch.setattr(VideoLLMCollator, "__call__", lambda self, samples: seen.append(
+        [s["index"] for s in samples]) or real_call(self, samples))
+    train(TrainConfig(model="tiny:llava", data=[str(_dataset(tmp_path, n=8))], output_dir=str(tmp_path / "out"),
+                      max_steps=3, per_device_train_batch_size=2, shuffle=False, save_steps=None))
+    assert seen[:3] == [[0, 1], [2, 3], [4, 5]]  # (the loader may fetch one batch ahead)
+    with pytest.raises(ValueError, match="group_by_length reorders samples"):
+        TrainConfig(model="tiny:llava", data=["x.jsonl"], output_dir="o", shuffle=False, group_by_length=True)
 
 
 def test_stage1_trains_the_connector_only_with_its_recipe_lr(tmp_path):

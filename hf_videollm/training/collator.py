@@ -7,13 +7,16 @@ stays after its last media span and keeps at least one supervised token; otherwi
 reason (``on_overflow="drop"``) or fails (``"error"``). The processor's ``max_visual_tokens`` is a per-sample
 visual-token budget enforced the same way. Text-only, image, video and audio samples mix freely in one batch.
 
-``cache=True`` keeps every encoded sample in memory, keyed by its dataset index, so later epochs skip decoding and
-preprocessing (useful for many epochs over a small dataset; the processor must be deterministic, i.e. no random
-augmentation). With DataLoader workers each worker holds its own cache: use ``persistent_workers``.
+``cache=True`` keeps every encoded sample in memory, keyed by its messages (media paths included), so later epochs --
+and a sample repeated in the data, e.g. an up-sampled or scheduled dataset -- skip decoding and preprocessing (useful
+for many epochs over a small dataset; the processor must be deterministic, i.e. no random augmentation, and media
+files must not change during the run). With DataLoader workers each worker holds its own cache: use
+``persistent_workers``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -44,10 +47,10 @@ class VideoLLMCollator:
             raise ValueError("on_overflow must be 'drop' or 'error'")
 
     def encode(self, sample: dict) -> dict[str, Any] | None:
-        """One sample -> unpadded tensors, or None when it is dropped (cached by ``sample["index"]`` if ``cache``)."""
-        key = sample.get("index")
-        if not self.cache or key is None:
+        """One sample -> unpadded tensors, or None when it is dropped (cached by its messages if ``cache``)."""
+        if not self.cache:
             return self._encode(sample)
+        key = json.dumps(sample["messages"], sort_keys=True, default=str)
         if key not in self._cache:
             self._cache[key] = self._encode(sample)  # a dropped sample is cached as None: dropped once, logged once
         return self._cache[key]

@@ -57,6 +57,7 @@ class TrainConfig:
     video_fps: float | None = None
     skip_invalid: bool = False
     group_by_length: bool = False
+    shuffle: bool = True  # False: samples in file order (a data schedule, e.g. a curriculum written into the file)
     dataloader_num_workers: int = 0
     cache_encoded_samples: bool = False  # keep encoded samples in memory after their first epoch (small datasets)
     seed: int = 42
@@ -76,6 +77,8 @@ class TrainConfig:
             raise ValueError(f"mode must be full, lora or qlora, got {self.mode!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.group_by_length and not self.shuffle:
+            raise ValueError("group_by_length reorders samples; it cannot be combined with shuffle=False (file order)")
 
 
 def load_train_config(path: str | Path, **overrides) -> TrainConfig:
@@ -219,7 +222,7 @@ def train(cfg: TrainConfig):
         dataloader_persistent_workers=cfg.cache_encoded_samples and cfg.dataloader_num_workers > 0,
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},  # works with frozen towers
-        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else ("random" if cfg.shuffle else "sequential"),
         use_cpu=cfg.use_cpu or not _has_accelerator(),  # several CPU processes must still form one DDP group
         **cfg.extra_training_args,
     )
