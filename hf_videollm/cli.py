@@ -29,7 +29,9 @@ def _per_kind(text: str):
 
 def _add_bench_flags(p: argparse.ArgumentParser) -> None:
     """Flags of the synthetic benchmark (``None`` = the model's demo preset, see ``hf_videollm.tiny.DemoPreset``)."""
-    p.add_argument("--model", default="llava", help="registered model name (its tiny demo config is trained)")
+    p.add_argument(
+        "--model", default=None, help="registered model name (its tiny demo config is trained); default videollama2"
+    )
     p.add_argument("--workdir", default=None, help="where data and the model go (default: a temporary directory)")
     p.add_argument("--report", default=None, help="write a JSON report here")
     p.add_argument("--kinds", default=None, help="comma-separated question kinds (default: all the model can perceive)")
@@ -39,6 +41,10 @@ def _add_bench_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--test-per-kind", type=int, default=None, help="held-out videos per kind (default 100)")
     p.add_argument("--max-steps", type=int, default=None, help="training steps")
+    p.add_argument(
+        "--first-steps", type=int, default=None,
+        help="steps on the preset's first question types (e.g. direction and shape) before the mix; 0: mix throughout",
+    )
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--num-frames", type=int, default=None, help="frames the model samples from each video")

@@ -5,7 +5,9 @@ The benchmark (:func:`run_benchmark`):
 1. writes synthetic H.264 videos with questions (:mod:`hf_videollm.synthetic`; train and test seeds never overlap);
 2. builds a tiny model of the chosen family from its demo preset (:data:`hf_videollm.tiny.TINY_BUILDERS`) and
    trains it from scratch through the package's own path: ``VideoLLMDataset`` -> ``VideoLLMCollator`` (encoded
-   samples cached after the first epoch) -> ``VideoLLMTrainer`` (:func:`hf_videollm.training.train.train`);
+   samples cached after the first epoch) -> ``VideoLLMTrainer`` (:func:`hf_videollm.training.train.train`), with
+   the preset's hard-first schedule (:func:`write_schedule`: the first batches hold only the question types a mix
+   from the start never learns -- direction and shape for VideoLLaMA 2 --, the file is read in order);
 3. scores held-out videos per question kind: the model's next-token logits restricted to the question's answer
    options, once with the clip and once with the single-frame baseline (the middle frame repeated, so the model
    sees the same number of tokens but no time).
@@ -32,7 +34,9 @@ import torch
 
 from . import synthetic as S
 
-__all__ = ["BenchSettings", "TARGETS", "evaluate", "run_benchmark", "run_demo", "format_table", "check_targets"]
+__all__ = [
+    "BenchSettings", "TARGETS", "evaluate", "run_benchmark", "run_demo", "format_table", "check_targets", "write_schedule",
+]
 
 #: The demo's targets: (kind, what) -> bound. Accuracy of the video model at least, of the single-frame baseline
 #: at most (chance + margin: 1/4 for direction, 1/2 for order).
@@ -46,17 +50,20 @@ TARGETS: dict[str, dict[str, float]] = {
 class BenchSettings:
     """One benchmark run. ``None`` fields come from the model's demo preset (:class:`hf_videollm.tiny.DemoPreset`)."""
 
-    model: str = "llava"
+    model: str = "videollama2"  # the default demo model: it meets the targets (bench/RESULTS.md)
     workdir: str | None = None
     kinds: list[str] | None = None  # default: every synthetic kind of the model's modalities
     train_per_kind: int | dict[str, int] | None = None  # one count, or {kind: count} updating the preset's
     test_per_kind: int = 100
     max_steps: int | None = None
+    first_steps: int | None = None  # batches of the preset's first question types before the mix (0: none; None: the
+    # preset's fraction of max_steps)
     batch_size: int | None = None
     learning_rate: float | None = None
     warmup_ratio: float | None = None
     num_frames: int | None = None
-    video_size: int = 64
+    # 32 px videos: the models see at most 32 px frames; half the generation time and a third less decoding than 64
+    video_size: int = 32
     video_frames: int = 16
     seed: int = 0
     # processes that generate the videos (spawned, so a script calling run_benchmark with more than 1 needs the
@@ -79,6 +86,8 @@ class BenchSettings:
         for name in ("max_steps", "batch_size", "learning_rate", "warmup_ratio", "num_frames"):
             if values[name] is None:
                 values[name] = getattr(preset, name)
+        if values["first_steps"] is None:  # the preset's share of the steps, whatever max_steps is
+            values["first_steps"] = round(preset.first_fraction * values["max_steps"]) if preset.first_types else 0
         if values["kinds"] is None:
             values["kinds"] = list(S.KINDS_VIDEO) + (list(S.KINDS_AUDIO) if "audio" in spec.modalities else [])
         kinds = values["kinds"]
@@ -92,6 +101,10 @@ class BenchSettings:
         for name in ("test_per_kind", "max_steps", "batch_size", "num_frames"):
             if values[name] < 1:
                 raise ValueError(f"{name} must be >= 1, got {values[name]}")
+        if not 0 <= values["first_steps"] < values["max_steps"]:
+            raise ValueError(
+                f"first_steps must be >= 0 and below max_steps={values['max_steps']}, got {values['first_steps']}"
+            )
         if values["num_frames"] > values["video_frames"]:
             raise ValueError(
                 f"num_frames={values['num_frames']} is more than the {values['video_frames']} frames each video has"
@@ -130,6 +143,40 @@ def parse_per_kind(text: str) -> int | dict[str, int]:
         raise ValueError(
             f"cannot read {text!r}: give one count (2000) or kind=count pairs (direction=4000,count=500)"
         ) from None
+
+
+# ------------------------------------------------------------------------------------------------------ data schedule
+def write_schedule(
+    data_jsonl: str | Path, *, first_types: tuple[str, ...] | list[str], first_steps: int, steps: int,
+    batch_size: int, seed: int = 0,
+) -> tuple[Path, int]:
+    """A training file read in order (``TrainConfig(shuffle=False)``): ``first_steps`` batches of the rows whose
+    question type (:func:`hf_videollm.synthetic.question_type`) is in ``first_types``, then batches of every row --
+    each part in shuffled passes over its rows. Written beside ``data_jsonl`` (media paths stay relative to it) as
+    ``schedule.jsonl``; returns the path and the number of rows of the first part (0 when no row has a first type,
+    then the whole file is the mix). Rows repeat; the collator's cache decodes each video once."""
+    import numpy as np
+
+    data_jsonl = Path(data_jsonl)
+    lines = [line for line in data_jsonl.read_text().splitlines() if line.strip()]
+    rows = [json.loads(line) for line in lines]
+    unknown = sorted(set(first_types) - set(S.QUESTIONS))
+    if unknown:
+        raise ValueError(f"unknown question type(s) {unknown}; expected some of {sorted(S.QUESTIONS)}")
+    first = [i for i, r in enumerate(rows) if S.question_type(r["kind"], r["answer"]) in first_types]
+    first_steps = first_steps if first else 0
+    rng = np.random.default_rng(seed)
+
+    def passes(pool: list[int], n: int) -> list[int]:
+        out: list[int] = []
+        while len(out) < n:
+            out += [pool[i] for i in rng.permutation(len(pool))]
+        return out[:n]
+
+    order = passes(first, first_steps * batch_size) + passes(list(range(len(rows))), (steps - first_steps) * batch_size)
+    out = data_jsonl.parent / "schedule.jsonl"
+    out.write_text("".join(lines[i] + "\n" for i in order))
+    return out, len(first)
 
 
 # ------------------------------------------------------------------------------------------------------ evaluation
@@ -197,10 +244,10 @@ def evaluate(model, processor, data_jsonl: str | Path, *, batch_size: int = 50) 
                     tally[1] += 1
         for row in batch_rows:
             total[row["kind"]] = total.get(row["kind"], 0) + 1
-            chance[row["kind"]] = 1.0 / len(row["choices"])
+            chance[row["kind"]] = chance.get(row["kind"], 0.0) + 1.0 / len(row["choices"])  # summed, then averaged
     model.train(was_training)
     out = {name: {k: correct[name].get(k, 0) / n for k, n in total.items()} for name in correct}
-    out["chance"] = chance
+    out["chance"] = {k: chance[k] / n for k, n in total.items()}  # appearance mixes 4 colours and 3 shapes
     out["count"] = {k: float(n) for k, n in total.items()}
     out["video_by_answer"] = {k: {a: c / n for a, (c, n) in sorted(v.items())} for k, v in by_answer.items()}
     return out
@@ -271,6 +318,17 @@ def run_benchmark(settings: BenchSettings) -> dict:
     say(f"data: {sum(settings.train_per_kind.values())} training videos ({per_kind}) and "
         f"{settings.test_per_kind} test videos per kind in {timings['generate_data']:.1f} s -> {data}")
 
+    train_file, shuffle = paths["train"], True
+    if settings.first_steps:
+        train_file, n_first = write_schedule(
+            paths["train"], first_types=preset.first_types, first_steps=settings.first_steps,
+            steps=settings.max_steps, batch_size=settings.batch_size, seed=settings.seed,
+        )
+        shuffle = False
+        say(f"schedule: {settings.first_steps} steps of {', '.join(preset.first_types)} questions first "
+            f"({n_first} videos), then all kinds -> {train_file}" if n_first else
+            f"schedule: none of {', '.join(preset.first_types)} in this run; all kinds from the start")
+
     base = workdir / "base_model"
     params, parts = _build_base(settings, base)
     say(f"model: tiny {settings.model}, {params:,} parameters, trained from scratch "
@@ -281,13 +339,15 @@ def run_benchmark(settings: BenchSettings) -> dict:
     transformers.logging.set_verbosity_error()
     try:
         cfg = TrainConfig(
-            model=str(base), data=[str(paths["train"])], output_dir=str(workdir / "model"),
+            model=str(base), data=[str(train_file)], shuffle=shuffle, output_dir=str(workdir / "model"),
             model_family=settings.model, stage=preset.stage, trainable_parts=list(parts),
             learning_rate=settings.learning_rate, max_steps=settings.max_steps,
             per_device_train_batch_size=settings.batch_size, warmup_ratio=settings.warmup_ratio,
             weight_decay=0.0, lr_scheduler_type="cosine", seed=settings.seed, cache_encoded_samples=True,
             logging_steps=max(1, settings.max_steps // 10), use_cpu=not torch.cuda.is_available(),
-            extra_training_args={"disable_tqdm": not settings.progress, "max_grad_norm": 1.0, **settings.extra},
+            extra_training_args={
+                "disable_tqdm": not settings.progress, "max_grad_norm": 1.0, **preset.trainer_args, **settings.extra,
+            },
         )
         trainer = train(cfg) if settings.progress else _quiet(train, cfg)
     finally:

@@ -71,6 +71,7 @@ __all__ = [
     "VOCABULARY",
     "SyntheticSample",
     "answer_classes",
+    "question_type",
     "build_samples",
     "generate_dataset",
     "make_sample",
@@ -142,6 +143,15 @@ def answer_classes(kind: str) -> tuple[str, ...]:
         "pitch": PITCHES,
         "beeps": NUMBER_WORDS,
     }[kind]
+
+
+def question_type(kind: str, answer: str) -> str:
+    """Which :data:`QUESTIONS` template a sample of ``kind`` with ``answer`` was asked with (``appearance`` splits into
+    ``appearance_color`` and ``appearance_shape``; every other kind is its own)."""
+    _check_kind(kind)
+    if kind == "appearance":
+        return "appearance_shape" if answer in SHAPES else "appearance_color"
+    return kind
 
 
 def _all_questions() -> list[str]:
