@@ -47,12 +47,13 @@ def test_default_demo_in_short_learns_motion_shape_and_order(tmp_path):
     assert report["model"] == "videollama2" and report["settings"]["first_steps"] > 0
     assert (tmp_path / "data" / "train" / "schedule.jsonl").is_file()
     acc = report["accuracy"]
+    # measured (2 threads): direction 93 %, order 87 %, shapes 78 / 56 / 75 %; one frame: 27 % / 42 %
     assert acc["video"]["direction"] >= 0.80, report  # chance 25 %
     assert acc["single_frame"]["direction"] <= 0.45, report
-    assert acc["video"]["order"] >= 0.80, report  # chance 50 %
+    assert acc["video"]["order"] >= 0.75, report  # chance 50 %
     assert acc["single_frame"]["order"] <= 0.70, report
     shapes = [acc["video_by_answer"]["appearance"][s] for s in ("circle", "square", "triangle")]
-    assert sum(shapes) / 3 >= 0.60, report  # chance 33 %
+    assert sum(shapes) / 3 >= 0.55, report  # chance 33 %
 
 
 def test_demo_command_runs_the_whole_path(tmp_path, capsys):
