@@ -154,7 +154,8 @@ def write_schedule(
     question type (:func:`hf_videollm.synthetic.question_type`) is in ``first_types``, then batches of every row --
     each part in shuffled passes over its rows. Written beside ``data_jsonl`` (media paths stay relative to it) as
     ``schedule.jsonl``; returns the path and the number of rows of the first part (0 when no row has a first type,
-    then the whole file is the mix). Rows repeat; the collator's cache decodes each video once."""
+    then the whole file is the mix). Rows repeat (the file has ``steps * batch_size`` rows: 76,800 / 30 MB for the
+    VideoLLaMA 2 demo); the collator's cache decodes each video once."""
     import numpy as np
 
     data_jsonl = Path(data_jsonl)
