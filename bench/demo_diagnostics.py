@@ -26,6 +26,8 @@ from hf_videollm.modeling.videollama2 import VideoLLMVideoLlama2ForConditionalGe
 from hf_videollm.processors.videollama2 import VideoLLMVideoLlama2Processor
 from hf_videollm.synthetic import SHAPES
 
+VIDEO_INPUT = VideoLLMVideoLlama2ForConditionalGeneration.input_spec.encoder_inputs("video")[0]  # the video pixels
+
 
 def _load(workdir: Path, proc, split: str, kinds: set[str] | None):
     rows = [json.loads(line) for line in (workdir / "data" / split / "data.jsonl").read_text().splitlines()]
@@ -35,7 +37,7 @@ def _load(workdir: Path, proc, split: str, kinds: set[str] | None):
     else:
         paths = [next(p["video"] for p in r["messages"][0]["content"] if p["type"] == "video") for r in rows]
         frames = torch.stack([
-            proc(text=["<video>"], videos=[str(workdir / "data" / split / p)])["pixel_values_videos"][0] for p in paths
+            proc(text=["<video>"], videos=[str(workdir / "data" / split / p)])[VIDEO_INPUT][0] for p in paths
         ])
         torch.save(frames, cache)
     if kinds and "shape" in kinds:  # pseudo-kind: the appearance questions about shape
@@ -101,7 +103,7 @@ def main() -> None:
         texts = [proc.apply_chat_template(c, add_generation_prompt=not with_answer, mark_generation=True) for c in convs]
         blank = [torch.zeros(x.shape[1], 8, 8, 3, dtype=torch.uint8).numpy() for _ in rows]
         b = proc(text=texts, videos=blank, return_labels=True, padding_side="left")
-        b["pixel_values_videos"] = x
+        b[VIDEO_INPUT] = x
         return b
 
     def probe_logits(x):

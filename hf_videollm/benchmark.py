@@ -23,10 +23,11 @@ def _median_time(fn, repeats: int) -> float:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from .tiny import TINY_BUILDERS, build_tiny
+    from .registry import MODELS
+    from .tiny import build_tiny
 
     dtype = getattr(torch, args.dtype)
-    if args.model in TINY_BUILDERS:
+    if args.model in MODELS:
         model, processor = build_tiny(args.model)
         label = f"tiny {args.model} (random)"
     elif Path(args.model).exists() or "/" in args.model:
@@ -35,7 +36,7 @@ def run_bench(args: argparse.Namespace) -> int:
         model, processor = load_for_inference(args.model, dtype=args.dtype, attn=args.attn)
         label = args.model
     else:
-        raise ValueError(f"--model must be a registered name {sorted(TINY_BUILDERS)} or a model directory")
+        raise ValueError(f"--model must be a registered name {sorted(MODELS)} or a model directory")
     model = model.to(device=args.device, dtype=dtype).eval()
     model.set_attn_implementation(args.attn)
     size = getattr(processor, "image_size", 224)
@@ -44,7 +45,7 @@ def run_bench(args: argparse.Namespace) -> int:
     processor.num_frames = args.frames
     batch = processor(text=[f"{processor.video_token} describe the video"], videos=[video])
     batch = {k: (v.to(args.device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
-    media = {k: v for k, v in batch.items() if k.startswith("pixel_values")}
+    media = model.input_spec.media_inputs(batch)
 
     with torch.no_grad():
         enc = _median_time(lambda: model.encode_media(**media), args.repeats)

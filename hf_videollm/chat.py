@@ -34,7 +34,8 @@ def answer(model, processor, messages: list[dict], *, max_new_tokens: int = 128,
     batch = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, **media)
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)
-    return processor.decode(out[0, batch["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+    new = out[0] if model.is_seq2seq else out[0, batch["input_ids"].shape[1] :]  # seq2seq returns the decoder only
+    return processor.decode(new, skip_special_tokens=True).strip()
 
 
 def run_chat(args: argparse.Namespace) -> int:

@@ -28,7 +28,7 @@ def _per_kind(text: str):
 
 
 def _add_bench_flags(p: argparse.ArgumentParser) -> None:
-    """Flags of the synthetic benchmark (``None`` = the model's demo preset, see ``hf_videollm.tiny.DemoPreset``)."""
+    """Flags of the synthetic benchmark (``None`` = the model's demo preset, see ``hf_videollm.demo_presets.DemoPreset``)."""
     p.add_argument(
         "--model", default=None, help="registered model name (its tiny demo config is trained); default videollama2"
     )

@@ -3,7 +3,7 @@
 The benchmark (:func:`run_benchmark`):
 
 1. writes synthetic H.264 videos with questions (:mod:`hf_videollm.synthetic`; train and test seeds never overlap);
-2. builds a tiny model of the chosen family from its demo preset (:data:`hf_videollm.tiny.TINY_BUILDERS`) and
+2. builds a tiny model of the chosen family from its demo preset (:mod:`hf_videollm.demo_presets`) and
    trains it from scratch through the package's own path: ``VideoLLMDataset`` -> ``VideoLLMCollator`` (encoded
    samples cached after the first epoch) -> ``VideoLLMTrainer`` (:func:`hf_videollm.training.train.train`), with
    the preset's hard-first schedule (:func:`write_schedule`: the first batches hold only the question types a mix
@@ -48,7 +48,7 @@ TARGETS: dict[str, dict[str, float]] = {
 
 @dataclass
 class BenchSettings:
-    """One benchmark run. ``None`` fields come from the model's demo preset (:class:`hf_videollm.tiny.DemoPreset`)."""
+    """One benchmark run. ``None`` fields come from the model's demo preset (:class:`hf_videollm.demo_presets.DemoPreset`)."""
 
     model: str = "videollama2"  # the default demo model: it meets the targets (bench/RESULTS.md)
     workdir: str | None = None
@@ -74,14 +74,16 @@ class BenchSettings:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def resolve(self) -> BenchSettings:
-        from .tiny import TINY_BUILDERS
+        from .registry import MODELS
 
-        if self.model not in TINY_BUILDERS:
-            raise ValueError(f"no tiny model named {self.model!r}; registered: {sorted(TINY_BUILDERS)}")
-        spec = TINY_BUILDERS[self.model]
+        if self.model not in MODELS:
+            raise ValueError(f"no model named {self.model!r}; registered: {sorted(MODELS)}")
+        spec = MODELS[self.model]
         if "video" not in spec.modalities:
             raise ValueError(f"model {self.model!r} takes no video ({spec.modalities}); pick a video model")
-        preset = spec.demo
+        preset = spec.get_demo_preset()
+        if preset is None:
+            raise ValueError(f"model {self.model!r} has no demo preset (hf_videollm.demo_presets)")
         values = asdict(self)
         for name in ("max_steps", "batch_size", "learning_rate", "warmup_ratio", "num_frames"):
             if values[name] is None:
@@ -281,11 +283,12 @@ def format_table(accuracy: dict[str, dict[str, float]]) -> str:
 # ------------------------------------------------------------------------------------------------------ benchmark
 def _build_base(settings: BenchSettings, out: Path):
     """The tiny model + processor of the demo preset, saved to ``out`` (the training run loads it from there)."""
-    from .tiny import TINY_BUILDERS, tiny_tokenizer
+    from .registry import MODELS
+    from .tiny import tiny_tokenizer
 
-    spec = TINY_BUILDERS[settings.model]
+    spec = MODELS[settings.model]
     tokenizer = tiny_tokenizer(extra_words=S.VOCABULARY)
-    model, processor = spec.build(tokenizer, settings.seed, **spec.demo.model_overrides)
+    model, processor = spec.build_tiny(tokenizer, settings.seed, **spec.get_demo_preset().model_overrides)
     processor.num_frames, processor.video_fps = settings.num_frames, None
     model.save_pretrained(out)
     processor.save_pretrained(out)
@@ -296,11 +299,11 @@ def run_benchmark(settings: BenchSettings) -> dict:
     """Generate data, train the tiny model, evaluate it; returns the report (model saved in ``workdir/model``)."""
     import transformers
 
-    from .tiny import TINY_BUILDERS
+    from .registry import MODELS
     from .training.train import TrainConfig, train
 
     settings = settings.resolve()
-    preset = TINY_BUILDERS[settings.model].demo
+    preset = MODELS[settings.model].get_demo_preset()
     workdir = Path(settings.workdir or tempfile.mkdtemp(prefix="hf_videollm_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
     say = print if settings.progress else (lambda *a, **k: None)

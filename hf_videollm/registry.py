@@ -1,46 +1,125 @@
-"""One table of the package's models, and their registration with transformers' Auto classes."""
+"""The one place a model is added: its entry names every piece, and everything else reads the entry.
+
+An entry holds the classes transformers' Auto classes need (config, ``ForConditionalGeneration``, the bare
+``Model`` for ``AutoModel``, processor) and references, as ``"module:attribute"`` resolved on first use so that
+``import hf_videollm`` stays light, to the tiny builder (tests, demo, benchmarks), the demo preset, the converter
+from the original release and the training stage recipes. ``TINY``/``RECIPES``/``CONVERTERS`` lookups elsewhere in
+the package go through :data:`MODELS`; the common test suite is parametrized over it.
+
+What a model consumes is not repeated here: it is ``model_class.input_spec`` (:mod:`hf_videollm.modeling.contract`).
+"""
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ModelEntry", "MODELS", "get_entry", "register_all"]
+
+
+def _resolve(ref: str | None) -> Any:
+    if ref is None:
+        return None
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    name: str  # CLI / registry name
+    """Everything about one model family. ``tiny``, ``demo``, ``converter`` and ``recipes`` are ``"module:attr"``."""
+
+    name: str  # CLI / registry name (``hf-videollm convert NAME``, ``tiny:NAME``, ``--model NAME``)
     config_class: type
-    model_class: type
+    model_class: type  # ForConditionalGeneration: AutoModelForImageTextToText
+    base_model_class: type  # the bare model: AutoModel
     processor_class: type
+    tiny: str  # (tokenizer, seed, **overrides) -> (model, processor): a tiny random model
+    converter: str | None = None  # (src, out, *, source_format, vision_tower, base, dtype, max_shard_size, progress)
+    recipes: str | None = None  # {stage name: training.recipes.Stage}
+    demo: str | None = None  # () -> demo_presets.DemoPreset (hf-videollm demo / bench-synthetic)
+
+    @property
+    def input_spec(self):
+        return self.model_class.input_spec
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.model_class.input_spec.modality_names
+
+    def build_tiny(self, tokenizer, seed: int = 0, **overrides):
+        return _resolve(self.tiny)(tokenizer, seed, **overrides)
+
+    def get_converter(self):
+        return _resolve(self.converter)
+
+    def get_recipes(self) -> dict:
+        return _resolve(self.recipes) or {}
+
+    def get_demo_preset(self):
+        factory = _resolve(self.demo)
+        return factory() if factory is not None else None
 
 
 def _entries() -> dict[str, ModelEntry]:
-    from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration
-    from .modeling.videollama2 import VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration
+    from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaModel
+    from .modeling.videollama2 import (
+        VideoLLMVideoLlama2Config,
+        VideoLLMVideoLlama2ForConditionalGeneration,
+        VideoLLMVideoLlama2Model,
+    )
     from .processors.llava import VideoLLMLlavaProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
 
-    return {
-        "llava": ModelEntry("llava", VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaProcessor),
-        "videollama2": ModelEntry(
-            "videollama2", VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration,
-            VideoLLMVideoLlama2Processor,
+    entries = [
+        ModelEntry(
+            "llava", VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaModel,
+            VideoLLMLlavaProcessor,
+            tiny="hf_videollm.tiny:tiny_llava",
+            converter="hf_videollm.conversion.llava:convert_llava",
+            recipes="hf_videollm.training.recipes:LLAVA_STAGES",
+            demo="hf_videollm.demo_presets:llava_demo_preset",
         ),
-    }
+        ModelEntry(
+            "videollama2", VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration,
+            VideoLLMVideoLlama2Model, VideoLLMVideoLlama2Processor,
+            tiny="hf_videollm.tiny:tiny_videollama2",
+            converter="hf_videollm.conversion.videollama2:convert_videollama2",
+            recipes="hf_videollm.training.recipes:VIDEOLLAMA2_STAGES",
+            demo="hf_videollm.demo_presets:videollama2_demo_preset",
+        ),
+    ]
+    return {e.name: e for e in entries}
 
 
 MODELS: dict[str, ModelEntry] = _entries()
 _registered = False
 
 
+def get_entry(name: str) -> ModelEntry:
+    if name not in MODELS:
+        raise KeyError(f"no model named {name!r}; registered: {sorted(MODELS)}")
+    return MODELS[name]
+
+
+def entry_for_config(config) -> ModelEntry:
+    """The entry of an hf_videollm config instance."""
+    for entry in MODELS.values():
+        if isinstance(config, entry.config_class):
+            return entry
+    raise ValueError(f"{type(config).__name__} is not an hf_videollm model config; registered: {sorted(MODELS)}")
+
+
 def register_all() -> None:
-    """Register every model with AutoConfig / AutoModelForImageTextToText / AutoProcessor (idempotent)."""
+    """Register every model with AutoConfig / AutoModel / AutoModelForImageTextToText / AutoProcessor (idempotent)."""
     global _registered
     if _registered:
         return
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
     for entry in MODELS.values():
         AutoConfig.register(entry.config_class.model_type, entry.config_class, exist_ok=True)
+        AutoModel.register(entry.config_class, entry.base_model_class, exist_ok=True)
         AutoModelForImageTextToText.register(entry.config_class, entry.model_class, exist_ok=True)
         AutoProcessor.register(entry.config_class, entry.processor_class, exist_ok=True)
     _registered = True

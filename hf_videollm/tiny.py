@@ -1,18 +1,17 @@
 """Tiny, randomly initialised models and an offline tokenizer: for tests, the demo and benchmarks.
 
-Nothing here downloads anything. Each registered model adds one entry to :data:`TINY_BUILDERS`; the common test
-suite is parametrized over it, so a new model joins every shared test by adding a tiny config here.
+Nothing here downloads anything. Each model's entry in :data:`hf_videollm.registry.MODELS` names its builder here;
+the common test suite is parametrized over the registry, so a new model joins every shared test through its entry.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 
 import torch
 
-__all__ = ["tiny_tokenizer", "TinySpec", "DemoPreset", "TINY_BUILDERS", "build_tiny", "BASE_WORDS"]
+__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "BASE_WORDS"]
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 BASE_WORDS = (
@@ -26,11 +25,12 @@ BASE_WORDS = (
 PUNCT = list(".,:;!?'\"()[]{}<>-_/\\*#=+%&|@$^~`")
 
 
-def tiny_tokenizer(extra_words: Iterable[str] = (), *, padding_side: str = "left"):
+def tiny_tokenizer(extra_words: Iterable[str] = (), *, padding_side: str = "left", bos: bool = True, eos: bool = False):
     """A lower-casing word-level fast tokenizer (LLaMA-style ids: ``<unk>``=0, ``<s>``=1, ``</s>``=2, ``<pad>``=3).
 
     Words outside the vocabulary become ``<unk>``; letters and digits are in the vocabulary so nothing is lost
-    silently in tests that spell things out.
+    silently in tests that spell things out. ``bos`` / ``eos``: the special tokens added around a text (LLaMA adds
+    ``<s>`` before; T5 adds ``</s>`` after).
     """
     from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
@@ -46,7 +46,10 @@ def tiny_tokenizer(extra_words: Iterable[str] = (), *, padding_side: str = "left
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()  # case-insensitive words; special tokens are matched before this
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", 1)])
+    before, after = ("<s> " if bos else ""), (" </s>" if eos else "")
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{before}$A{after}", pair=f"{before}$A $B{after}", special_tokens=[("<s>", 1), ("</s>", 2)]
+    )
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",
@@ -55,16 +58,6 @@ def tiny_tokenizer(extra_words: Iterable[str] = (), *, padding_side: str = "left
         pad_token="<pad>",
         padding_side=padding_side,
     )
-
-
-@dataclass
-class TinySpec:
-    """How to build one tiny model + processor."""
-
-    name: str
-    build: Callable[..., tuple]  # (tokenizer, seed) -> (model, processor)
-    modalities: tuple[str, ...]
-    demo: DemoPreset | None = None
 
 
 def _merge(base: dict, overrides: dict) -> dict:
@@ -132,7 +125,7 @@ def _tiny_tower_model(tokenizer, seed, overrides, processor, *, classes, llm_typ
     return _finish(model, tokenizer), processor_cls(tokenizer, **settings)
 
 
-def _tiny_llava(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+def tiny_llava(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
     """``overrides``: config fields (nested dicts update ``vision_config`` / ``text_config``); ``processor``:
     processor settings. ``image_size`` / ``patch_size`` reach both."""
     from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration
@@ -146,7 +139,7 @@ def _tiny_llava(tokenizer, seed: int = 0, *, processor: dict | None = None, **ov
     )
 
 
-def _tiny_videollama2(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+def tiny_videollama2(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
     """A tiny VideoLLaMA 2: CLIP 2x32 -> STC connector -> Mistral 2x64. Same ``overrides`` / ``processor`` rules as
     the LLaVA builder; ``num_frames`` (frames an image is repeated to, default 4) reaches both."""
     from .modeling.videollama2 import VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration
@@ -162,105 +155,30 @@ def _tiny_videollama2(tokenizer, seed: int = 0, *, processor: dict | None = None
     )
 
 
-@dataclass(frozen=True)
-class DemoPreset:
-    """How ``hf-videollm demo`` / ``bench-synthetic`` build and train this model from scratch on the synthetic
-    benchmark (:mod:`hf_videollm.demo`): builder overrides and training hyperparameters, chosen so the 2-core CPU
-    run stays within about five minutes."""
-
-    model_overrides: dict
-    num_frames: int = 8
-    train_per_kind: int = 1000
-    train_counts: dict = field(default_factory=dict)  # {kind: training videos} where a kind needs another count
-    max_steps: int = 1500
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    warmup_ratio: float = 0.03
-    stage: str = "stage2"  # the recipe stage whose machinery runs; every part trains (from scratch)
-    # A hard-first data schedule: the first ``first_fraction`` of the steps hold only these question types (keys of
-    # ``hf_videollm.synthetic.QUESTIONS``), the rest all kinds (``hf_videollm.demo.write_schedule``)
-    first_types: tuple[str, ...] = ()
-    first_fraction: float = 0.0
-    trainer_args: dict = field(default_factory=dict)  # more ``TrainingArguments`` (e.g. ``adam_beta2``)
-
-
-def _synthetic_processor() -> dict:
-    """Processor settings shared by the demo presets: a plain Vicuna v1 prompt, and the synthetic videos' own pixel
-    statistics (dark scenes), not CLIP's."""
-    from .processors.chat_templates import vicuna_v1_template
-
-    return dict(chat_template=vicuna_v1_template(system=""), image_mean=[0.18, 0.175, 0.165],
-                image_std=[0.13, 0.12, 0.10])
-
-
-def _llava_demo_preset() -> DemoPreset:
-    return DemoPreset(
-        model_overrides=dict(
-            image_size=28,
-            patch_size=14,  # 2x2 patches: four tokens per frame
-            vision_config=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4),
-            vision_feature_layer=-1,  # every tower layer trains (the default -2 would leave the last one unused)
-            # A GPT-2-style LLM: its learned absolute positions put each frame's index into the token itself, which
-            # a model trained from scratch for a few minutes turns into "early vs late" much sooner than RoPE's
-            # relative offsets (measured: direction stays at chance for 3000 steps with a tiny LLaMA).
-            text_config=dict(model_type="gpt2", n_embd=128, n_layer=2, n_head=4, n_positions=512, resid_pdrop=0.0,
-                             embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.1, tie_word_embeddings=False),
-            processor=_synthetic_processor(),
-        ),
-        num_frames=8,
-        max_steps=3000,
-    )
-
-
-def _videollama2_demo_preset() -> DemoPreset:
-    return DemoPreset(
-        model_overrides=dict(
-            image_size=32,
-            patch_size=4,  # an 8x8 patch map per frame: the STC connector sees where the object is, frame to frame
-            num_frames=8,
-            # VideoLLaMA 2.1's connector: the Conv3d pairs frames (0, 1), (2, 3), ... without padding, 4x4x4 = 64
-            # tokens per video (measured: direction 97-99 % after 500 steps on direction alone; with padding 1 and
-            # 125 tokens, 68 % after 800)
-            projector_type="stc_connector_v35",
-            # one RegNet block per stage (the original has 4): a third less time per step, and in the hard-first
-            # schedule direction is learned sooner (0.92 @ 500 steps vs 0.41 with 2 blocks) -- bench/RESULTS.md
-            connector_depth=1,
-            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1),
-            vision_feature_layer=-1,
-            # a wider LLM init: with transformers' 0.02 the LLM reads colour at once but never shape or motion within
-            # the budget (the tower + connector learn both in a few hundred steps under a linear probe)
-            # 8 heads of 8 (not 4 query / 2 key-value heads of 16): with direction and shape questions mixed, 4 heads
-            # learn neither in 800 steps, 8 heads learn direction (97 %) -- bench/RESULTS.md, session 5
-            text_config=dict(
-                hidden_size=64, intermediate_size=128, initializer_range=0.1,
-                num_attention_heads=8, num_key_value_heads=8, head_dim=8,
-            ),
-            processor=_synthetic_processor(),
-        ),
-        num_frames=8,
-        # twice the appearance videos (857 shape questions instead of 429): with 1000, shapes were learned to
-        # 57-93 % per shape in some runs (the model memorises the few shape videos); bench/RESULTS.md
-        train_counts={"appearance": 2000},
-        max_steps=2400,
-        # In a mix from the start, colour / order / count settle first and the vision path never develops motion or
-        # shape features; learned first, both survive the mix -- and with AdamW's beta2 0.95 the easy kinds then
-        # come back within ~1000 steps (with 0.999, far slower). bench/RESULTS.md, sessions 5-6.
-        first_types=("direction", "appearance_shape"),
-        first_fraction=0.3,  # 720 of 2400 steps (with 2000 steps, 0.4 left order at 90 %, 0.3 gave 98 %)
-        # plain (foreach) AdamW: transformers' CPU default, the fused kernel, is ~20 % slower per step on this model
-        trainer_args={"adam_beta2": 0.95, "optim": "adamw_torch"},
-    )
-
-
-TINY_BUILDERS: dict[str, TinySpec] = {
-    "llava": TinySpec("llava", _tiny_llava, ("image", "video"), _llava_demo_preset()),
-    "videollama2": TinySpec("videollama2", _tiny_videollama2, ("image", "video"), _videollama2_demo_preset()),
-}
-
-
 def build_tiny(name: str, seed: int = 0, tokenizer=None, **overrides):
-    """Build a tiny random model and its processor by registry name (``hf_videollm.tiny.TINY_BUILDERS``)."""
-    if name not in TINY_BUILDERS:
-        raise KeyError(f"no tiny model named {name!r}; available: {sorted(TINY_BUILDERS)}")
-    tokenizer = tokenizer or tiny_tokenizer()
-    return TINY_BUILDERS[name].build(tokenizer, seed, **overrides)
+    """Build a tiny random model and its processor by registry name (``hf_videollm.registry.MODELS``)."""
+    from .registry import get_entry
+
+    entry = get_entry(name)
+    return entry.build_tiny(tokenizer or tiny_tokenizer(), seed, **overrides)
+
+
+def tiny_media(modality: str, seed: int = 0, *, frames: int = 4, height: int | None = None, width: int | None = None):
+    """A small synthetic media item of ``modality`` in the form processors take: an image as uint8 ``(3, H, W)``, a
+    video as uint8 ``(T, H, W, 3)`` frames, audio as ``{"array": float32 waveform, "sampling_rate": 16000}`` (the
+    ``datasets`` Audio convention). Deterministic in ``seed``; used by the common test suite for every model."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    if modality == "image":
+        h, w = height or 40, width or 52
+        return torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+    if modality == "video":
+        h, w = height or 32, width or 40
+        return rng.integers(0, 256, (frames, h, w, 3), dtype=np.uint8)
+    if modality == "audio":
+        rate = 16000
+        t = np.arange(rate, dtype=np.float32) / rate
+        tone = np.sin(2 * np.pi * (220 + 40 * (seed % 7)) * t) * 0.3
+        return {"array": (tone + rng.normal(0, 0.01, rate)).astype(np.float32), "sampling_rate": rate}
+    raise ValueError(f"unknown modality {modality!r}")

@@ -90,7 +90,7 @@ def test_strict_demo_fails_when_targets_are_missed(tmp_path):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        (BenchSettings(model="nope"), "no tiny model named 'nope'"),
+        (BenchSettings(model="nope"), "no model named 'nope'"),
         (BenchSettings(kinds=["colour"]), "unknown kind"),
         (BenchSettings(kinds=["pitch"]), "hears no audio"),
         (BenchSettings(num_frames=32), "more than the 16 frames"),
@@ -137,9 +137,9 @@ def test_hard_first_schedule(tmp_path):
 
 
 def test_first_steps_follow_the_preset_fraction():
-    from hf_videollm.tiny import TINY_BUILDERS
+    from hf_videollm.demo_presets import videollama2_demo_preset
 
-    preset = TINY_BUILDERS["videollama2"].demo
+    preset = videollama2_demo_preset()
     assert preset.first_types and 0 < preset.first_fraction < 1
     default = BenchSettings().resolve()
     assert default.model == "videollama2"
@@ -153,9 +153,9 @@ def test_first_steps_follow_the_preset_fraction():
 
 def test_training_counts_per_kind():
     from hf_videollm.demo import parse_per_kind
-    from hf_videollm.tiny import TINY_BUILDERS
+    from hf_videollm.registry import MODELS
 
-    preset = TINY_BUILDERS[BenchSettings().model].demo
+    preset = MODELS[BenchSettings().model].get_demo_preset()
     default = BenchSettings().resolve().train_per_kind
     assert default == {k: preset.train_counts.get(k, preset.train_per_kind) for k in default}
     # kind=count pairs update the preset's counts; one count replaces them all

@@ -30,27 +30,10 @@ __all__ = [
     "Merge",
     "Rename",
     "Transform",
-    "CONVERTERS",
     "convert",
     "convert_checkpoint",
     "expected_from_model",
 ]
-
-
-def _llava(*args, **kwargs):
-    from .llava import convert_llava
-
-    return convert_llava(*args, **kwargs)
-
-
-def _videollama2(*args, **kwargs):
-    from .videollama2 import convert_videollama2
-
-    return convert_videollama2(*args, **kwargs)
-
-
-#: model family -> converter(src, out, *, source_format, vision_tower, base, dtype, max_shard_size, progress)
-CONVERTERS = {"llava": _llava, "videollama2": _videollama2}
 
 
 def convert(
@@ -66,13 +49,16 @@ def convert(
     progress: bool = True,
 ) -> ConversionReport:
     """Convert a checkpoint of ``model`` (e.g. ``"llava"``) from ``src`` into ``out`` (hf_videollm format)."""
-    if model not in CONVERTERS:
-        raise ConversionError(f"no converter for {model!r}; available: {sorted(CONVERTERS)}")
+    from ..registry import MODELS
+
+    available = sorted(n for n, e in MODELS.items() if e.converter is not None)
+    if model not in available:
+        raise ConversionError(f"no converter for {model!r}; available: {available}")
     if isinstance(dtype, str):
         if dtype not in ("float32", "float16", "bfloat16"):
             raise ConversionError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
         dtype = getattr(torch, dtype)
-    return CONVERTERS[model](
+    return MODELS[model].get_converter()(
         src, out, source_format=source_format, vision_tower=vision_tower, base=base, dtype=dtype,
         max_shard_size=max_shard_size, progress=progress,
     )

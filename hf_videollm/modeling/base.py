@@ -1,18 +1,23 @@
 """The shared core every hf_videollm model is built on.
 
-A model subclass only defines its config, its encoders and connector, and ``get_<modality>_features`` that return
-one tensor of tokens (already in the language model's width) per media item. Everything else lives here, once:
+A model declares what it consumes once (:class:`~.contract.ModelInputs`, ``input_spec``), builds its encoders and
+connector, and defines ``get_<modality>_features`` returning one tensor of tokens (already in the language model's
+width) per media item. Everything else lives here, once, and reads that declaration:
 
-* the per-sample validated merge of those tokens into the text embeddings (:mod:`.merge`);
-* ``generate`` that encodes media once before prefill and reuses the features (with or without KV cache, beam
-  search, ``num_return_sequences``, left-padded batches);
-* freezing by named part and a summary of trainable parameters per part (:mod:`.parts`);
-* 4-bit loading that quantizes only the language model (:mod:`.quantization`);
-* attention implementation plumbing (``eager`` / ``sdpa`` / ``flash_attention_2`` reach every sub-model through the
-  composite config's ``sub_configs``; ``set_attn_implementation`` switches at runtime).
+* ``forward``: encode (or take precomputed ``mm_encoder_outputs``), merge the tokens over their placeholders
+  (validated per sample, :mod:`.merge`), run the language model -- decoder-only (labels aligned with the prompt, media
+  positions never supervised) or encoder-decoder (media merged into the encoder's embeddings, labels are the decoder
+  sequence);
+* ``generate``: media encoded once before prefill; layout inputs (grids, per-item timing) kept for every step;
+  position ids computed per call from them by the model's :meth:`compute_position_ids` hook, never stored on the
+  module; beam search / ``num_return_sequences`` repeat each sample's items with the sample;
+* freezing by named part (:mod:`.parts`), 4-bit loading that quantizes only the language model
+  (:mod:`.quantization`), attention implementation plumbing through the composite config's ``sub_configs``.
 
-The language model is always a real ``AutoModelForCausalLM`` sub-module named ``language_model`` so PEFT target
-resolution, quantization skip lists and ``device_map`` work on full module paths.
+Each model has two public classes built from one body: ``VideoLLM<X>Model`` (``AutoModel``: the bare language model,
+returns hidden states and the media features) and ``VideoLLM<X>ForConditionalGeneration`` (the LM head; ``generate``).
+The language model is a real transformers model at ``language_model`` so PEFT target resolution, quantization skip
+lists and ``device_map`` work on full module paths.
 """
 
 from __future__ import annotations
@@ -24,14 +29,29 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 from transformers import PreTrainedModel
-from transformers.modeling_outputs import CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
 
+from .contract import InputSpec, Modality, ModelInputs, expand_items
 from .merge import MediaMismatchError, as_item_list, assign_items_to_samples, media_mask, merge_media_embeddings
 from .parts import PartsMixin
 from .quantization import QuantizationMixin
 from .vision import select_hidden_features, unused_tower_prefixes
 
-__all__ = ["VideoLLMPreTrainedModel", "VisionTowerModel", "VideoLLMCausalLMOutput", "MediaMismatchError"]
+__all__ = [
+    "MediaMismatchError",
+    "VideoLLMCausalLMOutput",
+    "VideoLLMModelOutput",
+    "VideoLLMPreTrainedModel",
+    "VideoLLMSeq2SeqLMOutput",
+    "VideoLLMSeq2SeqModelOutput",
+    "TOWER_INPUTS",
+    "VisionTowerModel",
+]
 
 
 @dataclass
@@ -41,10 +61,51 @@ class VideoLLMCausalLMOutput(CausalLMOutputWithPast):
     media_features: dict[str, list[torch.Tensor]] | None = None
 
 
+@dataclass
+class VideoLLMSeq2SeqLMOutput(Seq2SeqLMOutput):
+    """Encoder-decoder LM output plus the media features merged into the encoder's input."""
+
+    media_features: dict[str, list[torch.Tensor]] | None = None
+
+
+@dataclass
+class VideoLLMModelOutput(BaseModelOutputWithPast):
+    """``AutoModel`` output: the language model's hidden states plus the media features that were merged."""
+
+    media_features: dict[str, list[torch.Tensor]] | None = None
+
+
+@dataclass
+class VideoLLMSeq2SeqModelOutput(Seq2SeqModelOutput):
+    media_features: dict[str, list[torch.Tensor]] | None = None
+
+
+def _head_class(text_config, lm: str) -> type:
+    """transformers' LM-head class for ``text_config`` (``AutoModelForCausalLM`` / ``AutoModelForSeq2SeqLM``)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+
+    auto = AutoModelForSeq2SeqLM if lm == "seq2seq" else AutoModelForCausalLM
+    try:
+        return auto._model_mapping[type(text_config)]
+    except KeyError:
+        raise ValueError(
+            f"{type(text_config).__name__} has no {auto.__name__} class; the declared language-model kind is {lm!r}"
+        ) from None
+
+
+_OUTPUTS = {
+    ("causal", True): VideoLLMCausalLMOutput,
+    ("causal", False): VideoLLMModelOutput,
+    ("seq2seq", True): VideoLLMSeq2SeqLMOutput,
+    ("seq2seq", False): VideoLLMSeq2SeqModelOutput,
+}
+
+
 class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
     """Base class: composite config with ``vision_config``/``text_config`` (+ others), LLM at ``language_model``.
 
-    Concrete models list ``GenerationMixin`` directly in their bases (transformers' ``can_generate`` looks there).
+    Concrete generation classes list ``GenerationMixin`` directly in their bases (transformers' ``can_generate``
+    looks there).
     """
 
     # No attribute of this name exists, so ``self.base_model`` is the model itself (composite models have no
@@ -58,16 +119,31 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
     _supports_attention_backend = True
     _can_compile_fullgraph = False
 
-    #: modality -> names of the forward arguments that carry that modality's raw inputs (encoded once in generate).
-    media_inputs: ClassVar[dict[str, tuple[str, ...]]] = {}
-    #: modality -> module paths its encoder path runs through (modalities sharing modules share a dummy pass).
-    media_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
-    #: modality -> config attribute holding the placeholder token id.
-    media_token_attributes: ClassVar[dict[str, str]] = {
-        "image": "image_token_id",
-        "video": "video_token_id",
-        "audio": "audio_token_id",
-    }
+    #: what the model consumes (media, layout and text-derived inputs; LM kind; where media tokens go).
+    input_spec: ClassVar[ModelInputs]
+    #: ``False`` for the ``AutoModel`` class: the language model without its head.
+    with_lm_head: ClassVar[bool] = True
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        spec = cls.__dict__.get("input_spec")
+        if spec is not None:
+            cls.input_modalities = (*spec.modality_names, "text")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        if not cls.with_lm_head and "key_mapping" not in kwargs:
+            # A checkpoint saved with the LM head holds the decoder under the head class's prefix (LLaMA:
+            # ``language_model.model.layers``, GPT-2: ``language_model.transformer.h``); the bare language model
+            # holds it at ``language_model`` (the head's weights are left unused, as transformers does).
+            config = kwargs.get("config")
+            if not isinstance(config, cls.config_class):
+                hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
+                config = cls.config_class.from_pretrained(pretrained_model_name_or_path, **hub)
+            prefix = _head_class(config.text_config, cls.input_spec.lm).base_model_prefix
+            if prefix:
+                kwargs["key_mapping"] = {rf"^language_model\.{prefix}\.": "language_model."}
+        return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def post_init(self) -> None:
         super().post_init()
@@ -76,6 +152,18 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         present = {type(m).__name__ for m in self.modules()}
         if self._no_split_modules:
             self._no_split_modules = sorted(c for c in set(self._no_split_modules) if c in present)
+
+    def build_language_model(self, text_config) -> nn.Module:
+        """The language model of this class: causal or encoder-decoder as declared, with or without its head."""
+        from transformers import AutoModel
+
+        if not self.with_lm_head:
+            return AutoModel.from_config(text_config)
+        return _head_class(text_config, self.input_spec.lm)._from_config(text_config)
+
+    @property
+    def is_seq2seq(self) -> bool:
+        return self.input_spec.lm == "seq2seq"
 
     def unused_parameter_prefixes(self) -> list[str]:
         """Parameters the forward never uses (e.g. CLIP layers after the selected feature layer): kept frozen, so
@@ -96,7 +184,7 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         self.language_model.set_input_embeddings(value)
 
     def get_output_embeddings(self) -> nn.Module | None:
-        return self.language_model.get_output_embeddings()
+        return self.language_model.get_output_embeddings() if self.with_lm_head else None
 
     def set_output_embeddings(self, value: nn.Module) -> None:
         self.language_model.set_output_embeddings(value)
@@ -104,53 +192,57 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
     def get_decoder(self):
         return self.language_model.get_decoder()
 
+    def get_encoder(self):
+        return self.language_model.get_encoder()
+
     # ----------------------------------------------------------------------------------------------- media
     @property
     def media_token_ids(self) -> dict[str, int]:
         ids = {}
-        for modality in self.media_inputs:
-            tid = getattr(self.config, self.media_token_attributes[modality], None)
+        for m in self.input_spec.modalities:
+            tid = getattr(self.config, m.token_id_attribute, None)
             if tid is not None:
-                ids[modality] = tid
+                ids[m.name] = tid
         return ids
 
-    def encode_media(self, **media_kwargs: Any) -> dict[str, list[torch.Tensor]]:
-        """Run each modality's encoder + connector once. Returns modality -> list of ``(tokens_i, D)`` tensors."""
+    def encode_media(self, **inputs: Any) -> dict[str, list[torch.Tensor]]:
+        """Run each modality's encoder + connector once on its declared inputs.
+
+        Returns modality -> list of ``(tokens_i, D)`` tensors, one per item in batch order."""
+        spec = self.input_spec
+        unknown = sorted(set(inputs) - set(spec.names))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} takes no input(s) {unknown}; its inputs: {list(spec.names)}")
         features: dict[str, list[torch.Tensor]] = {}
-        for modality, names in self.media_inputs.items():
-            args = {n: media_kwargs[n] for n in names if media_kwargs.get(n) is not None}
-            if not args or media_kwargs.get(names[0]) is None:
-                if args:
-                    raise ValueError(
-                        f"{', '.join(args)} given without {names[0]}; pass {names[0]} to use the {modality} branch"
-                    )
+        for modality in spec.modality_names:
+            names = spec.encoder_inputs(modality)
+            args = {n: inputs[n] for n in names if inputs.get(n) is not None}
+            if names[0] not in args:
+                stray = [n for n in args if not spec[n].layout]
+                if stray:
+                    raise ValueError(f"{', '.join(stray)} given without {names[0]}; pass {names[0]} to use the {modality} branch")
                 continue
-            out = getattr(self, f"get_{modality}_features")(**args)
-            features[modality] = as_item_list(out)
+            features[modality] = as_item_list(getattr(self, f"get_{modality}_features")(**args))
         return features
 
     def dummy_media_inputs(self, modality: str) -> dict[str, Any]:
-        """Smallest valid raw inputs for ``modality`` (used to keep encoders in the graph during training)."""
+        """Smallest valid encoder inputs for ``modality`` (used to keep encoders in the graph during training)."""
         raise NotImplementedError(f"{type(self).__name__} defines no dummy {modality} input")
 
     def _dummy_media_sum(self, features: Mapping[str, Any]) -> torch.Tensor | None:
+        modules = {m.name: set(m.modules) for m in self.input_spec.modalities}
         used: set[str] = set()
         for m in features:
-            used |= set(self.media_modules.get(m, (m,)))
+            used |= modules[m]
         total = None
-        for modality in self.media_inputs:
-            modules = set(self.media_modules.get(modality, (modality,)))
-            if modality in features or modules <= used:
+        for modality, mods in modules.items():
+            if modality in features or mods <= used:
                 continue
             out = getattr(self, f"get_{modality}_features")(**self.dummy_media_inputs(modality))
             s = sum(t.float().sum() for t in as_item_list(out))
             total = s if total is None else total + s
-            used |= modules
+            used |= mods
         return total
-
-    def _split_media_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        names = {n for group in self.media_inputs.values() for n in group}
-        return {n: kwargs.pop(n) for n in list(kwargs) if n in names}
 
     def _cast_for(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Cast floating inputs to the dtype/device of ``module``'s parameters (vision tower in compute dtype)."""
@@ -178,34 +270,69 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         )
 
     def _placeholder_names(self) -> dict[str, str]:
-        return {m: getattr(self.config, f"{m}_token", None) or f"<{m}>" for m in self.media_inputs}
+        return {m: getattr(self.config, f"{m}_token", None) or f"<{m}>" for m in self.input_spec.modality_names}
+
+    # ----------------------------------------------------------------------------------------------- positions
+    #: ``True`` when the model computes its own position ids from layout inputs (:meth:`compute_position_ids`).
+    positions_from_layout: ClassVar[bool] = False
+
+    def compute_position_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, **layout: Any):
+        """Position ids of the whole sequence ``input_ids`` (e.g. M-RoPE ``(3, B, L)`` from the grids in ``layout``).
+
+        Called per call -- for training / prefill in ``forward`` and at every decoding step in ``generate`` (the
+        whole sequence so far, then sliced to the new tokens) -- so nothing is ever stored on the module."""
+        raise NotImplementedError(f"{type(self).__name__} sets positions_from_layout but defines no compute_position_ids")
+
+    def _positions(self, input_ids, attention_mask, position_ids, cache, step_inputs):
+        if position_ids is not None or not self.positions_from_layout:
+            return position_ids
+        if input_ids is None:
+            raise ValueError(f"{type(self).__name__} computes positions from input_ids and its layout inputs; pass "
+                             "input_ids (or position_ids with inputs_embeds)")
+        if cache is not None and cache.get_seq_length() > 0:
+            raise ValueError(
+                f"{type(self).__name__}: with a non-empty cache pass position_ids (generate computes them from the "
+                "whole sequence at every step)"
+            )
+        layout = {n: step_inputs.get(n) for n in self.input_spec.layout_inputs}
+        return self.compute_position_ids(input_ids, attention_mask, **layout)
 
     # ----------------------------------------------------------------------------------------------- forward
-    def _multimodal_forward(
+    def forward(
         self,
-        *,
-        input_ids: torch.Tensor | None,
-        inputs_embeds: torch.Tensor | None,
-        media_kwargs: dict[str, Any],
-        mm_encoder_outputs: Mapping[str, Sequence[torch.Tensor]] | None,
-        attention_mask: torch.Tensor | None,
-        labels: torch.Tensor | None,
-        **lm_kwargs: Any,
-    ) -> VideoLLMCausalLMOutput:
-        """Shared forward: encode (or take precomputed features), merge, run the language model."""
-        has_pixels = any(v is not None for v in media_kwargs.values())
-        if has_pixels and mm_encoder_outputs:
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: Any | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: Mapping[str, Sequence[torch.Tensor]] | None = None,
+        **kwargs: Any,
+    ):
+        """Encode the declared media inputs (or take ``mm_encoder_outputs``), merge, run the language model.
+
+        Media / layout inputs are the model's declared ones (``input_spec``, e.g. ``pixel_values``,
+        ``pixel_values_videos``); other keyword arguments go to the language model (``decoder_input_ids`` for an
+        encoder-decoder LM, ``output_hidden_states``...)."""
+        encoder_inputs, step_inputs = self.input_spec.split(kwargs)
+        has_media = any(v is not None for n, v in encoder_inputs.items() if not self.input_spec[n].layout)
+        if has_media and mm_encoder_outputs:
             raise ValueError("pass either raw media inputs or precomputed `mm_encoder_outputs`, not both")
-        features = dict(mm_encoder_outputs) if mm_encoder_outputs else (self.encode_media(**media_kwargs) if has_pixels else {})
+        if mm_encoder_outputs:
+            features = {m: as_item_list(f) for m, f in mm_encoder_outputs.items()}
+        else:
+            features = self.encode_media(**encoder_inputs) if has_media else {}
 
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("specify exactly one of input_ids or inputs_embeds")
         if inputs_embeds is None:
             inputs_embeds = self.build_inputs_embeds(input_ids, features, attention_mask)
-            if labels is not None:
+            if labels is not None and not self.is_seq2seq:
                 # Media positions are never supervised, whatever the caller put there.
                 labels = labels.masked_fill(media_mask(input_ids, self.media_token_ids), -100)
-        elif any(as_item_list(f) for f in features.values()):
+        elif any(features.values()):
             raise ValueError(
                 "media inputs were given with `inputs_embeds` only; pass `input_ids` so the placeholders can be "
                 "located (or merge the features into inputs_embeds yourself)"
@@ -216,33 +343,61 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
                 # Every rank runs every encoder in every step (FSDP / ZeRO-3 gather parameters collectively; DDP
                 # expects gradients for all trainable parameters): a batch without some modality contributes 0.
                 inputs_embeds = inputs_embeds + 0.0 * dummy.to(inputs_embeds.dtype)
-        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
-        return VideoLLMCausalLMOutput(
-            loss=out.loss,
-            logits=out.logits,
-            cache=getattr(out, "cache", None),
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            media_features=features or None,
-        )
+        position_ids = self._positions(input_ids, attention_mask, position_ids, cache, step_inputs)
+        lm_kwargs: dict[str, Any] = dict(kwargs, cache=cache, use_cache=use_cache)
+        if position_ids is not None:
+            lm_kwargs["position_ids"] = position_ids
+        if self.with_lm_head:
+            lm_kwargs["labels"] = labels
+            if not self.is_seq2seq:
+                lm_kwargs["logits_to_keep"] = logits_to_keep
+        elif labels is not None:
+            raise ValueError(f"{type(self).__name__} has no LM head: use the ForConditionalGeneration class for a loss")
+        out = self.language_model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **lm_kwargs)
+        return _OUTPUTS[(self.input_spec.lm, self.with_lm_head)](**dict(out), media_features=features or None)
 
     # ----------------------------------------------------------------------------------------------- generation
     def generate(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None, **kwargs):
         """``GenerationMixin.generate`` with the media encoded once, before prefill.
 
-        Raw media arguments (``pixel_values``, ``pixel_values_videos``, ...) are encoded here and travel as
-        ``mm_encoder_outputs``; transformers forwards them at prefill only when a cache is used, and at every step
-        without a cache (where the full sequence is re-embedded, so the same features are merged again).
+        The declared encoder inputs (``pixel_values``, ``pixel_values_videos``, ...) are encoded here and travel as
+        ``mm_encoder_outputs`` (transformers forwards them at prefill only when a cache is used, and at every step
+        without a cache, where the full sequence is re-embedded); layout inputs stay in the keyword arguments and
+        reach every step. An encoder-decoder LM generates from the merged encoder embeddings; the output is then the
+        decoder sequence only (no prompt), as for any seq2seq model.
         """
-        media_kwargs = self._split_media_kwargs(kwargs)
-        if any(v is not None for v in media_kwargs.values()):
+        encoder_inputs, step_inputs = self.input_spec.split(kwargs)
+        kwargs.update(step_inputs)
+        if any(v is not None for n, v in encoder_inputs.items() if not self.input_spec[n].layout):
             if kwargs.get("mm_encoder_outputs"):
                 raise ValueError("pass either raw media inputs or precomputed `mm_encoder_outputs`, not both")
-            kwargs["mm_encoder_outputs"] = self.encode_media(**media_kwargs)
+            kwargs["mm_encoder_outputs"] = self.encode_media(**encoder_inputs)
         if input_ids is not None and kwargs.get("mm_encoder_outputs"):
             # Validate before generation starts so a mismatch fails with a clear message, not mid-loop.
             self._group_media_by_sample(input_ids, kwargs["mm_encoder_outputs"], attention_mask)
+        if self.is_seq2seq:
+            features = kwargs.pop("mm_encoder_outputs", None)
+            inputs_embeds = self.build_inputs_embeds(input_ids, features, attention_mask)
+            return self.language_model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def _validate_model_kwargs(self, model_kwargs: dict[str, Any]) -> None:
+        # the declared inputs reach ``forward`` through ``**kwargs``; transformers only knows named parameters
+        super()._validate_model_kwargs({k: v for k, v in model_kwargs.items() if k not in self.input_spec.names})
+
+    def _maybe_prepare_encoder_kwargs_for_generation(self, inputs_tensor, model_kwargs, model_input_name, generation_config):
+        # Media were encoded in ``generate`` already; transformers' own pre-encoding would pop the layout inputs its
+        # signature lookup finds (e.g. grids) and encode nothing.
+        return model_kwargs
+
+    def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, **kwargs):
+        model_inputs = super().prepare_inputs_for_generation(input_ids, *args, attention_mask=attention_mask, **kwargs)
+        if self.positions_from_layout and kwargs.get("position_ids") is None:
+            layout = {n: kwargs.get(n) for n in self.input_spec.layout_inputs}
+            new = model_inputs["input_ids"].shape[1] if model_inputs.get("input_ids") is not None else model_inputs["inputs_embeds"].shape[1]
+            full = self.compute_position_ids(input_ids, attention_mask, **layout)
+            model_inputs["position_ids"] = full[..., -new:]
+        return model_inputs
 
     def _group_media_by_sample(self, input_ids, features, attention_mask=None) -> dict[str, list[list[int]]]:
         groups = {}
@@ -261,21 +416,37 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         return groups
 
     def _expand_inputs_for_generation(self, expand_size: int = 1, is_encoder_decoder: bool = False, input_ids=None, **model_kwargs):
-        """Beam search / ``num_return_sequences``: repeat each sample's media items with the sample."""
+        """Beam search / ``num_return_sequences``: repeat each sample's media items (features and per-item layout
+        inputs such as grids) with the sample; per-sample inputs are repeated by transformers."""
         features = model_kwargs.pop("mm_encoder_outputs", None)
-        if features and expand_size > 1 and input_ids is not None:
-            groups = self._group_media_by_sample(input_ids, features, model_kwargs.get("attention_mask"))
-            expanded = {}
-            for modality, per_sample in groups.items():
-                items = as_item_list(features[modality])
-                expanded[modality] = [items[i] for group in per_sample for _ in range(expand_size) for i in group]
-            features = expanded
+        per_item = {n: model_kwargs.pop(n) for n in self.input_spec.layout_inputs
+                    if self.input_spec[n].per == "item" and model_kwargs.get(n) is not None}
+        if expand_size > 1 and input_ids is not None and (features or per_item):
+            groups = self._group_media_by_sample(input_ids, features or {}, model_kwargs.get("attention_mask"))
+            if features:
+                features = {m: [as_item_list(features[m])[i] for g in groups[m] for _ in range(expand_size) for i in g]
+                            for m in groups}
+            expand_items(self.input_spec, per_item, groups, expand_size)
         input_ids, model_kwargs = super()._expand_inputs_for_generation(
             expand_size=expand_size, is_encoder_decoder=is_encoder_decoder, input_ids=input_ids, **model_kwargs
         )
+        model_kwargs.update(per_item)
         if features is not None:
             model_kwargs["mm_encoder_outputs"] = features
         return input_ids, model_kwargs
+
+
+#: The inputs of a model that sees images and video frames through one vision tower + connector.
+TOWER_INPUTS = ModelInputs(
+    modalities=(
+        Modality("image", ("vision_tower", "multi_modal_projector")),
+        Modality("video", ("vision_tower", "multi_modal_projector")),
+    ),
+    inputs=(
+        InputSpec("pixel_values", modality="image"),  # (images, 3, H, W)
+        InputSpec("pixel_values_videos", modality="video"),  # (videos, frames, 3, H, W), or a list of (T_i, 3, H, W)
+    ),
+)
 
 
 class VisionTowerModel(VideoLLMPreTrainedModel):
@@ -286,9 +457,7 @@ class VisionTowerModel(VideoLLMPreTrainedModel):
     subclass builds the modules and defines ``get_image_features`` / ``get_video_features``.
     """
 
-    input_modalities = ("image", "video", "text")
-    media_inputs = {"image": ("pixel_values",), "video": ("pixel_values_videos",)}
-    media_modules = {"image": ("vision_tower", "multi_modal_projector"), "video": ("vision_tower", "multi_modal_projector")}
+    input_spec = TOWER_INPUTS
     _parts = {
         "vision_tower": ("vision_tower",),
         "connector": ("multi_modal_projector",),
@@ -333,32 +502,3 @@ class VisionTowerModel(VideoLLMPreTrainedModel):
             return {"pixel_values": pixels}
         frames = getattr(self.config, "num_frames", 1)  # the fewest frames the connector takes
         return {"pixel_values_videos": pixels[None].expand(1, frames, -1, -1, -1)}
-
-    def forward(
-        self,
-        input_ids: torch.LongTensor | None = None,
-        pixel_values: torch.Tensor | None = None,
-        pixel_values_videos: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        position_ids: torch.LongTensor | None = None,
-        cache: Any | None = None,
-        inputs_embeds: torch.Tensor | None = None,
-        labels: torch.LongTensor | None = None,
-        use_cache: bool | None = None,
-        logits_to_keep: int | torch.Tensor = 0,
-        mm_encoder_outputs: dict[str, list[torch.Tensor]] | None = None,
-        **kwargs: Any,
-    ) -> VideoLLMCausalLMOutput:
-        return self._multimodal_forward(
-            input_ids=input_ids,
-            inputs_embeds=inputs_embeds,
-            media_kwargs={"pixel_values": pixel_values, "pixel_values_videos": pixel_values_videos},
-            mm_encoder_outputs=mm_encoder_outputs,
-            attention_mask=attention_mask,
-            labels=labels,
-            position_ids=position_ids,
-            cache=cache,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )

@@ -11,14 +11,16 @@ Reads top to bottom: config -> encoder (transformers' CLIP) -> connector -> merg
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig
+from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .base import VisionTowerModel
 from .connectors import MLPProjector, parse_projector_type, pooled_grid_side, spatial_pool
 from .vision import CLIP_L14_336
 
-__all__ = ["VideoLLMLlavaConfig", "VideoLLMLlavaForConditionalGeneration", "llava_tokens_per_frame"]
+__all__ = [
+    "VideoLLMLlavaConfig", "VideoLLMLlavaForConditionalGeneration", "VideoLLMLlavaModel", "llava_tokens_per_frame",
+]
 
 def llava_tokens_per_frame(image_size: int, patch_size: int, strategy: str = "default", pool_stride: int = 1) -> int:
     """Visual tokens one image (or one video frame) becomes. The processor and the model both use this."""
@@ -91,8 +93,11 @@ class VideoLLMLlavaConfig(PreTrainedConfig):
         )
 
 
-class VideoLLMLlavaForConditionalGeneration(VisionTowerModel, GenerationMixin):
+class VideoLLMLlavaModel(VisionTowerModel):
+    """LLaVA without the LM head (``AutoModel``): hidden states of the language model and the media features."""
+
     config_class = VideoLLMLlavaConfig
+    with_lm_head = False
 
     def __init__(self, config: VideoLLMLlavaConfig):
         super().__init__(config)
@@ -102,7 +107,7 @@ class VideoLLMLlavaForConditionalGeneration(VisionTowerModel, GenerationMixin):
         self.multi_modal_projector = MLPProjector(
             config.vision_config.hidden_size * layers, config.text_config.hidden_size, depth, act, config.projector_bias
         )
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = self.build_language_model(config.text_config)
         self.post_init()
 
     # --------------------------------------------------------------------------------------------- encoders
@@ -121,3 +126,9 @@ class VideoLLMLlavaForConditionalGeneration(VisionTowerModel, GenerationMixin):
         feats = spatial_pool(feats, self.config.video_pool_stride, self.config.video_pool_mode)
         tokens = self.multi_modal_projector(self._cast_for(self.multi_modal_projector, feats))
         return [t.flatten(0, 1) for t in tokens.split(lengths, dim=0)]
+
+
+class VideoLLMLlavaForConditionalGeneration(VideoLLMLlavaModel, GenerationMixin):
+    """LLaVA with its LM head: loss, logits, ``generate``."""
+
+    with_lm_head = True

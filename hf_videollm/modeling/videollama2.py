@@ -16,14 +16,19 @@ stage, Conv3d over neighbouring frames, RegNet stage, MLP) -> merge (shared core
 from __future__ import annotations
 
 import torch
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GenerationMixin, PreTrainedConfig
+from transformers import AutoConfig, AutoModel, GenerationMixin, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 from .base import VisionTowerModel
 from .connectors import STC_CONNECTORS, STCConnector, stc_output_grid
 from .vision import CLIP_L14_336
 
-__all__ = ["VideoLLMVideoLlama2Config", "VideoLLMVideoLlama2ForConditionalGeneration", "videollama2_num_tokens"]
+__all__ = [
+    "VideoLLMVideoLlama2Config",
+    "VideoLLMVideoLlama2ForConditionalGeneration",
+    "VideoLLMVideoLlama2Model",
+    "videollama2_num_tokens",
+]
 
 MISTRAL_7B_INSTRUCT_V02 = {
     "vocab_size": 32000,
@@ -116,8 +121,11 @@ class VideoLLMVideoLlama2Config(PreTrainedConfig):
         )
 
 
-class VideoLLMVideoLlama2ForConditionalGeneration(VisionTowerModel, GenerationMixin):
+class VideoLLMVideoLlama2Model(VisionTowerModel):
+    """VideoLLaMA 2 without the LM head (``AutoModel``): hidden states of the language model and the media features."""
+
     config_class = VideoLLMVideoLlama2Config
+    with_lm_head = False
 
     def __init__(self, config: VideoLLMVideoLlama2Config):
         super().__init__(config)
@@ -126,7 +134,7 @@ class VideoLLMVideoLlama2ForConditionalGeneration(VisionTowerModel, GenerationMi
         self.multi_modal_projector = STCConnector(
             config.projector_type, config.vision_config.hidden_size, llm_width, llm_width, depth=config.connector_depth
         )
-        self.language_model = AutoModelForCausalLM.from_config(config.text_config)
+        self.language_model = self.build_language_model(config.text_config)
         self.post_init()
 
     # --------------------------------------------------------------------------------------------- encoders
@@ -152,3 +160,9 @@ class VideoLLMVideoLlama2ForConditionalGeneration(VisionTowerModel, GenerationMi
             for i, tok in zip(idx, tokens):
                 out[i] = tok
         return out  # type: ignore[return-value]
+
+
+class VideoLLMVideoLlama2ForConditionalGeneration(VideoLLMVideoLlama2Model, GenerationMixin):
+    """VideoLLaMA 2 with its LM head: loss, logits, ``generate``."""
+
+    with_lm_head = True

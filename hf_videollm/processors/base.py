@@ -1,15 +1,26 @@
 """The shared processor: text + media -> model inputs, with placeholders expanded to the exact token counts.
 
-A model processor subclasses :class:`VideoLLMProcessor` and implements ``_process_images`` / ``_process_videos``
-(pixels + the number of tokens each item becomes, computed with the same formula the model uses) and, if needed,
-``_expand`` (e.g. LLaVA v1's ``<im_start> ... <im_end>`` wrapper). The base class then:
+A model processor subclasses :class:`VideoLLMProcessor`, names its model's input declaration (``input_spec``, the
+same :class:`~hf_videollm.modeling.contract.ModelInputs` object the model carries), declares its settings, and
+implements ``_process_<modality>s`` (tensors + the tokens each item becomes, computed with the model's formula).
+``__call__`` then runs four stages, each a method:
 
-* finds the placeholders (``<image>``, ``<video>``, ...) in each text and checks them against the media given, per
-  sample, before anything heavy runs;
-* tokenizes the text between placeholders chunk by chunk (as the original LLaVA-family code does) and inserts one
-  placeholder id per media token, so placeholder ids never go through the tokenizer and can lie outside the vocab;
-* pads (side from the tokenizer), checks ``max_length`` without ever cutting a media span, and enforces the
-  per-sample visual-token budget.
+1. :meth:`_scan` -- find the placeholders (``<image>``, ``<video>``, ...) in each text and check them against the media
+   given, per sample, before anything heavy runs;
+2. :meth:`_process_media` -- media -> tensors and, per item, its token layout: a count, or ``(modality, count)``
+   segments when one slot holds several modalities' tokens (e.g. a video's tokens then its audio's);
+3. :meth:`_build_row` -- token ids per sample: the text between placeholders tokenized chunk by chunk (as the
+   original LLaVA-family code does; or in one piece, ``tokenization="whole"``, as transformers' processors do), one
+   placeholder id per media token via :meth:`_expand` (never through the tokenizer, so ids may lie outside the
+   vocabulary), media before the special prefix when the model places them there (BLIP-2), the visual-token budget
+   and ``max_length`` enforced without ever cutting a media span; :meth:`_text_inputs` adds text-derived inputs (e.g.
+   a second tokenizer's ids);
+4. :meth:`_pad` -- padding (side from the tokenizer), labels (decoder-only: aligned with the prompt; encoder-decoder:
+   the last assistant turn becomes the decoder sequence).
+
+Settings are declared once per class (``settings = {name: default}``, merged along the MRO): the constructor, the
+saved ``processor_config.json`` and ``from_pretrained`` all come from that table, so processors that share settings
+(e.g. every frame-based pixel path, :class:`~hf_videollm.processors.pixels.FramePixelsMixin`) do not repeat them.
 
 Placeholders typed by a user inside chat messages are text: :meth:`apply_chat_template` escapes them (and the
 tokenizer's special tokens) in user content, and they are encoded as ordinary characters. In the raw
@@ -19,15 +30,19 @@ text with :meth:`escape_text` there.
 
 from __future__ import annotations
 
+import copy
 import functools
 import re
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
-__all__ = ["VideoLLMProcessor", "ProcessorInputError", "ESCAPE_OPEN", "ESCAPE_CLOSE"]
+from ..modeling.contract import ModelInputs, _batch_items
+
+__all__ = ["VideoLLMProcessor", "ProcessorInputError", "ESCAPE_OPEN", "ESCAPE_CLOSE", "Sample", "Row"]
 
 # Private-use characters marking a literal (escaped) control string inside text.
 ESCAPE_OPEN = "\ue000"
@@ -36,6 +51,7 @@ ESCAPE_CLOSE = "\ue001"
 GENERATION_OPEN = "\ue002"
 GENERATION_CLOSE = "\ue003"
 _ESCAPED = re.compile(f"{ESCAPE_OPEN}(.*?){ESCAPE_CLOSE}", re.S)
+_DEFAULT_TOKENS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 
 
 class ProcessorInputError(ValueError):
@@ -50,11 +66,76 @@ def _as_list(x) -> list:
     return [x]
 
 
-class VideoLLMProcessor(ProcessorMixin):
-    """Base processor. Subclasses define ``__init__`` (explicit settings, saved in ``processor_config.json``)."""
+@dataclass
+class Sample:
+    """One text of the batch after :meth:`VideoLLMProcessor._scan`."""
 
-    #: modalities this processor handles, in the order of ``media`` keyword arguments.
-    modalities: tuple[str, ...] = ("image", "video")
+    index: int
+    segments: list[tuple[str, str]]  # ("text", s) or (modality, "") in order
+    items: dict[str, list[int]] = field(default_factory=dict)  # modality -> indices of its items in the batch
+
+    @property
+    def text(self) -> str:
+        """The sample's text without its placeholders."""
+        return "".join(s for kind, s in self.segments if kind == "text")
+
+
+@dataclass
+class Row:
+    """Token ids of one sample, with the supervised flag of each id and the spans of media tokens."""
+
+    ids: list[int]
+    supervised: list[bool]
+    media_spans: list[tuple[int, int]]
+    media_tokens: int
+
+
+class VideoLLMProcessor(ProcessorMixin):
+    """Base processor. Subclasses set ``input_spec`` and ``settings`` and implement the media hooks."""
+
+    #: the model's input declaration (same object as ``Model.input_spec``).
+    input_spec: ClassVar[ModelInputs]
+    #: tokenizer attributes, in constructor order (InstructBLIP adds a ``qformer_tokenizer``).
+    tokenizer_attributes: ClassVar[tuple[str, ...]] = ("tokenizer",)
+    #: settings of this class: name -> default. Merged along the MRO (subclasses override defaults); every setting
+    #: is a constructor argument, an attribute and an entry of ``processor_config.json``.
+    settings: ClassVar[dict[str, Any]] = {"max_visual_tokens": None, "tokenization": "chunks"}
+    _all_settings: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        spec = getattr(cls, "input_spec", None)
+        if spec is None:
+            return  # a mixin-only intermediate class
+        merged: dict[str, Any] = {}
+        for modality in spec.modality_names:
+            merged[f"{modality}_token"] = _DEFAULT_TOKENS.get(modality, f"<{modality}>")
+            merged[f"{modality}_token_id"] = None
+        for klass in reversed(cls.__mro__):
+            merged.update(klass.__dict__.get("settings", {}))
+        cls._all_settings = merged
+        cls.__init__ = _make_init(cls.tokenizer_attributes, merged)
+
+    def _setup(self, values: dict[str, Any]) -> None:
+        """The body of the generated constructor: settings, then ProcessorMixin (tokenizers, chat template)."""
+        for name in self._all_settings:
+            setattr(self, name, copy.deepcopy(values[name]))
+        self._check_settings()
+        template = values["chat_template"] or self.default_chat_template()
+        ProcessorMixin.__init__(self, *(values[a] for a in self.tokenizer_attributes), chat_template=template)
+
+    def _check_settings(self) -> None:
+        """Validate settings (subclasses extend; call ``super()``)."""
+        if self.tokenization not in ("chunks", "whole"):
+            raise ValueError("tokenization must be 'chunks' (original LLaVA-family code) or 'whole' (transformers)")
+
+    def default_chat_template(self) -> str | None:
+        """The chat template when none is given (subclasses return the original's)."""
+        return None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.input_spec.modality_names
 
     # -------------------------------------------------------------------------------------- token bookkeeping
     def media_token(self, modality: str) -> str:
@@ -78,18 +159,26 @@ class VideoLLMProcessor(ProcessorMixin):
         return re.compile("|".join(f"(?P<{m}>{re.escape(t)})" for m, t in alts))
 
     # -------------------------------------------------------------------------------------- hooks
-    def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
+    def _process_images(self, images: list) -> tuple[dict[str, Any], list]:
         raise ProcessorInputError(f"{type(self).__name__} does not take images")
 
-    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list[int]]:
+    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list]:
         raise ProcessorInputError(f"{type(self).__name__} does not take videos")
 
-    def _process_audios(self, audios: list) -> tuple[dict[str, Any], list[int]]:
+    def _process_audios(self, audios: list) -> tuple[dict[str, Any], list]:
         raise ProcessorInputError(f"{type(self).__name__} does not take audio")
 
-    def _expand(self, modality: str, num_tokens: int) -> list[int]:
-        """Token ids that replace one placeholder of ``modality`` standing for ``num_tokens`` media tokens."""
-        return [self.media_token_id(modality)] * num_tokens
+    def _expand(self, modality: str, tokens: int | Sequence[tuple[str, int]]) -> list[int]:
+        """Token ids that replace one placeholder of ``modality``: ``tokens`` ids of its placeholder, or, for an item
+        whose slot holds several modalities' tokens, each ``(modality, count)`` segment in order."""
+        if isinstance(tokens, int):
+            return [self.media_token_id(modality)] * tokens
+        return [tid for m, n in tokens for tid in [self.media_token_id(m)] * n]
+
+    def _text_inputs(self, samples: list[Sample], rows: list[Row]) -> dict[str, list]:
+        """Text-derived inputs the model declares (``InputSpec(text=True)``): name -> one id list (or tensor) per
+        sample (or per item, for per-item inputs). Batched here by the declaration's collate rule."""
+        return {}
 
     # -------------------------------------------------------------------------------------- tokenization
     def _special_affixes(self) -> tuple[list[int], list[int]]:
@@ -187,48 +276,64 @@ class VideoLLMProcessor(ProcessorMixin):
         return_labels: bool = False,
         **kwargs: Any,
     ) -> BatchFeature:
-        """Text (+ media) -> ``input_ids``, ``attention_mask``, pixel tensors (and ``labels`` on request).
+        """Text (+ media) -> ``input_ids``, ``attention_mask``, the model's declared inputs (and ``labels``).
 
         ``labels`` (``return_labels=True``) supervise only text rendered inside ``{% generation %}`` blocks of the
-        chat template (assistant turns, end-of-turn token included); everything else is -100.
+        chat template (assistant turns, end-of-turn token included); everything else is -100. For an
+        encoder-decoder model the last assistant turn becomes the decoder sequence (``labels``) and the rest the
+        encoder input.
         """
         if kwargs:
             raise TypeError(f"unexpected argument(s) {sorted(kwargs)} for {type(self).__name__}")
-        if text is None:
-            raise ProcessorInputError("text is required (it carries the placeholders that say where media go)")
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise ProcessorInputError("text must be a string or a non-empty list of strings")
-
+        if return_tensors not in ("pt", None):
+            raise ProcessorInputError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or None")
         given = {
             "image": _flatten_media(images, "image"),
             "video": _flatten_media(videos, "video"),
             "audio": _flatten_media(audio, "audio"),
         }
+        samples = self._scan(text, given)
+        features, tokens = self._process_media(given)
+        cursor = dict.fromkeys(self.modalities, 0)
+        rows = [
+            self._build_row(s, tokens, cursor, add_special_tokens=add_special_tokens, max_length=max_length,
+                            truncation=truncation)
+            for s in samples
+        ]
+        data: dict[str, Any] = dict(features)
+        for name, values in self._text_inputs(samples, rows).items():
+            data[name] = _batch_items(self.input_spec[name], [torch.as_tensor(v) for v in values])
+        data.update(self._pad(rows, padding=padding, max_length=max_length, padding_side=padding_side,
+                              return_tensors=return_tensors, return_labels=return_labels))
+        return BatchFeature(data=data)
+
+    def _scan(self, text: str | Sequence[str] | None, given: dict[str, list]) -> list[Sample]:
+        """Stage 1: placeholders per sample, checked against the media given (before any decoding work)."""
+        if text is None:
+            raise ProcessorInputError("text is required (it carries the placeholders that say where media go)")
+        texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise ProcessorInputError("text must be a string or a non-empty list of strings")
         for modality, items in given.items():
             if items and modality not in self.modalities:
                 raise ProcessorInputError(f"{type(self).__name__} does not take {modality} inputs")
-
-        # 1. placeholders per sample, checked against the media given (before any decoding work).
         regex = self._placeholder_regex()
-        segments: list[list[tuple[str, str]]] = []  # per sample: ("text", s) | (modality, "")
-        per_sample: list[dict[str, int]] = []
-        for t in texts:
-            segs, counts, pos = [], dict.fromkeys(self.modalities, 0), 0
+        samples, seen = [], dict.fromkeys(self.modalities, 0)
+        for i, t in enumerate(texts):
+            segs, items, pos = [], {m: [] for m in self.modalities}, 0
             for m in regex.finditer(_mask_escaped(t)):
                 segs.append(("text", t[pos : m.start()]))
                 segs.append((m.lastgroup, ""))
-                counts[m.lastgroup] += 1
+                items[m.lastgroup].append(seen[m.lastgroup])
+                seen[m.lastgroup] += 1
                 pos = m.end()
             segs.append(("text", t[pos:]))
-            segments.append(segs)
-            per_sample.append(counts)
+            samples.append(Sample(i, segs, items))
         for modality in self.modalities:
-            n_text = sum(c[modality] for c in per_sample)
-            n_media = len(given[modality])
+            n_text, n_media = seen[modality], len(given[modality])
             if n_text != n_media:
                 token = self.media_token(modality)
-                counts = [c[modality] for c in per_sample]
+                counts = [len(s.items[modality]) for s in samples]
                 hint = (
                     f"add one {token} per {modality} where it belongs in the text"
                     if n_text < n_media
@@ -238,10 +343,12 @@ class VideoLLMProcessor(ProcessorMixin):
                     f"the text has {n_text} {token} placeholder(s) (per sample: {counts}) but {n_media} "
                     f"{modality}(s) were given; {hint}"
                 )
+        return samples
 
-        # 2. media -> tensors + token counts.
+    def _process_media(self, given: dict[str, list]) -> tuple[dict[str, Any], dict[str, list]]:
+        """Stage 2: each modality's items -> tensors (the model's declared inputs) + the token layout of each item."""
         features: dict[str, Any] = {}
-        token_counts: dict[str, list[int]] = {}
+        tokens: dict[str, list] = {}
         for modality in self.modalities:
             items = given[modality]
             if not items:
@@ -249,116 +356,134 @@ class VideoLLMProcessor(ProcessorMixin):
             data, counts = getattr(self, f"_process_{modality}s")(items)
             if len(counts) != len(items):
                 raise RuntimeError(f"{type(self).__name__} returned {len(counts)} token counts for {len(items)} {modality}s")
+            undeclared = sorted(set(data) - set(self.input_spec.names))
+            if undeclared:
+                raise RuntimeError(f"{type(self).__name__} emitted {undeclared}, which the model does not declare")
             features.update(data)
-            token_counts[modality] = counts
+            tokens[modality] = counts
+        return features, tokens
 
-        # 3. token ids per sample.
+    def _build_row(
+        self, sample: Sample, tokens: dict[str, list], cursor: dict[str, int], *, add_special_tokens: bool,
+        max_length: int | None, truncation: bool,
+    ) -> Row:
+        """Stage 3: one sample's token ids (media expanded, placed inline or before the special prefix)."""
         prefix, suffix = self._special_affixes() if add_special_tokens else ([], [])
-        next_item = dict.fromkeys(self.modalities, 0)
-        rows: list[list[int]] = []
-        media_spans: list[list[tuple[int, int]]] = []
-        budget = getattr(self, "max_visual_tokens", None)
-        whole = getattr(self, "tokenization", "chunks") == "whole"
-        placeholder_ids = self._placeholder_token_ids() if whole else {}
-        label_rows: list[list[int]] = []
-        for i, segs in enumerate(segments):
-            ids = list(prefix)
-            sup = [False] * len(ids)
-            spans = []
-            visual = 0
-            state = {"open": False}
-            if whole:
-                # transformers' convention: tokenize the whole prompt with the placeholder tokens in place.
-                text_ids, text_sup = self._encode_text(
-                    "".join(s if k == "text" else self.media_token(k) for k, s in segs), state
-                )
-                pieces = [
-                    ("media", placeholder_ids[t], False) if t in placeholder_ids else ("id", t, f)
-                    for t, f in zip(text_ids, text_sup)
-                ]
+        state = {"open": False}
+        if self.tokenization == "whole":
+            # transformers' convention: tokenize the whole prompt with the placeholder tokens in place.
+            placeholder_ids = self._placeholder_token_ids()
+            text_ids, text_sup = self._encode_text(
+                "".join(s if k == "text" else self.media_token(k) for k, s in sample.segments), state
+            )
+            pieces = [
+                ("media", placeholder_ids[t], False) if t in placeholder_ids else ("id", t, f)
+                for t, f in zip(text_ids, text_sup)
+            ]
+        else:
+            # the original LLaVA-family convention: tokenize the text between placeholders chunk by chunk.
+            pieces = []
+            for kind, s in sample.segments:
+                if kind == "text":
+                    t_ids, t_sup = self._encode_text(s, state)
+                    pieces += [("id", t, f) for t, f in zip(t_ids, t_sup)]
+                else:
+                    pieces.append(("media", kind, False))
+        media_first = self.input_spec.placement == "prefix"
+        ids, sup, spans, visual = [], [], [], 0
+        media: list[int] = []  # prefix placement: every media run, in order, before the special prefix
+        if not media_first:
+            ids, sup = list(prefix), [False] * len(prefix)
+        for what, value, flag in pieces:
+            if what == "id":
+                ids.append(value)
+                sup.append(flag)
+                continue
+            item_tokens = tokens[value][cursor[value]]
+            cursor[value] += 1
+            expanded = self._expand(value, item_tokens)
+            visual += len(expanded)
+            if media_first:
+                media += expanded
             else:
-                # the original LLaVA-family convention: tokenize the text between placeholders chunk by chunk.
-                pieces = []
-                for kind, s in segs:
-                    if kind == "text":
-                        t_ids, t_sup = self._encode_text(s, state)
-                        pieces += [("id", t, f) for t, f in zip(t_ids, t_sup)]
-                    else:
-                        pieces.append(("media", kind, False))
-            for what, value, flag in pieces:
-                if what == "id":
-                    ids.append(value)
-                    sup.append(flag)
-                    continue
-                n = token_counts[value][next_item[value]]
-                next_item[value] += 1
-                start = len(ids)
-                ids += self._expand(value, n)
-                sup += [False] * (len(ids) - start)
-                spans.append((start, len(ids)))
-                visual += n
-            ids += suffix
-            sup += [False] * len(suffix)
-            if budget is not None and visual > budget:
+                spans.append((len(ids), len(ids) + len(expanded)))
+                ids += expanded
+                sup += [False] * len(expanded)
+        if media_first:
+            spans = [(0, len(media))] if media else []
+            ids = media + list(prefix) + ids
+            sup = [False] * (len(media) + len(prefix)) + sup
+        ids += suffix
+        sup += [False] * len(suffix)
+        budget = self.max_visual_tokens
+        if budget is not None and visual > budget:
+            raise ProcessorInputError(
+                f"sample {sample.index} needs {visual} media tokens, over the budget max_visual_tokens={budget}; use "
+                f"fewer frames/images (num_frames, fps), or raise processor.max_visual_tokens if the model's context allows"
+            )
+        if max_length is not None and len(ids) > max_length:
+            cut_media = any(end > max_length for _, end in spans)
+            if not truncation or cut_media:
+                why = "truncating would cut a media span" if truncation and cut_media else "truncation is off"
                 raise ProcessorInputError(
-                    f"sample {i} needs {visual} media tokens, over the budget max_visual_tokens={budget}; use fewer "
-                    f"frames/images (num_frames, fps), or raise processor.max_visual_tokens if the model's context allows"
+                    f"sample {sample.index} is {len(ids)} tokens long (media tokens: {visual}), over "
+                    f"max_length={max_length}, and {why}; shorten the text, use fewer frames/images, or raise max_length"
                 )
-            if max_length is not None and len(ids) > max_length:
-                cut_media = any(end > max_length for _, end in spans)
-                if not truncation or cut_media:
-                    why = (
-                        "truncating would cut a media span" if truncation and cut_media else "truncation is off"
-                    )
-                    raise ProcessorInputError(
-                        f"sample {i} is {len(ids)} tokens long (media tokens: {visual}), over max_length={max_length}, "
-                        f"and {why}; shorten the text, use fewer frames/images, or raise max_length"
-                    )
-                ids, sup = ids[:max_length], sup[:max_length]
-            rows.append(ids)
-            label_rows.append([t if f else -100 for t, f in zip(ids, sup)])
-            media_spans.append(spans)
+            ids, sup = ids[:max_length], sup[:max_length]
+        return Row(ids, sup, spans, visual)
 
-        # 4. padding.
+    def _split_decoder(self, row: Row) -> tuple[list[int], list[int]]:
+        """Encoder-decoder labels: the last supervised span (the last assistant turn) + the special suffix (EOS)
+        become the decoder sequence; the rest, with the suffix, the encoder input."""
+        _, suffix = self._special_affixes()
+        sup = row.supervised
+        if not any(sup):
+            return row.ids, []
+        end = max(i for i, f in enumerate(sup) if f) + 1
+        start = end
+        while start > 0 and sup[start - 1]:
+            start -= 1
+        body = row.ids[: len(row.ids) - len(suffix)] if suffix and row.ids[-len(suffix):] == suffix else row.ids
+        return body[:start] + suffix, row.ids[start:end] + suffix
+
+    def _pad(self, rows: list[Row], *, padding, max_length, padding_side, return_tensors, return_labels) -> dict:
+        """Stage 4: pad the rows (and the labels) into a batch."""
         side = padding_side or getattr(self.tokenizer, "padding_side", "right")
         pad_id = self.tokenizer.pad_token_id
         if pad_id is None:
             pad_id = self.tokenizer.eos_token_id if self.tokenizer.eos_token_id is not None else 0
-        width = max(len(r) for r in rows)
+        if self.input_spec.lm == "seq2seq":
+            pairs = [self._split_decoder(r) for r in rows]
+            inputs, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+        else:
+            inputs = [r.ids for r in rows]
+            labels = [[t if f else -100 for t, f in zip(r.ids, r.supervised)] for r in rows]
+        width = self._pad_width(inputs, padding, max_length, return_tensors)
+        out = {
+            "input_ids": [_pad_list(r, width, pad_id, side) for r in inputs],
+            "attention_mask": [_pad_list([1] * len(r), width, 0, side) for r in inputs],
+        }
+        if return_labels:
+            if self.input_spec.lm == "seq2seq":  # decoder sequences: their own length, right-padded
+                label_width = self._pad_width(labels, True if padding else False, None, return_tensors)
+                out["labels"] = [_pad_list(r, label_width, -100, "right") for r in labels]
+            else:
+                out["labels"] = [_pad_list(r, width, -100, side) for r in labels]
+        if return_tensors == "pt":
+            out = {k: torch.tensor(v, dtype=torch.long) for k, v in out.items()}
+        return out
+
+    @staticmethod
+    def _pad_width(rows: list[list[int]], padding, max_length, return_tensors) -> int | None:
         if padding == "max_length":
             if max_length is None:
                 raise ProcessorInputError("padding='max_length' needs max_length")
-            width = max_length
-        elif not padding and len({len(r) for r in rows}) > 1:
+            return max_length
+        if not padding and len({len(r) for r in rows}) > 1:
             if return_tensors is not None:
                 raise ProcessorInputError("texts have different lengths; pass padding=True to batch them as tensors")
-            width = None
-        input_ids, attention_mask, labels = [], [], []
-        for r, lab in zip(rows, label_rows):
-            pad = (width - len(r)) if width else 0
-            if side == "left":
-                input_ids.append([pad_id] * pad + r)
-                attention_mask.append([0] * pad + [1] * len(r))
-                labels.append([-100] * pad + lab)
-            else:
-                input_ids.append(r + [pad_id] * pad)
-                attention_mask.append([1] * len(r) + [0] * pad)
-                labels.append(lab + [-100] * pad)
-
-        data: dict[str, Any] = dict(features)
-        if return_tensors == "pt":
-            data["input_ids"] = torch.tensor(input_ids, dtype=torch.long)
-            data["attention_mask"] = torch.tensor(attention_mask, dtype=torch.long)
-            if return_labels:
-                data["labels"] = torch.tensor(labels, dtype=torch.long)
-        elif return_tensors is None:
-            data["input_ids"] = input_ids
-            data["attention_mask"] = attention_mask
-            if return_labels:
-                data["labels"] = labels
-        else:
-            raise ProcessorInputError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or None")
-        return BatchFeature(data=data)
+            return None
+        return max((len(r) for r in rows), default=0)
 
     # -------------------------------------------------------------------------------------- chat
     def apply_chat_template(
@@ -429,6 +554,27 @@ class VideoLLMProcessor(ProcessorMixin):
 
     def decode(self, *args, **kwargs):
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def _pad_list(row: list[int], width: int | None, value: int, side: str) -> list[int]:
+    pad = (width - len(row)) if width else 0
+    return [value] * pad + row if side == "left" else row + [value] * pad
+
+
+def _make_init(attributes: tuple[str, ...], settings: dict[str, Any]):
+    """A constructor with one explicit parameter per tokenizer attribute and setting: transformers reads the
+    processor's constructor parameters (its code object) to know what ``from_pretrained`` may pass and what
+    ``save_pretrained`` writes."""
+    for name in (*attributes, *settings):
+        if not name.isidentifier():
+            raise ValueError(f"setting name {name!r} is not an identifier")
+    params = [f"{a}=None" for a in attributes] + ["chat_template=None"] + [f"{n}=_D[{n!r}]" for n in settings]
+    src = f"def __init__(self, {', '.join(params)}):\n    self._setup(locals())\n"
+    namespace: dict[str, Any] = {"_D": settings}
+    exec(src, namespace)  # noqa: S102 -- source built from identifiers only
+    init = namespace["__init__"]
+    init.__doc__ = "Tokenizer(s), chat template, then the settings: " + ", ".join(f"{n}={v!r}" for n, v in settings.items())
+    return init
 
 
 def _mask_escaped(text: str) -> str:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from .image_io import ImageLoadError, check_aspect_ratio, load_image
+from .transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from .video_io import VideoDecodeError, load_video
 
 __all__ = ["load_images", "load_frames", "FramePixelsMixin"]
@@ -79,11 +80,56 @@ def load_frames(
 class FramePixelsMixin:
     """The image / video pixel path shared by processors whose model sees every frame as an image.
 
-    The processor provides ``transform`` (an :class:`~.transforms.ImageTransform`), ``image_tokens()`` and
-    ``video_tokens(num_frames)`` (computed with the model's own formula), and the settings ``num_frames``,
-    ``video_fps``, ``max_frames``, ``max_image_pixels``, ``max_aspect_ratio`` (``frame_sampling``: optional, default
-    ``"uniform"``, see :func:`~.video_io.load_video`).
+    Declares the pixel settings once (image size and resampling, pad-to-square, normalisation, frame sampling, size
+    limits); the processor provides ``image_tokens()`` and ``video_tokens(num_frames)`` (the model's own formula).
+    Frames are sampled by timestamp from files (``num_frames`` or ``video_fps``, ``frame_sampling``: see
+    :func:`~.video_io.load_video`); frames given directly are used as they are.
     """
+
+    settings = {
+        "image_size": 336,
+        "patch_size": 14,
+        "resize_mode": "shortest_edge",  # CLIP: shortest edge + centre crop; "exact": resize to the square (SigLIP)
+        "pad_to_square": False,
+        "pad_fill": None,  # None: the mean colour, as the originals' expand2square
+        "resample": "bicubic",
+        "image_mean": list(OPENAI_CLIP_MEAN),
+        "image_std": list(OPENAI_CLIP_STD),
+        "rescale_factor": 1 / 255,
+        "num_frames": 8,
+        "video_fps": None,
+        "max_frames": 64,
+        "frame_sampling": "uniform",
+        "max_image_pixels": 178_956_970,
+        "max_aspect_ratio": 200.0,
+    }
+
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        if self.resize_mode not in ("shortest_edge", "exact"):
+            raise ValueError(f"resize_mode must be 'shortest_edge' (CLIP) or 'exact' (SigLIP), got {self.resize_mode!r}")
+        self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
+        if self.pad_fill is None:
+            self.pad_fill = [int(255 * m) for m in self.image_mean]
+        self.pad_fill = list(self.pad_fill)
+
+    @property
+    def transform(self):
+        from .transforms import ImageTransform
+
+        square = (self.image_size, self.image_size)
+        shortest = self.resize_mode == "shortest_edge"
+        return ImageTransform(
+            size=self.image_size if shortest else square,
+            resize_mode=self.resize_mode,
+            crop_size=square if shortest else None,
+            pad_to_square=self.pad_to_square,
+            fill=tuple(self.pad_fill),
+            resample=self.resample,
+            mean=tuple(self.image_mean),
+            std=tuple(self.image_std),
+            rescale_factor=self.rescale_factor,
+        )
 
     def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
         tf = self.transform
@@ -96,7 +142,7 @@ class FramePixelsMixin:
         for i, video in enumerate(videos):
             frames = load_frames(
                 video, index=i, num_frames=self.num_frames, fps=self.video_fps, max_frames=self.max_frames,
-                max_aspect_ratio=self.max_aspect_ratio, sampling=getattr(self, "frame_sampling", "uniform"),
+                max_aspect_ratio=self.max_aspect_ratio, sampling=self.frame_sampling,
             )
             clips.append(tf(frames))
         counts = [self.video_tokens(c.shape[0]) for c in clips]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from ..modeling.base import TOWER_INPUTS
 from ..modeling.videollama2 import videollama2_num_tokens
 from .base import VideoLLMProcessor
 from .chat_templates import VICUNA_V1_1_SYSTEM, llama2_template
 from .media import FramePixelsMixin
-from .transforms import OPENAI_CLIP_MEAN as CLIP_MEAN
-from .transforms import OPENAI_CLIP_STD as CLIP_STD
 
 __all__ = ["VideoLLMVideoLlama2Processor"]
 
@@ -25,80 +24,23 @@ class VideoLLMVideoLlama2Processor(FramePixelsMixin, VideoLLMProcessor):
     video of ``model_num_frames`` frames (the model repeats it). The counts use the model's formula.
     """
 
-    modalities = ("image", "video")
+    input_spec = TOWER_INPUTS
+    settings = {
+        "projector_type": "stc_connector",
+        "model_num_frames": 8,  # frames an image is repeated to (the model's num_frames)
+        "pad_to_square": False,  # the original's inference default (training used "pad")
+        "max_frames": 32,
+        "frame_sampling": "index_midpoints",
+        "image_token_id": 32000,
+        "video_token_id": 32001,
+    }
 
-    def __init__(
-        self,
-        tokenizer=None,
-        chat_template: str | None = None,
-        image_size: int = 336,
-        patch_size: int = 14,
-        resize_mode: str = "shortest_edge",
-        projector_type: str = "stc_connector",
-        model_num_frames: int = 8,
-        pad_to_square: bool = False,
-        pad_fill: list[int] | None = None,
-        resample: str = "bicubic",
-        image_mean: list[float] = CLIP_MEAN,
-        image_std: list[float] = CLIP_STD,
-        rescale_factor: float = 1 / 255,
-        image_token: str = "<image>",
-        video_token: str = "<video>",
-        image_token_id: int = 32000,
-        video_token_id: int | None = 32001,
-        num_frames: int | None = 8,
-        video_fps: float | None = None,
-        max_frames: int = 32,
-        frame_sampling: str = "index_midpoints",
-        max_image_pixels: int = 178_956_970,
-        max_aspect_ratio: float = 200.0,
-        max_visual_tokens: int | None = None,
-    ):
-        if chat_template is None:
-            chat_template = llama2_template(VICUNA_V1_1_SYSTEM, image_token, video_token)
-        super().__init__(tokenizer, chat_template=chat_template)
-        if resize_mode not in ("shortest_edge", "exact"):
-            raise ValueError(f"resize_mode must be 'shortest_edge' (CLIP) or 'exact' (SigLIP), got {resize_mode!r}")
-        videollama2_num_tokens(projector_type, model_num_frames, image_size, patch_size)  # fail early on bad settings
-        self.image_size = image_size
-        self.patch_size = patch_size
-        self.resize_mode = resize_mode
-        self.projector_type = projector_type
-        self.model_num_frames = model_num_frames
-        self.pad_to_square = pad_to_square
-        self.pad_fill = list(pad_fill) if pad_fill is not None else [int(255 * m) for m in image_mean]
-        self.resample = resample
-        self.image_mean = list(image_mean)
-        self.image_std = list(image_std)
-        self.rescale_factor = rescale_factor
-        self.image_token = image_token
-        self.video_token = video_token
-        self.image_token_id = image_token_id
-        self.video_token_id = video_token_id
-        self.num_frames = num_frames
-        self.video_fps = video_fps
-        self.max_frames = max_frames
-        self.frame_sampling = frame_sampling
-        self.max_image_pixels = max_image_pixels
-        self.max_aspect_ratio = max_aspect_ratio
-        self.max_visual_tokens = max_visual_tokens
+    def default_chat_template(self) -> str:
+        return llama2_template(VICUNA_V1_1_SYSTEM, self.image_token, self.video_token)
 
-    @property
-    def transform(self):
-        from .transforms import ImageTransform
-
-        size = self.image_size if self.resize_mode == "shortest_edge" else (self.image_size, self.image_size)
-        return ImageTransform(
-            size=size,
-            resize_mode=self.resize_mode,
-            crop_size=(self.image_size, self.image_size) if self.resize_mode == "shortest_edge" else None,
-            pad_to_square=self.pad_to_square,
-            fill=tuple(self.pad_fill),
-            resample=self.resample,
-            mean=tuple(self.image_mean),
-            std=tuple(self.image_std),
-            rescale_factor=self.rescale_factor,
-        )
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        videollama2_num_tokens(self.projector_type, self.model_num_frames, self.image_size, self.patch_size)
 
     def image_tokens(self) -> int:
         return self.video_tokens(self.model_num_frames)

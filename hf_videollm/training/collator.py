@@ -1,8 +1,10 @@
 """Collator: chat template -> ids, labels on assistant tokens only, media decoded here (in DataLoader workers).
 
 Per sample: the model's chat template is rendered with ``{% generation %}`` marks, so ``labels`` supervise exactly
-the assistant text and its end-of-turn token; media tokens, the prompt, BOS and padding are -100. Samples are
-right-padded for training. A sample longer than ``max_length`` is shortened from the end of its text if that cut
+the assistant text and its end-of-turn token; media tokens, the prompt, BOS and padding are -100 (an encoder-decoder
+model's labels are the last assistant turn as the decoder sequence). Samples are right-padded for training; the
+model's declared inputs (pixels, grids, a second tokenizer's ids...) are batched by their declared rule
+(:func:`hf_videollm.modeling.contract.collate_inputs`) and nothing else is kept. A sample longer than ``max_length`` is shortened from the end of its text if that cut
 stays after its last media span and keeps at least one supervised token; otherwise it is dropped with a logged
 reason (``on_overflow="drop"``) or fails (``"error"``). The processor's ``max_visual_tokens`` is a per-sample
 visual-token budget enforced the same way. Text-only, image, video and audio samples mix freely in one batch.
@@ -23,6 +25,7 @@ from typing import Any
 
 import torch
 
+from ..modeling.contract import collate_inputs
 from ..processors.base import ProcessorInputError
 from .data import media_of
 
@@ -64,21 +67,22 @@ class VideoLLMCollator:
         except ProcessorInputError as e:
             return self._drop(sample, str(e))
         ids, labels = enc["input_ids"][0], enc["labels"][0]
+        seq2seq = self.processor.input_spec.lm == "seq2seq"  # labels are the decoder sequence, not aligned with ids
         if self.max_length is not None and ids.shape[0] > self.max_length:
             placeholder_ids = [self.processor.media_token_id(m) for m in self.processor.modalities]
             is_media = torch.isin(ids, torch.tensor(placeholder_ids))
             last_media = int(is_media.nonzero().max()) + 1 if is_media.any() else 0
             if last_media > self.max_length:
                 return self._drop(sample, f"{ids.shape[0]} tokens; its media end at token {last_media}, past max_length={self.max_length}")
-            ids, labels = ids[: self.max_length], labels[: self.max_length]
+            ids = ids[: self.max_length]
+            if not seq2seq:
+                labels = labels[: self.max_length]
             if not (labels != -100).any():
                 return self._drop(sample, f"no supervised token left within max_length={self.max_length}")
         if not (labels != -100).any():
             return self._drop(sample, "no supervised (assistant) token: check the chat template and the data")
         out = {"input_ids": ids, "labels": labels}
-        for key, value in enc.items():
-            if key.startswith("pixel_values") or key in ("audio_values", "audio_features"):
-                out[key] = value
+        out.update({name: enc[name] for name in self.processor.input_spec.names if enc.get(name) is not None})
         return out
 
     def _drop(self, sample: dict, reason: str):
@@ -94,30 +98,20 @@ class VideoLLMCollator:
             raise ProcessorInputError(
                 f"every sample of this batch was dropped ({self.dropped[-len(samples):]}); raise max_length or fix the data"
             )
-        width = max(e["input_ids"].shape[0] for e in encoded)
         pad_id = self.processor.tokenizer.pad_token_id
         pad_id = pad_id if pad_id is not None else 0
-        batch: dict[str, Any] = {
-            "input_ids": torch.full((len(encoded), width), pad_id, dtype=torch.long),
-            "attention_mask": torch.zeros((len(encoded), width), dtype=torch.long),
-            "labels": torch.full((len(encoded), width), -100, dtype=torch.long),
+        batch: dict[str, Any] = {  # right padding for training; seq2seq labels have their own width
+            "input_ids": _pad([e["input_ids"] for e in encoded], pad_id),
+            "attention_mask": _pad([torch.ones_like(e["input_ids"]) for e in encoded], 0),
+            "labels": _pad([e["labels"] for e in encoded], -100),
         }
-        for i, e in enumerate(encoded):  # right padding for training
-            n = e["input_ids"].shape[0]
-            batch["input_ids"][i, :n] = e["input_ids"]
-            batch["attention_mask"][i, :n] = 1
-            batch["labels"][i, :n] = e["labels"]
-        media_keys = sorted({k for e in encoded for k in e if k not in ("input_ids", "labels")})
-        for key in media_keys:
-            items = [t for e in encoded if key in e for t in _items(e[key])]
-            if len({tuple(t.shape) for t in items}) == 1:
-                batch[key] = torch.stack(items)
-            else:
-                batch[key] = items  # e.g. videos with different frame counts
+        # the model's declared inputs (media, layout, text-derived), batched by their declared rule
+        batch.update(collate_inputs(self.processor.input_spec, encoded))
         return batch
 
 
-def _items(value) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return list(value.unbind(0))
-    return list(value)
+def _pad(rows: list[torch.Tensor], value: int) -> torch.Tensor:
+    out = torch.full((len(rows), max(r.shape[0] for r in rows)), value, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out

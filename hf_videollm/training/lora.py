@@ -46,7 +46,8 @@ def default_lora_config(
     vision_tower: bool = False,
     modules_to_save: list[str] | None = None,
 ):
-    """``peft.LoraConfig`` targeting the language model only (plus the vision tower if asked)."""
+    """``peft.LoraConfig`` targeting the language model only (plus the vision tower if asked); the task type follows
+    the declared language-model kind (``CAUSAL_LM`` or ``SEQ_2_SEQ_LM``)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -55,5 +56,5 @@ def default_lora_config(
         lora_dropout=dropout,
         target_modules=language_model_lora_targets(model, vision_tower=vision_tower),
         modules_to_save=modules_to_save,
-        task_type="CAUSAL_LM",
+        task_type="SEQ_2_SEQ_LM" if model.input_spec.lm == "seq2seq" else "CAUSAL_LM",
     )

@@ -7,9 +7,10 @@ only where they make sense on the user's hardware.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -31,45 +32,67 @@ class Stage:
     lr_scheduler_type: str = "cosine"
 
 
-RECIPES: dict[str, dict[str, Stage]] = {
-    "llava": {
-        "stage1": Stage(
-            "stage1", ("connector",), 1e-3,
-            "feature alignment (LCS-558K captions): projector only, CLIP and LLM frozen (v1.5; v1 used 2e-3)",
-            original_global_batch_size=256, original_epochs=1,
-        ),
-        "stage2": Stage(
-            "stage2", ("connector", "language_model"), 2e-5,
-            "instruction tuning (llava_v1_5_mix665k): projector + LLM, CLIP frozen",
-            original_global_batch_size=128, original_epochs=1,
-        ),
-        "lora": Stage(
-            "lora", ("connector",), 2e-4,
-            "stage 2 with LoRA r128/alpha256 on the LLM and the projector trained fully at 2e-5",
-            lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector",),
-            part_learning_rates={"connector": 2e-5}, original_global_batch_size=128, original_epochs=1,
-        ),
-    },
-    "videollama2": {
-        "stage1": Stage(
-            "stage1", ("connector",), 1e-3,
-            "pretraining on image + video captions: STC connector only, tower and LLM frozen (tune_mm_mlp_adapter)",
-            original_global_batch_size=256, original_epochs=1,
-        ),
-        "stage2": Stage(
-            "stage2", ("connector", "language_model"), 2e-5,
-            "instruction tuning: STC connector + LLM (full), vision tower frozen",
-            original_global_batch_size=128, original_epochs=1,
-        ),
-        "lora": Stage(
-            "lora", ("connector",), 2e-5,
-            "stage 2 with LoRA r128/alpha256 on every LLM linear layer and the connector trained fully at 2e-5 "
-            "(scripts/custom/finetune_lora.sh; train.py's own default would be r64)",
-            lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector",),
-            part_learning_rates={"connector": 2e-5}, original_global_batch_size=128, original_epochs=1,
-        ),
-    },
+LLAVA_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("connector",), 1e-3,
+        "feature alignment (LCS-558K captions): projector only, CLIP and LLM frozen (v1.5; v1 used 2e-3)",
+        original_global_batch_size=256, original_epochs=1,
+    ),
+    "stage2": Stage(
+        "stage2", ("connector", "language_model"), 2e-5,
+        "instruction tuning (llava_v1_5_mix665k): projector + LLM, CLIP frozen",
+        original_global_batch_size=128, original_epochs=1,
+    ),
+    "lora": Stage(
+        "lora", ("connector",), 2e-4,
+        "stage 2 with LoRA r128/alpha256 on the LLM and the projector trained fully at 2e-5",
+        lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector",),
+        part_learning_rates={"connector": 2e-5}, original_global_batch_size=128, original_epochs=1,
+    ),
 }
+
+VIDEOLLAMA2_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("connector",), 1e-3,
+        "pretraining on image + video captions: STC connector only, tower and LLM frozen (tune_mm_mlp_adapter)",
+        original_global_batch_size=256, original_epochs=1,
+    ),
+    "stage2": Stage(
+        "stage2", ("connector", "language_model"), 2e-5,
+        "instruction tuning: STC connector + LLM (full), vision tower frozen",
+        original_global_batch_size=128, original_epochs=1,
+    ),
+    "lora": Stage(
+        "lora", ("connector",), 2e-5,
+        "stage 2 with LoRA r128/alpha256 on every LLM linear layer and the connector trained fully at 2e-5 "
+        "(scripts/custom/finetune_lora.sh; train.py's own default would be r64)",
+        lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector",),
+        part_learning_rates={"connector": 2e-5}, original_global_batch_size=128, original_epochs=1,
+    ),
+}
+
+
+class _Recipes(Mapping):
+    """Model name -> its stages, read from each model's registry entry (``ModelEntry.recipes``)."""
+
+    def __getitem__(self, name: str) -> dict[str, Stage]:
+        from ..registry import MODELS
+
+        if name not in MODELS or MODELS[name].recipes is None:
+            raise KeyError(name)
+        return MODELS[name].get_recipes()
+
+    def __iter__(self):
+        from ..registry import MODELS
+
+        return iter([n for n, e in MODELS.items() if e.recipes is not None])
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
+#: model name -> {stage name: Stage}
+RECIPES: Mapping[str, dict[str, Stage]] = _Recipes()
 
 
 def get_stage(model_name: str, stage: str) -> Stage:

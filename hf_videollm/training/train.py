@@ -113,12 +113,9 @@ def _materialize_tiny(name: str, output_dir: Path, seed: int) -> Path:
 
 
 def _family_of(config) -> str:
-    from ..registry import MODELS
+    from ..registry import entry_for_config
 
-    for name, entry in MODELS.items():
-        if isinstance(config, entry.config_class):
-            return name
-    raise ValueError(f"{type(config).__name__} is not an hf_videollm model")
+    return entry_for_config(config).name
 
 
 def load_model_for_training(cfg: TrainConfig, stage: Stage, mode: str):

@@ -1,0 +1,90 @@
+"""How ``hf-videollm demo`` / ``bench-synthetic`` build and train each model from scratch on the synthetic benchmark.
+
+A preset is named by the model's registry entry (``ModelEntry.demo``). The measurements behind every choice are in
+bench/RESULTS.md, section "Synthetic video QA" (sessions 3-6); the comments here say what each choice does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset"]
+
+
+@dataclass(frozen=True)
+class DemoPreset:
+    """Builder overrides and training hyperparameters of one model's demo run (about five minutes on 2 CPU cores)."""
+
+    model_overrides: dict
+    num_frames: int = 8
+    train_per_kind: int = 1000
+    train_counts: dict = field(default_factory=dict)  # {kind: training videos} where a kind needs another count
+    max_steps: int = 1500
+    batch_size: int = 32
+    learning_rate: float = 1e-3
+    warmup_ratio: float = 0.03
+    stage: str = "stage2"  # the recipe stage whose machinery runs; every part trains (from scratch)
+    # A hard-first data schedule: the first ``first_fraction`` of the steps hold only these question types (keys of
+    # ``hf_videollm.synthetic.QUESTIONS``), the rest all kinds (``hf_videollm.demo.write_schedule``)
+    first_types: tuple[str, ...] = ()
+    first_fraction: float = 0.0
+    trainer_args: dict = field(default_factory=dict)  # more ``TrainingArguments`` (e.g. ``adam_beta2``)
+
+
+def _synthetic_processor() -> dict:
+    """Processor settings shared by the demo presets: a plain Vicuna v1 prompt, and the synthetic videos' own pixel
+    statistics (dark scenes), not CLIP's."""
+    from .processors.chat_templates import vicuna_v1_template
+
+    return dict(chat_template=vicuna_v1_template(system=""), image_mean=[0.18, 0.175, 0.165],
+                image_std=[0.13, 0.12, 0.10])
+
+
+def llava_demo_preset() -> DemoPreset:
+    return DemoPreset(
+        model_overrides=dict(
+            image_size=28,
+            patch_size=14,  # 2x2 patches: four tokens per frame
+            vision_config=dict(hidden_size=64, intermediate_size=128, num_attention_heads=4),
+            vision_feature_layer=-1,  # every tower layer trains (the default -2 would leave the last one unused)
+            # A GPT-2-style LLM: its learned absolute positions put each frame's index into the token itself, which a
+            # model trained from scratch for minutes turns into "early vs late" sooner than RoPE's relative offsets
+            text_config=dict(model_type="gpt2", n_embd=128, n_layer=2, n_head=4, n_positions=512, resid_pdrop=0.0,
+                             embd_pdrop=0.0, attn_pdrop=0.0, initializer_range=0.1, tie_word_embeddings=False),
+            processor=_synthetic_processor(),
+        ),
+        num_frames=8,
+        max_steps=3000,
+    )
+
+
+def videollama2_demo_preset() -> DemoPreset:
+    return DemoPreset(
+        model_overrides=dict(
+            image_size=32,
+            patch_size=4,  # an 8x8 patch map per frame: the STC connector sees where the object is, frame to frame
+            num_frames=8,
+            # VideoLLaMA 2.1's connector: the Conv3d pairs frames (0, 1), (2, 3), ... without padding, 4x4x4 = 64
+            # tokens per video (padding 1 gives 125 and learns motion more slowly)
+            projector_type="stc_connector_v35",
+            connector_depth=1,  # one RegNet block per stage (the original has 4): cheaper, and motion is learned sooner
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1),
+            vision_feature_layer=-1,
+            # a wider LLM init than transformers' 0.02 (with which the LLM never reads shape or motion in the budget),
+            # and 8 heads of 8 without key-value sharing (fewer heads do not learn direction and shape together)
+            text_config=dict(
+                hidden_size=64, intermediate_size=128, initializer_range=0.1,
+                num_attention_heads=8, num_key_value_heads=8, head_dim=8,
+            ),
+            processor=_synthetic_processor(),
+        ),
+        num_frames=8,
+        train_counts={"appearance": 2000},  # enough shape questions that shapes are learned rather than memorised
+        max_steps=2400,
+        # Hard questions first: in a mix from the start, colour / order / count settle first and the vision path never
+        # develops motion or shape features; learned first, both survive the mix, and AdamW's beta2 0.95 lets the easy
+        # kinds come back within the budget
+        first_types=("direction", "appearance_shape"),
+        first_fraction=0.3,
+        trainer_args={"adam_beta2": 0.95, "optim": "adamw_torch"},  # plain foreach AdamW: faster than fused on CPU here
+    )
