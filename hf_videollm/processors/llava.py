@@ -88,7 +88,7 @@ class VideoLLMLlavaProcessor(FramePixelsMixin, VideoLLMProcessor):
     # ------------------------------------------------------------------------------------------ pixels
     @property
     def transform(self):
-        from .transforms import ImageTransform
+        from ..media.transforms import ImageTransform
 
         return ImageTransform(
             size=self.image_size,

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .image_io import ImageLoadError, check_aspect_ratio, load_image
+from ..media.image_io import ImageLoadError, check_aspect_ratio, load_image
 from .video_io import VideoDecodeError, load_video
 
 __all__ = ["load_images", "load_frames", "FramePixelsMixin"]

@@ -6,8 +6,8 @@ from ..modeling.videollama2 import videollama2_num_tokens
 from .base import VideoLLMProcessor
 from .chat_templates import VICUNA_V1_1_SYSTEM, llama2_template
 from .media import FramePixelsMixin
-from .transforms import OPENAI_CLIP_MEAN as CLIP_MEAN
-from .transforms import OPENAI_CLIP_STD as CLIP_STD
+from ..media.transforms import OPENAI_CLIP_MEAN as CLIP_MEAN
+from ..media.transforms import OPENAI_CLIP_STD as CLIP_STD
 
 __all__ = ["VideoLLMVideoLlama2Processor"]
 
@@ -85,7 +85,7 @@ class VideoLLMVideoLlama2Processor(FramePixelsMixin, VideoLLMProcessor):
 
     @property
     def transform(self):
-        from .transforms import ImageTransform
+        from ..media.transforms import ImageTransform
 
         size = self.image_size if self.resize_mode == "shortest_edge" else (self.image_size, self.image_size)
         return ImageTransform(
