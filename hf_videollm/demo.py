@@ -388,7 +388,7 @@ def _quiet(fn, *args):
 # ------------------------------------------------------------------------------------------------------ demo
 def _new_videos(settings: BenchSettings, out: Path) -> list[dict]:
     """One newly generated video file per kind, from seeds no dataset split uses (a ``val`` seed past the data)."""
-    from .processors.video_io import write_video
+    from .media import write_video
 
     out.mkdir(parents=True, exist_ok=True)
     items = []

@@ -10,8 +10,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..media.container import VideoDecodeError
 from ..media.image_io import ImageLoadError, check_aspect_ratio, load_image
-from .video_io import VideoDecodeError, load_video
+from ..media.video_read import load_video
 
 __all__ = ["load_images", "load_frames", "FramePixelsMixin"]
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from ..media.transforms import OPENAI_CLIP_MEAN as CLIP_MEAN
+from ..media.transforms import OPENAI_CLIP_STD as CLIP_STD
 from ..modeling.videollama2 import videollama2_num_tokens
 from .base import VideoLLMProcessor
 from .chat_templates import VICUNA_V1_1_SYSTEM, llama2_template
 from .media import FramePixelsMixin
-from ..media.transforms import OPENAI_CLIP_MEAN as CLIP_MEAN
-from ..media.transforms import OPENAI_CLIP_STD as CLIP_STD
 
 __all__ = ["VideoLLMVideoLlama2Processor"]
 
