@@ -194,7 +194,7 @@ def _choice_token_ids(tokenizer, choices: list[str]) -> list[int]:
 
 
 def _frames_of(processor, video: str):
-    from .processors.media import load_frames
+    from .media.frames import load_frames
 
     return load_frames(
         video, index=0, num_frames=processor.num_frames, fps=processor.video_fps, max_frames=processor.max_frames

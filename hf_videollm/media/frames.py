@@ -1,4 +1,8 @@
-"""Glue between user media (paths, bytes, PIL, arrays, tensors, frame lists) and the processors' uint8 tensors."""
+"""User media (paths, bytes, PIL, arrays, tensors, frame lists) -> uint8 tensors, with errors that name the item.
+
+:func:`load_images` turns a list of images into ``(3, H, W)`` tensors, :func:`load_frames` one video into
+``(T, 3, H, W)``; model processors (``hf_videollm.processors.pixels``) transform them further.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..media.container import VideoDecodeError
-from ..media.image_io import ImageLoadError, check_aspect_ratio, load_image
-from ..media.video_read import load_video
+from .container import VideoDecodeError
+from .image_io import ImageLoadError, check_aspect_ratio, load_image
+from .video_read import load_video
 
-__all__ = ["load_images", "load_frames", "FramePixelsMixin"]
+__all__ = ["load_images", "load_frames"]
 
 
 def load_images(images: list, max_pixels: int | None, max_aspect_ratio: float | None) -> list[torch.Tensor]:
@@ -75,37 +79,3 @@ def load_frames(
     except (VideoDecodeError, ImageLoadError) as e:
         raise type(e)(f"video {index}: {e}") from e
     return frames.contiguous()
-
-
-class FramePixelsMixin:
-    """The image / video pixel path shared by processors whose model sees every frame as an image.
-
-    The processor provides ``transform`` (an :class:`~.transforms.ImageTransform`), ``image_tokens()`` and
-    ``video_tokens(num_frames)`` (computed with the model's own formula), and the settings ``num_frames``,
-    ``video_fps``, ``max_frames``, ``max_image_pixels``, ``max_aspect_ratio`` (``frame_sampling``: optional, default
-    ``"uniform"``, see :func:`~.video_io.load_video`).
-    """
-
-    def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
-        tf = self.transform
-        pixels = [tf(img) for img in load_images(images, self.max_image_pixels, self.max_aspect_ratio)]
-        return {"pixel_values": torch.stack(pixels)}, [self.image_tokens()] * len(pixels)
-
-    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list[int]]:
-        tf = self.transform
-        clips = []
-        for i, video in enumerate(videos):
-            frames = load_frames(
-                video, index=i, num_frames=self.num_frames, fps=self.video_fps, max_frames=self.max_frames,
-                max_aspect_ratio=self.max_aspect_ratio, sampling=getattr(self, "frame_sampling", "uniform"),
-            )
-            clips.append(tf(frames))
-        counts = [self.video_tokens(c.shape[0]) for c in clips]
-        if len({c.shape[0] for c in clips}) == 1:
-            return {"pixel_values_videos": torch.stack(clips)}, counts
-        return {"pixel_values_videos": clips}, counts
-
-    def estimate_media_tokens(self, media: dict[str, list]) -> int:
-        """Media tokens a sample will take, without decoding (videos: ``num_frames`` or ``max_frames``)."""
-        frames = self.num_frames or self.max_frames
-        return len(media.get("image", [])) * self.image_tokens() + len(media.get("video", [])) * self.video_tokens(frames)
