@@ -7,6 +7,8 @@ Model processors (``hf_videollm.processors``) build on this package; nothing her
 * ``audio``: :func:`load_audio` (first audio stream of a video or audio file, resampled).
 * ``video_write``: :func:`write_video` (RGB frames, optionally a waveform, to a video file).
 * ``container``: what reading video and audio share: the errors, opening a source with PyAV.
+* ``frames``: :func:`~.frames.load_images` / :func:`~.frames.load_frames`, what processors call: any accepted form
+  of an image or a video -> uint8 tensors, errors naming the item.
 * ``transforms``: Pillow-exact resize, crop, pad, rescale, normalize as torch ops; :class:`ImageTransform`.
 """
 
