@@ -36,7 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hf_videollm.processors.video_io import load_video, track_decoding, write_video  # noqa: E402
+from hf_videollm.media import load_video, track_decoding, write_video  # noqa: E402
 
 
 def _frames(n: int, width: int, height: int, seed: int = 0):

@@ -196,7 +196,7 @@ def _choice_token_ids(tokenizer, choices: list[str]) -> list[int]:
 
 
 def _frames_of(processor, video: str):
-    from .processors.media import load_frames
+    from .media.frames import load_frames
 
     return load_frames(
         video, index=0, num_frames=processor.num_frames, fps=processor.video_fps, max_frames=processor.max_frames
@@ -391,7 +391,7 @@ def _quiet(fn, *args):
 # ------------------------------------------------------------------------------------------------------ demo
 def _new_videos(settings: BenchSettings, out: Path) -> list[dict]:
     """One newly generated video file per kind, from seeds no dataset split uses (a ``val`` seed past the data)."""
-    from .processors.video_io import write_video
+    from .media import write_video
 
     out.mkdir(parents=True, exist_ok=True)
     items = []

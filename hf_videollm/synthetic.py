@@ -736,7 +736,7 @@ def _write_rows(
 ) -> list[dict]:
     """Build ``items``, write their files into ``video_dir`` (``None``: no files) and return their JSONL rows."""
     if video_dir is not None:
-        from .processors.video_io import write_video
+        from .media import write_video
     rows = []
     for item in items:
         sample = _build(item, size, num_frames, fps, audio)

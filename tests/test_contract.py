@@ -22,7 +22,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from hf_videollm.modeling.base import VideoLLMPreTrainedModel, VisionTowerModel
 from hf_videollm.modeling.contract import InputSpec, Modality, ModelInputs, collate_inputs
 from hf_videollm.processors.base import VideoLLMProcessor
-from hf_videollm.processors.media import FramePixelsMixin
+from hf_videollm.processors.pixels import FramePixelsMixin
 from hf_videollm.tiny import tiny_media, tiny_tokenizer
 from hf_videollm.training.collator import VideoLLMCollator
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from hf_videollm import synthetic as S
-from hf_videollm.processors.video_io import load_audio, load_video, write_video
+from hf_videollm.media import load_audio, load_video, write_video
 
 T = 16
 MID = T // 2

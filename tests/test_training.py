@@ -305,7 +305,7 @@ def test_parquet_yaml_config_video_and_vision_lora(tmp_path, tiny_llava):
     import pandas as pd
     import yaml
 
-    from hf_videollm.processors import write_video
+    from hf_videollm.media import write_video
     from hf_videollm.training import load_train_config
 
     _, processor = tiny_llava

@@ -14,9 +14,9 @@ import torch
 from conftest import fixture_case, load_case, load_tensors
 from PIL import Image
 
-from hf_videollm.processors import transforms as T
-from hf_videollm.processors.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, check_aspect_ratio, load_image
-from hf_videollm.processors.transforms import (
+from hf_videollm.media import transforms as T
+from hf_videollm.media.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, check_aspect_ratio, load_image
+from hf_videollm.media.transforms import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     ImageTransform,

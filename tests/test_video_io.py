@@ -1,4 +1,4 @@
-"""Tests for hf_videollm.processors.video_io (video/audio decoding and the writer).
+"""Tests for video and audio I/O: hf_videollm.media.video_read, .audio and .video_write (decoding and the writer).
 
 Every test video is tiny (64x48) and encodes the frame index in its pixels: 8 vertical stripes of 8 px, stripe ``b``
 white when bit ``b`` of the index is set. Decoding the stripes recovers the index robustly (also for lossy codecs).
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from hf_videollm.processors import video_io
-from hf_videollm.processors.video_io import (
+from hf_videollm.media import (
     AudioDecodeError,
     VideoDecodeError,
     load_audio,
     load_video,
     track_decoding,
+    video_read,
     write_video,
 )
 
@@ -225,7 +225,7 @@ def test_exact_mode_seeks_instead_of_decoding_everything(tmp, ext):
 
 
 def test_all_frames_refuses_huge_results(mp4, monkeypatch):
-    monkeypatch.setattr(video_io, "ALL_FRAMES_MAX_BYTES", 100 * W * H * 3)
+    monkeypatch.setattr(video_read, "ALL_FRAMES_MAX_BYTES", 100 * W * H * 3)
     with pytest.raises(VideoDecodeError, match="max_frames"):
         load_video(mp4)
     assert load_video(mp4, max_frames=100)[0].shape[0] == 100
@@ -370,7 +370,7 @@ def test_bad_arguments_raise(mp4, kwargs, message):
 
 
 def test_torchcodec_backend_missing_is_clear(mp4):
-    if video_io._torchcodec_available():
+    if video_read._torchcodec_available():
         pytest.skip("torchcodec is installed")
     with pytest.raises(VideoDecodeError, match="torchcodec") as info:
         load_video(mp4, num_frames=2, backend="torchcodec")

@@ -12,8 +12,8 @@ import torch
 from conftest import fixture_case, load_case, load_tensors
 
 from hf_videollm.conversion import ConversionError, convert
+from hf_videollm.media import load_video
 from hf_videollm.modeling.videollama2 import VideoLLMVideoLlama2ForConditionalGeneration
-from hf_videollm.processors.video_io import load_video
 from hf_videollm.processors.videollama2 import VideoLLMVideoLlama2Processor
 
 ATOL = RTOL = 1e-4

@@ -114,7 +114,7 @@ def _text_config(orig: dict):
 
 def _tower_preprocessing(tower_dir: Path, siglip: bool) -> dict:
     """The tower repo's image processor -> our processor settings (CLIP: shortest edge + crop; SigLIP: exact)."""
-    from ..processors.transforms import from_clip_preprocessor_config
+    from ..media.transforms import from_clip_preprocessor_config
 
     p = tower_dir / "preprocessor_config.json"
     cfg = json.loads(p.read_text()) if p.is_file() else {}

@@ -6,7 +6,7 @@ from ..modeling.base import TOWER_INPUTS
 from ..modeling.llava import llava_tokens_per_frame
 from .base import ProcessorInputError, VideoLLMProcessor
 from .chat_templates import LLAVA_V1_SYSTEM, vicuna_v1_template
-from .media import FramePixelsMixin
+from .pixels import FramePixelsMixin
 
 __all__ = ["VideoLLMLlavaProcessor"]
 

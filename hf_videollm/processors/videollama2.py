@@ -6,7 +6,7 @@ from ..modeling.base import TOWER_INPUTS
 from ..modeling.videollama2 import videollama2_num_tokens
 from .base import VideoLLMProcessor
 from .chat_templates import VICUNA_V1_1_SYSTEM, llama2_template
-from .media import FramePixelsMixin
+from .pixels import FramePixelsMixin
 
 __all__ = ["VideoLLMVideoLlama2Processor"]
 

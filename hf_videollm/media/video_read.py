@@ -1,4 +1,4 @@
-"""Video and audio I/O for hf_videollm: timestamp-exact frame sampling with seeking, audio decoding, and a writer.
+"""Reading video: :func:`load_video` samples frames by timestamp, seeking to the keyframe before each target.
 
 Decoding uses PyAV (always available); ``torchcodec`` is an optional backend used only when importable.
 
@@ -49,11 +49,10 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-import io
 import logging
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -64,53 +63,41 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
+from .container import (
+    AV_TIME_BASE,
+    BackendUnavailableError,
+    VideoDecodeError,
+    describe_source,
+    open_container,
+    streams_summary,
+)
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "AudioDecodeError",
-    "BackendUnavailableError",
+    "ALL_FRAMES_MAX_BYTES",
+    "SAMPLING_RULES",
     "DecodeStats",
-    "VideoDecodeError",
     "VideoMetadata",
-    "load_audio",
     "load_video",
     "track_decoding",
-    "write_video",
 ]
 
 #: ``load_video`` without ``num_frames``/``fps`` returns every frame of the window; refuse when the result would exceed
 #: this many bytes (pass ``num_frames``, ``fps`` or ``max_frames`` instead).
 ALL_FRAMES_MAX_BYTES = 4 * 1024**3
 
-_AV_TIME_BASE = 1_000_000
 # Re-seek back-off (seconds) used when a seek lands after the target (broken or unusual indexes).
 _SEEK_BACKOFF_S = (1.0, 4.0, 16.0, 64.0)
 # Without a keyframe index, keep decoding forward (instead of seeking) when the next target is this close (seconds).
 _DEFAULT_FORWARD_WINDOW_S = 2.0
 # Upper bound for packets read while probing the tail of a stream (safety net against pathological files).
 _MAX_TAIL_PACKETS = 200_000
-# load_audio decodes from the beginning (sample exact) unless start is further than this (seconds): then it seeks.
-_AUDIO_SEEK_MIN_S = 10.0
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# Errors, metadata, instrumentation
+# Metadata, instrumentation
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-class VideoDecodeError(ValueError):
-    """Raised for every bad input: missing/empty/corrupt/truncated files, non-video data and invalid arguments.
-
-    The message names the source, what is wrong and how to fix it.
-    """
-
-
-class AudioDecodeError(VideoDecodeError):
-    """Raised by :func:`load_audio` (no audio stream, undecodable audio, bad arguments)."""
-
-
-class BackendUnavailableError(VideoDecodeError, ImportError):
-    """The requested decoding backend (e.g. ``torchcodec``) is not installed."""
 
 
 @dataclass
@@ -175,93 +162,11 @@ def _count(attr: str, n: int = 1) -> None:
         setattr(stats, attr, getattr(stats, attr) + n)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
-# Opening sources
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def _describe(source: Any) -> str:
-    if isinstance(source, (str, os.PathLike)):
-        return f"'{os.fspath(source)}'"
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return f"<{len(source)} bytes of in-memory data>"
-    name = getattr(source, "name", None)
-    if isinstance(name, str):
-        return f"'{name}' (file object)"
-    return f"<{type(source).__name__} file object>"
-
-
-@contextlib.contextmanager
-def _open_container(source: Any, error_cls: type[VideoDecodeError] = VideoDecodeError):
-    """Open ``source`` (path, bytes or binary file-like) with PyAV; yields ``(container, name)``."""
-    name = _describe(source)
-    restore_pos: tuple[Any, int] | None = None
-    if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise error_cls(f"{name}: file does not exist; check the path (cwd is '{os.getcwd()}').")
-        if not path.is_file():
-            raise error_cls(f"{name}: is not a regular file (a directory?); pass the path of a media file.")
-        if path.stat().st_size == 0:
-            raise error_cls(f"{name}: file is empty (0 bytes); the download or the encoder that wrote it failed.")
-        target: Any = str(path)
-    elif isinstance(source, (bytes, bytearray, memoryview)):
-        if len(source) == 0:
-            raise error_cls(f"{name}: the data is empty (0 bytes); pass the complete content of a media file.")
-        target = io.BytesIO(bytes(source))
-    elif hasattr(source, "read"):
-        seekable = False
-        with contextlib.suppress(Exception):
-            seekable = bool(source.seekable()) if hasattr(source, "seekable") else False
-        if seekable:
-            # FFmpeg addresses the data with absolute offsets, so the whole object is read from offset 0.
-            pos = source.tell()
-            size = source.seek(0, io.SEEK_END)
-            source.seek(0)
-            restore_pos = (source, pos)
-            if size == 0:
-                source.seek(pos)
-                raise error_cls(
-                    f"{name}: the file object is empty (0 bytes); pass the complete content of a media file."
-                )
-            target = source
-        else:
-            data = source.read()
-            if not data:
-                raise error_cls(f"{name}: the file object returned no data; pass the complete content of a media file.")
-            target = io.BytesIO(data)
-    else:
-        raise error_cls(
-            f"unsupported source type {type(source).__name__}: pass a path (str/Path), bytes, or a binary file object."
-        )
-    try:
-        container = av.open(target, mode="r", metadata_errors="ignore")
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
-        if restore_pos is not None:
-            restore_pos[0].seek(restore_pos[1])
-        raise error_cls(
-            f"{name}: could not be opened as a media file ({exc}). The data is corrupt, truncated, or not an "
-            "audio/video container; re-download it or re-encode it (e.g. `ffmpeg -i in -c:v libx264 out.mp4`)."
-        ) from exc
-    try:
-        yield container, name
-    finally:
-        container.close()
-        if restore_pos is not None:
-            with contextlib.suppress(Exception):
-                restore_pos[0].seek(restore_pos[1])
-
-
-def _streams_summary(container) -> str:
-    kinds = [s.type for s in container.streams]
-    return ", ".join(kinds) if kinds else "none"
-
-
 def _pick_video_stream(container, name: str):
     streams = list(container.streams.video)
     if not streams:
         raise VideoDecodeError(
-            f"{name}: contains no video stream (streams found: {_streams_summary(container)}). Is it an audio, "
+            f"{name}: contains no video stream (streams found: {streams_summary(container)}). Is it an audio, "
             "image or text file? Pass a video file (for audio use load_audio)."
         )
     for s in streams:  # skip cover art ("attached pictures")
@@ -441,7 +346,7 @@ class _PyAVReader:
         self.c = container
         self.s = stream
         self.name = name
-        self.tb: Fraction = stream.time_base or Fraction(1, _AV_TIME_BASE)
+        self.tb: Fraction = stream.time_base or Fraction(1, AV_TIME_BASE)
         self.s.codec_context.thread_type = "AUTO"
         self.info: _StreamInfo | None = None
         self._gen: Iterator[_Frame] | None = None
@@ -559,7 +464,7 @@ class _PyAVReader:
                 h, m, sec = tag.split(":")
                 return int(h) * 3600 + int(m) * 60 + float(sec)
         if self.c.duration and len(self.c.streams) == 1:
-            return self.c.duration / _AV_TIME_BASE
+            return self.c.duration / AV_TIME_BASE
         return None
 
     def _check_scan_truncation(self, end_pts: int, fps: float) -> None:
@@ -601,7 +506,7 @@ class _PyAVReader:
                 duration_pts = end - first_pts
                 self._check_scan_truncation(end, fps)
             elif self.c.duration:
-                duration_pts = self.dur_to_pts(self.c.duration / _AV_TIME_BASE)
+                duration_pts = self.dur_to_pts(self.c.duration / AV_TIME_BASE)
         if duration_pts is None:
             self.info = self.scan()
             return self.info
@@ -636,7 +541,7 @@ class _PyAVReader:
 
     def _probe_end_pts(self, first_pts: int) -> int | None:
         """End of the stream (pts) from its last packets: seek close to the end, demux the tail."""
-        guess_s = (self.c.duration / _AV_TIME_BASE) if self.c.duration else 1e7
+        guess_s = (self.c.duration / AV_TIME_BASE) if self.c.duration else 1e7
         try:
             self.c.seek(first_pts + self.dur_to_pts(guess_s + 1.0), backward=True, any_frame=False, stream=self.s)
         except av.error.FFmpegError:
@@ -1005,14 +910,14 @@ def load_video(
         :class:`VideoMetadata`. ``T`` equals the number of targets; targets falling into the same frame return that
         frame repeatedly.
     """
-    name = _describe(source)
+    name = describe_source(source)
     _validate_args(name, num_frames, fps, start, end, mode, max_frames, sampling, backend)
     if backend == "auto":
         backend = "torchcodec" if (mode == "exact" and _torchcodec_available()) else "pyav"
     if backend == "torchcodec":
         return _load_video_torchcodec(source, name, num_frames, fps, start, end, mode, max_frames, sampling)
 
-    with _open_container(source) as (container, name):
+    with open_container(source) as (container, name):
         stream = _pick_video_stream(container, name)
         reader = _PyAVReader(container, stream, name)
         all_frames = num_frames is None and fps is None
@@ -1161,318 +1066,3 @@ def _load_video_torchcodec(source, name, num_frames, fps, start, end, mode, max_
         requested_timestamps=[float(t) for t in requested],
     )
     return video, meta
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# load_audio
-# ----------------------------------------------------------------------------------------------------------------------
-
-
-def load_audio(
-    source: str | os.PathLike | bytes | Any,
-    sampling_rate: int = 16000,
-    mono: bool = True,
-    start: float | None = None,
-    end: float | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Decode the first audio stream of ``source`` (a video or audio file), resampled to ``sampling_rate``.
-
-    ``start``/``end`` are seconds relative to the first audio sample. Returns ``(waveform, sampling_rate)`` with a
-    float32 waveform of shape ``(num_samples,)`` when ``mono`` else ``(channels, num_samples)`` (source layout).
-    Raises :class:`AudioDecodeError` when there is no audio stream or nothing can be decoded.
-    """
-    name = _describe(source)
-    if isinstance(sampling_rate, bool) or not isinstance(sampling_rate, (int, np.integer)) or sampling_rate <= 0:
-        raise AudioDecodeError(f"{name}: sampling_rate must be a positive integer, got {sampling_rate!r}.")
-    for label, value in (("start", start), ("end", end)):
-        if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
-            raise AudioDecodeError(f"{name}: {label} must be a finite number of seconds >= 0, got {value!r}.")
-    if start is not None and end is not None and start >= end:
-        raise AudioDecodeError(f"{name}: start ({start}) must be smaller than end ({end}).")
-
-    with _open_container(source, AudioDecodeError) as (container, name):
-        if not container.streams.audio:
-            raise AudioDecodeError(
-                f"{name}: contains no audio stream (streams found: {_streams_summary(container)}); pass a file with "
-                "an audio track."
-            )
-        stream = container.streams.audio[0]
-        tb = stream.time_base or Fraction(1, stream.rate or _AV_TIME_BASE)
-        origin = stream.start_time if stream.start_time is not None else None
-        if mono:
-            layout = "mono"
-        else:
-            layout = stream.layout.name if stream.layout is not None else "stereo"
-        resampler = av.AudioResampler(format="fltp", layout=layout, rate=int(sampling_rate))
-        seeked = False
-        if start is not None and start > _AUDIO_SEEK_MIN_S:
-            # Far into the stream: seek (time origin = the stream start time; exact up to the codec delay, a few ms).
-            try:
-                container.seek((origin or 0) + math.floor(start / tb), backward=True, any_frame=False, stream=stream)
-                seeked = True
-            except av.error.FFmpegError:
-                pass
-        if not seeked:
-            origin = None  # decoding from the beginning: time origin = the first decoded sample
-        chunks: list[np.ndarray] = []
-        first_time: float | None = None
-        decode_errors = 0
-        first_error: Exception | None = None
-        produced = 0
-        demux = container.demux(stream)
-        while True:
-            try:
-                packet = next(demux)
-            except StopIteration:
-                break
-            except av.error.FFmpegError as exc:
-                first_error = first_error or exc
-                break
-            try:
-                frames = stream.decode(packet)
-            except av.error.FFmpegError as exc:
-                decode_errors += 1
-                first_error = first_error or exc
-                continue
-            for frame in frames:
-                if first_time is None:
-                    if frame.pts is not None:
-                        if origin is None:
-                            origin = frame.pts
-                        first_time = float((frame.pts - origin) * tb)
-                    else:
-                        first_time = 0.0
-                for out in resampler.resample(frame):
-                    arr = out.to_ndarray()
-                    chunks.append(arr)
-                    produced += arr.shape[1]
-            if end is not None and first_time is not None and first_time + produced / sampling_rate > end + 0.5:
-                break
-        for out in resampler.resample(None):
-            arr = out.to_ndarray()
-            chunks.append(arr)
-        if not chunks:
-            detail = f" (first error: {first_error})" if first_error is not None else ""
-            raise AudioDecodeError(
-                f"{name}: the audio stream has no decodable samples{detail}; the file is corrupt or truncated."
-            )
-        wave = np.concatenate(chunks, axis=1).astype(np.float32, copy=False)
-        t0 = first_time or 0.0
-        lo = 0
-        if start is not None:
-            lo = max(0, round((start - t0) * sampling_rate))
-        hi = wave.shape[1]
-        if stream.duration:  # drop encoder padding past the declared end (e.g. the last AAC frame in MP4)
-            declared_end = float(stream.duration * tb) + float(((stream.start_time or 0) - (origin or 0)) * tb)
-            hi = min(hi, max(lo, round((declared_end - t0) * sampling_rate)))
-        if end is not None:
-            hi = min(hi, max(lo, round((end - t0) * sampling_rate)))
-        wave = wave[:, lo:hi]
-        if decode_errors:
-            logger.warning(
-                "%s: %d audio packet(s) could not be decoded (first error: %s)", name, decode_errors, first_error
-            )
-        out_t = torch.from_numpy(np.ascontiguousarray(wave))
-        return (out_t[0] if mono else out_t), int(sampling_rate)
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# write_video
-# ----------------------------------------------------------------------------------------------------------------------
-
-_DEFAULT_CODECS = {".mp4": "libx264", ".mkv": "libx264", ".mov": "libx264", ".m4v": "libx264", ".webm": "libvpx-vp9"}
-_DEFAULT_AUDIO_CODECS = {".webm": "libopus", ".ogg": "libopus"}
-_SUBSAMPLED = ("yuv420p", "yuvj420p", "nv12", "yuv422p", "yuvj422p", "yuv420p10le", "yuv422p10le")
-
-
-def _as_frame_array(frame: Any) -> np.ndarray:
-    if isinstance(frame, torch.Tensor):
-        frame = frame.detach().cpu().numpy()
-    arr = np.asarray(frame)
-    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"write_video: frames must be uint8 (H, W, 3) RGB, got dtype {arr.dtype} shape {arr.shape}.")
-    return np.ascontiguousarray(arr)
-
-
-def _iter_frames(frames: Any) -> Iterator[np.ndarray]:
-    if isinstance(frames, (torch.Tensor, np.ndarray)):
-        if frames.ndim != 4:
-            raise ValueError(f"write_video: frames must have shape (T, H, W, 3), got {tuple(frames.shape)}.")
-        for i in range(frames.shape[0]):
-            yield _as_frame_array(frames[i])
-        return
-    for frame in frames:
-        yield _as_frame_array(frame)
-
-
-def write_video(
-    path: str | os.PathLike,
-    frames: torch.Tensor | np.ndarray | Iterable[Any],
-    fps: float,
-    *,
-    codec: str | None = None,
-    gop_size: int | None = None,
-    pix_fmt: str = "yuv420p",
-    audio: torch.Tensor | np.ndarray | None = None,
-    audio_rate: int = 16000,
-    crf: int | None = None,
-    options: dict | None = None,
-    rotation: int | None = None,
-    timestamps: Iterable[float] | None = None,
-) -> Path:
-    """Encode RGB frames to a video file.
-
-    Args:
-        path: output file; its extension selects the container and, when ``codec`` is ``None``, the codec
-            (``.mp4``/``.mkv``/``.mov`` -> libx264, ``.webm`` -> libvpx-vp9).
-        frames: uint8 ``(T, H, W, 3)`` tensor/array, or any iterable of ``(H, W, 3)`` frames (streamed, so very long
-            videos need not fit in memory). With chroma-subsampled ``pix_fmt`` (e.g. yuv420p) H and W must be even.
-        fps: nominal frame rate (frame ``i`` gets pts ``i / fps`` unless ``timestamps`` is given).
-        gop_size: fixed keyframe interval in frames (sets ``g``/``keyint_min`` and disables x264 scene-cut keyframes;
-            values in ``options`` take precedence).
-        audio: optional waveform (float in [-1, 1] or int16), shape ``(num_samples,)`` or ``(channels, num_samples)``,
-            sampled at ``audio_rate``; encoded as AAC (Opus for WebM).
-        crf: constant rate factor (``0`` = lossless for libx264/libx265/libvpx-vp9).
-        options: extra encoder options (strings), e.g. ``{"preset": "ultrafast"}``.
-        rotation: clockwise display rotation in degrees (0/90/180/270) stored as display-matrix side data; readers
-            must rotate the decoded frames by it (``load_video`` does and reports it in ``metadata.rotation``).
-        timestamps: optional presentation time (seconds, strictly increasing) of every frame, for variable frame rate
-            or a non-zero start time.
-
-    Returns:
-        the output path.
-    """
-    path = Path(path)
-    ext = path.suffix.lower()
-    if codec is None:
-        codec = _DEFAULT_CODECS.get(ext)
-        if codec is None:
-            raise ValueError(f"write_video: cannot choose a codec for extension {ext!r}; pass codec=.")
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0:
-        raise ValueError(f"write_video: fps must be a positive number, got {fps!r}.")
-    rate = Fraction(fps).limit_denominator(100_000)
-    if rotation is not None and rotation % 90 != 0:
-        raise ValueError(f"write_video: rotation must be a multiple of 90 degrees, got {rotation!r}.")
-    it = _iter_frames(frames)
-    first = next(it, None)
-    if first is None:
-        raise ValueError("write_video: no frames given.")
-    height, width = first.shape[:2]
-    if pix_fmt in _SUBSAMPLED and (height % 2 or width % 2):
-        raise ValueError(
-            f"write_video: pix_fmt={pix_fmt} needs even width and height, got {width}x{height}; crop or pad the "
-            "frames to even sizes, or use pix_fmt='yuv444p'."
-        )
-    stamps = list(timestamps) if timestamps is not None else None
-    if stamps is not None and any(b <= a for a, b in zip(stamps[:-1], stamps[1:], strict=True)):
-        raise ValueError("write_video: timestamps must be strictly increasing.")
-
-    opts: dict[str, str] = {}
-    is_vpx = codec.startswith("libvpx")
-    if crf is not None:
-        if is_vpx and crf == 0:
-            opts["lossless"] = "1"
-        else:
-            opts["crf"] = str(crf)
-            if is_vpx:
-                opts["b"] = "0"
-    if gop_size is not None:
-        opts["g"] = str(gop_size)
-        opts["keyint_min"] = str(gop_size)
-        if codec in ("libx264", "libx265"):
-            opts["sc_threshold"] = "0"
-    if options:
-        opts.update({str(k): str(v) for k, v in options.items()})
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    container = av.open(str(path), mode="w")
-    try:
-        vstream = container.add_stream(codec, rate=rate)
-        vstream.width = width
-        vstream.height = height
-        vstream.pix_fmt = pix_fmt
-        if gop_size is not None:
-            vstream.codec_context.gop_size = int(gop_size)
-        if stamps is not None:
-            tb = Fraction(1, 90_000)
-            vstream.codec_context.time_base = tb
-            vstream.time_base = tb
-        else:
-            tb = 1 / rate
-        vstream.options = opts
-        if rotation:
-            if hasattr(vstream, "set_display_rotation"):
-                vstream.set_display_rotation(-int(rotation))  # PyAV takes counter-clockwise degrees
-            else:  # old PyAV: legacy tag (honoured by the mov/mp4 muxer)
-                vstream.metadata["rotate"] = str(int(rotation) % 360)
-
-        astream = None
-        wave = None
-        if audio is not None:
-            wave = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
-            if wave.ndim == 1:
-                wave = wave[None, :]
-            if wave.ndim != 2 or wave.shape[0] not in (1, 2):
-                raise ValueError(f"write_video: audio must be (num_samples,) or (1|2, num_samples), got {wave.shape}.")
-            if wave.dtype == np.int16:
-                wave = wave.astype(np.float32) / 32768.0
-            wave = np.ascontiguousarray(wave, dtype=np.float32)
-            acodec = _DEFAULT_AUDIO_CODECS.get(ext, "aac")
-            layout = "mono" if wave.shape[0] == 1 else "stereo"
-            astream = container.add_stream(acodec, rate=int(audio_rate), layout=layout)
-        audio_done = 0
-
-        def push_audio(until_s: float | None) -> None:
-            nonlocal audio_done
-            if astream is None or wave is None:
-                return
-            stop = wave.shape[1] if until_s is None else min(wave.shape[1], int(until_s * audio_rate))
-            if stop <= audio_done:
-                return
-            chunk = wave[:, audio_done:stop]
-            aframe = av.AudioFrame.from_ndarray(np.ascontiguousarray(chunk), format="fltp", layout=astream.layout.name)
-            aframe.sample_rate = int(audio_rate)
-            aframe.pts = audio_done
-            aframe.time_base = Fraction(1, int(audio_rate))
-            audio_done = stop
-            for packet in astream.encode(aframe):
-                container.mux(packet)
-
-        def frames_all() -> Iterator[np.ndarray]:
-            yield first
-            yield from it
-
-        count = 0
-        for i, arr in enumerate(frames_all()):
-            if arr.shape[:2] != (height, width):
-                raise ValueError(f"write_video: frame {i} has size {arr.shape[:2]}, expected {(height, width)}.")
-            vframe = av.VideoFrame.from_ndarray(arr, format="rgb24")
-            if stamps is not None:
-                if i >= len(stamps):
-                    raise ValueError(f"write_video: more frames than timestamps ({len(stamps)}).")
-                vframe.pts = round(stamps[i] / tb)
-                t_now = stamps[i]
-            else:
-                vframe.pts = i
-                t_now = float(i / rate)
-            vframe.time_base = tb
-            for packet in vstream.encode(vframe):
-                container.mux(packet)
-            push_audio(t_now + 1.0)
-            count += 1
-        if stamps is not None and count != len(stamps):
-            raise ValueError(f"write_video: got {count} frames but {len(stamps)} timestamps.")
-        for packet in vstream.encode(None):
-            container.mux(packet)
-        if astream is not None:
-            push_audio(None)
-            for packet in astream.encode(None):
-                container.mux(packet)
-    except BaseException:
-        with contextlib.suppress(Exception):
-            container.close()
-        with contextlib.suppress(OSError):
-            path.unlink()
-        raise
-    container.close()
-    return path

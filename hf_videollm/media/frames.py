@@ -1,0 +1,81 @@
+"""User media (paths, bytes, PIL, arrays, tensors, frame lists) -> uint8 tensors, with errors that name the item.
+
+:func:`load_images` turns a list of images into ``(3, H, W)`` tensors, :func:`load_frames` one video into
+``(T, 3, H, W)``; model processors (``hf_videollm.processors.pixels``) transform them further.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .container import VideoDecodeError
+from .image_io import ImageLoadError, check_aspect_ratio, load_image
+from .video_read import load_video
+
+__all__ = ["load_images", "load_frames"]
+
+
+def load_images(images: list, max_pixels: int | None, max_aspect_ratio: float | None) -> list[torch.Tensor]:
+    """Each image -> uint8 ``(3, H, W)``; errors name the image's index."""
+    out = []
+    for i, img in enumerate(images):
+        try:
+            t = load_image(img, max_pixels=max_pixels)
+            if max_aspect_ratio:
+                check_aspect_ratio(t.shape[-2], t.shape[-1], max_aspect_ratio)
+        except ImageLoadError as e:
+            raise ImageLoadError(f"image {i}: {e}") from e
+        out.append(t)
+    return out
+
+
+def _is_video_source(x: Any) -> bool:
+    return isinstance(x, (str, os.PathLike, bytes, bytearray, Path)) or isinstance(x, io.IOBase) or hasattr(x, "read")
+
+
+def load_frames(
+    video: Any,
+    *,
+    index: int,
+    num_frames: int | None,
+    fps: float | None,
+    max_frames: int | None,
+    max_aspect_ratio: float | None = None,
+    sampling: str = "uniform",
+) -> torch.Tensor:
+    """A video (file source, ``(T, H, W, C)``/``(T, C, H, W)`` array or tensor, or list of frames) -> uint8 ``(T, 3, H, W)``.
+
+    File sources are sampled by timestamp with :func:`load_video` (``num_frames`` or ``fps``); frames given
+    directly are used as they are (the caller sampled them), but more than ``max_frames`` is an error rather
+    than a silent cut.
+    """
+    try:
+        if _is_video_source(video):
+            frames, _ = load_video(video, num_frames=num_frames, fps=fps, max_frames=max_frames, sampling=sampling)
+            frames = frames.permute(0, 3, 1, 2)
+        else:
+            if isinstance(video, (list, tuple)):
+                frames = torch.stack([load_image(f) for f in video])
+            else:
+                arr = torch.from_numpy(np.asarray(video)) if not isinstance(video, torch.Tensor) else video
+                if arr.ndim != 4:
+                    raise VideoDecodeError(f"a video array must be (T, H, W, C) or (T, C, H, W), got shape {tuple(arr.shape)}")
+                frames = torch.stack([load_image(f) for f in arr])
+            if max_frames is not None and frames.shape[0] > max_frames:
+                raise VideoDecodeError(
+                    f"{frames.shape[0]} frames given, more than max_frames={max_frames}; sample fewer frames or raise "
+                    f"the processor's max_frames"
+                )
+        if frames.shape[0] == 0:
+            raise VideoDecodeError("the video has no frames")
+        if max_aspect_ratio:
+            check_aspect_ratio(frames.shape[-2], frames.shape[-1], max_aspect_ratio)
+    except (VideoDecodeError, ImageLoadError) as e:
+        raise type(e)(f"video {index}: {e}") from e
+    return frames.contiguous()
