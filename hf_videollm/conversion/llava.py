@@ -161,7 +161,9 @@ def convert_llava(
     src = resolve_local(src, what="LLaVA checkpoint")
     out = Path(out)
     if source_format == "transformers":
-        return _convert_llava_transformers(src, out, dtype=dtype, max_shard_size=max_shard_size, progress=progress)
+        return _convert_llava_transformers(
+            src, out, src_id=src_id, dtype=dtype, max_shard_size=max_shard_size, progress=progress
+        )
     if source_format != "original":
         raise ConversionError(f"unknown source format {source_format!r}; use 'original' or 'transformers'")
 
@@ -251,7 +253,7 @@ def convert_llava(
     return report
 
 
-def _convert_llava_transformers(src: Path, out: Path, *, dtype, max_shard_size, progress):
+def _convert_llava_transformers(src: Path, out: Path, *, src_id: str, dtype, max_shard_size, progress):
     """transformers' ``LlavaForConditionalGeneration`` checkpoint (llava-hf layout, any of its key variants)."""
     from transformers import AutoTokenizer
 
@@ -285,9 +287,11 @@ def _convert_llava_transformers(src: Path, out: Path, *, dtype, max_shard_size, 
         dtype=dtype,
         max_shard_size=max_shard_size,
         progress=progress,
-        metadata={"converter": "hf_videollm llava transformers"},
+        metadata={"converted_from": src_id, "converter": "hf_videollm llava transformers"},
     )
     config.architectures = [VideoLLMLlavaForConditionalGeneration.__name__]
+    if dtype is not None:
+        config.dtype = dtype
     config.save_pretrained(out)
     copy_generation_config(src, out)
 
