@@ -6,11 +6,9 @@ from ..modeling.llava import llava_tokens_per_frame
 from .base import ProcessorInputError, VideoLLMProcessor
 from .chat_templates import LLAVA_V1_SYSTEM, vicuna_v1_template
 from .media import FramePixelsMixin
+from .transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-__all__ = ["VideoLLMLlavaProcessor", "CLIP_MEAN", "CLIP_STD"]
-
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+__all__ = ["VideoLLMLlavaProcessor"]
 
 
 class VideoLLMLlavaProcessor(FramePixelsMixin, VideoLLMProcessor):
@@ -39,8 +37,8 @@ class VideoLLMLlavaProcessor(FramePixelsMixin, VideoLLMProcessor):
         pad_to_square: bool = True,
         pad_fill: list[int] | None = None,
         resample: str = "bicubic",
-        image_mean: list[float] = CLIP_MEAN,
-        image_std: list[float] = CLIP_STD,
+        image_mean: list[float] = OPENAI_CLIP_MEAN,
+        image_std: list[float] = OPENAI_CLIP_STD,
         rescale_factor: float = 1 / 255,
         image_token: str = "<image>",
         video_token: str = "<video>",
