@@ -175,6 +175,7 @@ def convert_videollama2(
     tower_dir = resolve_local(tower_id, what="vision tower")
     vision_config = AutoConfig.from_pretrained(str(tower_dir))
     vision_config = getattr(vision_config, "vision_config", vision_config)  # a full CLIP/SigLIP repo
+    vision_config._name_or_path = ""  # a path on the converting machine; LLaVA's converter does not store it either
     siglip = "siglip" in vision_config.model_type
     if siglip:
         vision_config.vision_use_head = False  # never used: the patch features of a hidden layer are taken
