@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -18,6 +21,7 @@ from .engine import (
     convert_checkpoint,
     expected_from_model,
 )
+from .release import Release, write_converted
 from .sources import CheckpointSource
 
 __all__ = [
@@ -28,29 +32,41 @@ __all__ = [
     "Drop",
     "KeyTable",
     "Merge",
+    "Release",
     "Rename",
     "Transform",
     "CONVERTERS",
+    "READERS",
     "convert",
     "convert_checkpoint",
     "expected_from_model",
+    "write_converted",
 ]
 
 
-def _llava(*args, **kwargs):
-    from .llava import convert_llava
+#: (model family, source format) -> "module:function" of its reader, imported on first use. A reader
+#: ``read(src, **options) -> Release`` takes the options that apply to it as keyword arguments (``vision_tower``,
+#: ``base``); :func:`convert` passes it those the user gave and writes what it returns with :func:`write_converted`.
+READERS = {
+    ("llava", "original"): "llava:read_llava",
+    ("llava", "transformers"): "llava:read_llava_hf",
+    ("videollama2", "original"): "videollama2:read_videollama2",
+}
+_FLAGS = {"vision_tower": "--vision-tower", "base": "--base"}
 
-    return convert_llava(*args, **kwargs)
 
-
-def _videollama2(*args, **kwargs):
-    from .videollama2 import convert_videollama2
-
-    return convert_videollama2(*args, **kwargs)
-
-
-#: model family -> converter(src, out, *, source_format, vision_tower, base, dtype, max_shard_size, progress)
-CONVERTERS = {"llava": _llava, "videollama2": _videollama2}
+def _reader(model: str, source_format: str):
+    formats: dict[str, list[str]] = {}
+    for m, f in READERS:
+        formats.setdefault(m, []).append(f)
+    if model not in formats:
+        raise ConversionError(f"no converter for {model!r}; available: {sorted(formats)}")
+    if (model, source_format) not in READERS:
+        raise ConversionError(
+            f"unknown source format {source_format!r} for {model}; use {' or '.join(map(repr, formats[model]))}"
+        )
+    module, name = READERS[model, source_format].split(":")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 def convert(
@@ -65,14 +81,28 @@ def convert(
     max_shard_size: int | str = "5GB",
     progress: bool = True,
 ) -> ConversionReport:
-    """Convert a checkpoint of ``model`` (e.g. ``"llava"``) from ``src`` into ``out`` (hf_videollm format)."""
-    if model not in CONVERTERS:
-        raise ConversionError(f"no converter for {model!r}; available: {sorted(CONVERTERS)}")
+    """Convert a checkpoint of ``model`` (e.g. ``"llava"``) from ``src`` into ``out`` (hf_videollm format).
+
+    ``source_format``: ``"original"`` (the authors' release) or ``"transformers"`` (transformers' own layout);
+    ``vision_tower``: the tower the release names, given locally or by another id; ``base``: what the release is
+    added to (a delta release's base LLM). Options that do not apply to the release are refused.
+    """
+    read = _reader(model, source_format)
     if isinstance(dtype, str):
         if dtype not in ("float32", "float16", "bfloat16"):
             raise ConversionError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
         dtype = getattr(torch, dtype)
-    return CONVERTERS[model](
-        src, out, source_format=source_format, vision_tower=vision_tower, base=base, dtype=dtype,
-        max_shard_size=max_shard_size, progress=progress,
-    )
+    options = {k: v for k, v in {"vision_tower": vision_tower, "base": base}.items() if v is not None}
+    taken = [k for k in inspect.signature(read).parameters if k in _FLAGS]
+    refused = [_FLAGS[k] for k in options if k not in taken]
+    if refused:
+        raise ConversionError(
+            f"{' and '.join(refused)} does not apply to {model} ({source_format} release; "
+            f"{read.__name__} takes {', '.join(_FLAGS[k] for k in taken) or 'no options'})"
+        )
+    release = read(src, **options)
+    return write_converted(release, out, dtype=dtype, max_shard_size=max_shard_size, progress=progress)
+
+
+#: model family -> converter(src, out, *, source_format, vision_tower, base, dtype, max_shard_size, progress)
+CONVERTERS = {model: partial(convert, model) for model in dict.fromkeys(m for m, _ in READERS)}
