@@ -2,9 +2,9 @@
 
 An entry holds the classes transformers' Auto classes need (config, ``ForConditionalGeneration``, the bare
 ``Model`` for ``AutoModel``, processor) and references, as ``"module:attribute"`` resolved on first use so that
-``import hf_videollm`` stays light, to the tiny builder (tests, demo, benchmarks), the demo preset, the converter
-from the original release and the training stage recipes. ``TINY``/``RECIPES``/``CONVERTERS`` lookups elsewhere in
-the package go through :data:`MODELS`; the common test suite is parametrized over it.
+``import hf_videollm`` stays light, to the tiny builder (tests, demo, benchmarks), the demo preset, the readers of
+the original (and transformers') releases and the training stage recipes. Every lookup of those elsewhere in the
+package goes through :data:`MODELS`; the common test suite is parametrized over it.
 
 What a model consumes is not repeated here: it is ``model_class.input_spec`` (:mod:`hf_videollm.modeling.contract`).
 """
@@ -12,7 +12,7 @@ What a model consumes is not repeated here: it is ``model_class.input_spec`` (:m
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["ModelEntry", "MODELS", "get_entry", "register_all"]
@@ -27,7 +27,7 @@ def _resolve(ref: str | None) -> Any:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """Everything about one model family. ``tiny``, ``demo``, ``converter`` and ``recipes`` are ``"module:attr"``."""
+    """Everything about one model family. ``tiny``, ``demo``, ``readers`` and ``recipes`` are ``"module:attr"``."""
 
     name: str  # CLI / registry name (``hf-videollm convert NAME``, ``tiny:NAME``, ``--model NAME``)
     config_class: type
@@ -35,7 +35,9 @@ class ModelEntry:
     base_model_class: type  # the bare model: AutoModel
     processor_class: type
     tiny: str  # (tokenizer, seed, **overrides) -> (model, processor): a tiny random model
-    converter: str | None = None  # (src, out, *, source_format, vision_tower, base, dtype, max_shard_size, progress)
+    # source format ("original" | "transformers") -> "module:attr" of its reader ``read(src, **options) -> Release``
+    # (hf_videollm.conversion.release); ``hf-videollm convert`` writes what it returns
+    readers: dict[str, str] = field(default_factory=dict)
     recipes: str | None = None  # {stage name: training.recipes.Stage}
     demo: str | None = None  # () -> demo_presets.DemoPreset (hf-videollm demo / bench-synthetic)
 
@@ -50,8 +52,8 @@ class ModelEntry:
     def build_tiny(self, tokenizer, seed: int = 0, **overrides):
         return _resolve(self.tiny)(tokenizer, seed, **overrides)
 
-    def get_converter(self):
-        return _resolve(self.converter)
+    def get_reader(self, source_format: str):
+        return _resolve(self.readers[source_format])
 
     def get_recipes(self) -> dict:
         return _resolve(self.recipes) or {}
@@ -76,7 +78,10 @@ def _entries() -> dict[str, ModelEntry]:
             "llava", VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaModel,
             VideoLLMLlavaProcessor,
             tiny="hf_videollm.tiny:tiny_llava",
-            converter="hf_videollm.conversion.llava:convert_llava",
+            readers={
+                "original": "hf_videollm.conversion.llava:read_llava",
+                "transformers": "hf_videollm.conversion.llava:read_llava_hf",
+            },
             recipes="hf_videollm.training.recipes:LLAVA_STAGES",
             demo="hf_videollm.demo_presets:llava_demo_preset",
         ),
@@ -84,7 +89,7 @@ def _entries() -> dict[str, ModelEntry]:
             "videollama2", VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration,
             VideoLLMVideoLlama2Model, VideoLLMVideoLlama2Processor,
             tiny="hf_videollm.tiny:tiny_videollama2",
-            converter="hf_videollm.conversion.videollama2:convert_videollama2",
+            readers={"original": "hf_videollm.conversion.videollama2:read_videollama2"},
             recipes="hf_videollm.training.recipes:VIDEOLLAMA2_STAGES",
             demo="hf_videollm.demo_presets:videollama2_demo_preset",
         ),

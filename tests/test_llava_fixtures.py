@@ -145,3 +145,20 @@ def test_conversion_rejects_wrong_tower(tmp_path):
         convert("llava", v15 / "original", tmp_path / "o", progress=False, vision_tower=str(hf / "original"))
     assert "vision_tower" in str(e.value) or "unexpected" in str(e.value)
     assert not (tmp_path / "o").exists()
+
+
+def test_llava_hf_layout_records_dtype_and_origin(tmp_path):
+    """Like the original-release path, the llava-hf path writes the cast dtype into config.json and names its source
+    in the safetensors metadata (``dtype="auto"`` then loads the weights in the dtype they were saved in)."""
+    import json
+
+    from safetensors import safe_open
+
+    case_dir = fixture_case("hf_llava", "single")
+    out = tmp_path / "converted"
+    convert("llava", case_dir / "original", out, progress=False, source_format="transformers", dtype=torch.float16)
+    assert json.loads((out / "config.json").read_text())["dtype"] == "float16"
+    with safe_open(out / "model.safetensors", "pt") as f:
+        assert f.metadata()["converted_from"] == str(case_dir / "original")
+    model = VideoLLMLlavaForConditionalGeneration.from_pretrained(out, dtype="auto")
+    assert model.language_model.lm_head.weight.dtype == torch.float16

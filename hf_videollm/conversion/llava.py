@@ -1,7 +1,8 @@
 """LLaVA converter: original haotian-liu releases (v1.5 merged, v1 delta) and transformers' llava-hf layout.
 
-Key tables are declarative; the shared engine streams tensors through them and checks that every source key is
-used once and every target key is filled.
+:func:`read_llava` reads a release into a :class:`~.release.Release` (key tables, config, processor);
+:func:`~.release.write_converted` writes it, the same for every model. Key tables are declarative; the shared engine
+streams tensors through them and checks that every source key is used once and every target key is filled.
 
 Where the parts come from (as the original loader does it):
 * the CLIP tower is NOT taken from the LLaVA checkpoint (v1.5 carries a frozen copy under
@@ -12,17 +13,23 @@ Where the parts come from (as the original loader does it):
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from .engine import AddDelta, Drop, KeyTable, Rename, convert_checkpoint, expected_from_model
-from .hub import copy_generation_config, resolve_local
+from .engine import AddDelta, Drop, KeyTable, Rename
+from .hub import resolve_local
+from .release import Release, load_tokenizer, read_json
 from .sources import CheckpointSource, ConversionError
+from .towers import (
+    image_preprocessing,
+    read_preprocessor_config,
+    resolve_vision_tower,
+    vision_tower_config,
+    vision_tower_repo_table,
+)
 
-__all__ = ["convert_llava", "llava_original_table", "LLAVA_TRANSFORMERS_TABLE", "CLIP_TOWER_TABLE"]
+__all__ = ["read_llava", "read_llava_hf", "llava_original_table", "LLAVA_TRANSFORMERS_TABLE", "CLIP_TOWER_TABLE"]
+
+# ---------------------------------------------------------------------------------------------------- the releases
 
 # Delta releases whose base model the release README names (used when --base is not given).
 KNOWN_DELTA_BASES = {
@@ -32,6 +39,7 @@ KNOWN_DELTA_BASES = {
     "liuhaotian/LLaVA-Lightning-MPT-7B-preview": None,
 }
 
+# ---------------------------------------------------------------------------------------------------- key tables
 _PROJECTOR = [
     # mlp{N}x_gelu: nn.Sequential indices 0, 2, 4, ... are the Linear layers
     Rename(r"^model\.mm_projector\.0\.(weight|bias)$", r"multi_modal_projector.linear_1.\1"),
@@ -67,15 +75,8 @@ def llava_original_table(delta: bool = False) -> KeyTable:
     )
 
 
-CLIP_TOWER_TABLE = KeyTable(
-    "clip-vision-tower",
-    [
-        Drop(r"position_ids$", "buffer re-created by the model"),
-        Drop(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$)", "text half of a full CLIP checkpoint"),
-        Rename(r"^vision_model\.(.+)$", r"vision_tower.\1"),
-        Rename(r"^(embeddings|encoder|pre_layrnorm|post_layernorm)\.(.+)$", r"vision_tower.\1.\2"),
-    ],
-)
+#: the CLIP repo named by ``mm_vision_tower`` (vision half or full CLIP) -> ``vision_tower.*``
+CLIP_TOWER_TABLE = vision_tower_repo_table()
 
 LLAVA_TRANSFORMERS_TABLE = KeyTable(
     "llava-transformers",
@@ -91,17 +92,12 @@ LLAVA_TRANSFORMERS_TABLE = KeyTable(
     ],
 )
 
+# ---------------------------------------------------------------------------------------------------- config
 _LLAMA_FIELDS = (
     "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
     "num_key_value_heads", "hidden_act", "max_position_embeddings", "rms_norm_eps", "rope_theta", "rope_scaling",
     "bos_token_id", "eos_token_id", "pad_token_id", "attention_bias", "mlp_bias", "pretraining_tp",
 )
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise ConversionError(f"{path} not found")
-    return json.loads(path.read_text())
 
 
 def _text_config_from_flat(cfg: dict):
@@ -114,58 +110,57 @@ def _text_config_from_flat(cfg: dict):
     return LlamaConfig(**kwargs)
 
 
-def _clip_preprocessing(tower_dir: Path) -> dict[str, Any]:
-    p = tower_dir / "preprocessor_config.json"
-    cfg = json.loads(p.read_text()) if p.is_file() else {}
-    crop = cfg.get("crop_size", 336)
-    crop = crop.get("height", crop.get("shortest_edge")) if isinstance(crop, dict) else crop
-    resample = {0: "nearest", 2: "bilinear", 3: "bicubic", 1: "lanczos", 4: "box"}.get(cfg.get("resample", 3), "bicubic")
-    out = {"image_size": int(crop), "resample": resample}
-    if "image_mean" in cfg:
-        out["image_mean"] = cfg["image_mean"]
-    if "image_std" in cfg:
-        out["image_std"] = cfg["image_std"]
-    if "rescale_factor" in cfg:
-        out["rescale_factor"] = cfg["rescale_factor"]
-    return out
+def _llava_config(orig: dict, tokenizer, vision_config):
+    """The release's flat config (LlamaConfig + ``mm_*`` fields) + the tower's -> ours."""
+    from ..modeling.llava import VideoLLMLlavaConfig
+
+    if orig.get("mm_use_im_start_end", False):  # v1: images are <im_start> <im_patch> x N <im_end>
+        image_token_id = tokenizer.convert_tokens_to_ids("<im_patch>")
+        if image_token_id is None or image_token_id == tokenizer.unk_token_id:
+            raise ConversionError("mm_use_im_start_end is set but the tokenizer has no <im_patch> token")
+    else:
+        image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    select = orig.get("mm_vision_select_feature", "patch")
+    return VideoLLMLlavaConfig(
+        vision_config=vision_config.to_dict(),
+        text_config=_text_config_from_flat(orig).to_dict(),
+        image_token_id=image_token_id,
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=orig.get("mm_vision_select_layer", -2),
+        vision_feature_select_strategy={"patch": "default", "cls_patch": "full"}.get(select, select),
+        projector_type=orig.get("mm_projector_type", "linear"),
+    )
 
 
-def _add_placeholder_tokens(tokenizer, *tokens: str) -> None:
-    missing = [t for t in tokens if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)
-
-
-def _token_id(tokenizer, token: str) -> int:
-    return tokenizer.convert_tokens_to_ids(token)
-
-
-def convert_llava(
-    src: str | Path,
-    out: str | Path,
-    *,
-    source_format: str = "original",
-    vision_tower: str | None = None,
-    base: str | None = None,
-    dtype: torch.dtype | None = None,
-    max_shard_size: int | str = "5GB",
-    progress: bool = True,
-):
-    from transformers import AutoTokenizer, CLIPVisionConfig
-
-    from ..modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration
-    from ..processors.chat_templates import LLAVA_V1_SYSTEM, VICUNA_V1_1_SYSTEM, vicuna_v1_template
+# ---------------------------------------------------------------------------------------------------- processor
+def _llava_processor(tokenizer, config, *, chat_template, preprocessing: dict, **settings):
+    """The processor of a converted LLaVA: CLIP's resize of the shortest edge + centre crop, the release's template."""
     from ..processors.llava import VideoLLMLlavaProcessor
+
+    preprocessing = dict(preprocessing)
+    if preprocessing.pop("resize_mode") != "shortest_edge":
+        raise ConversionError("LLaVA's image processor is CLIP's: resize of the shortest edge, then a centre crop")
+    return VideoLLMLlavaProcessor(
+        tokenizer,
+        chat_template=chat_template,
+        patch_size=config.vision_config.patch_size,
+        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        image_token_id=config.image_token_id,
+        video_token_id=config.video_token_id,
+        **preprocessing,
+        **settings,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def read_llava(src: str | Path, *, vision_tower: str | None = None, base: str | None = None) -> Release:
+    """An original LLaVA release (merged v1.5, or a v1 delta + its ``base`` LLaMA) -> the :class:`Release` to write."""
+    from ..modeling.llava import VideoLLMLlavaForConditionalGeneration
+    from ..processors.chat_templates import LLAVA_V1_SYSTEM, VICUNA_V1_1_SYSTEM, vicuna_v1_template
 
     src_id = str(src)
     src = resolve_local(src, what="LLaVA checkpoint")
-    out = Path(out)
-    if source_format == "transformers":
-        return _convert_llava_transformers(src, out, dtype=dtype, max_shard_size=max_shard_size, progress=progress)
-    if source_format != "original":
-        raise ConversionError(f"unknown source format {source_format!r}; use 'original' or 'transformers'")
-
-    orig = _read_json(src / "config.json")
+    orig = read_json(src / "config.json")
     if "mm_vision_tower" not in orig and "mm_hidden_size" not in orig:
         raise ConversionError(
             f"{src}/config.json has no mm_* fields: not an original LLaVA release (for llava-hf checkpoints use --from transformers)"
@@ -177,145 +172,81 @@ def convert_llava(
             raise ConversionError(
                 f"{src_id} looks like a delta release (weights = LLaVA - base); pass --base PATH_OR_HUB_ID of its base LLaMA"
             )
-    tower_id = vision_tower or orig.get("mm_vision_tower")
-    if not tower_id:
-        raise ConversionError("config.json names no mm_vision_tower; pass --vision-tower PATH_OR_HUB_ID")
-    tower_dir = resolve_local(tower_id, what="CLIP vision tower")
-
-    # ---- config
-    text_config = _text_config_from_flat(orig)
-    vision_config = CLIPVisionConfig.from_pretrained(str(tower_dir))
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token  # as LLaVA's training/eval code
+    tower_id, tower_dir = resolve_vision_tower(vision_tower, orig, what="CLIP vision tower")
+    vision_config = vision_tower_config(tower_dir, mm_hidden_size=orig.get("mm_hidden_size"), tower_id=tower_id)
+    tokenizer = load_tokenizer(src)
+    config = _llava_config(orig, tokenizer, vision_config)
     use_start_end = bool(orig.get("mm_use_im_start_end", False))
-    if use_start_end:
-        image_token_id = _token_id(tokenizer, "<im_patch>")
-        if image_token_id is None or image_token_id == tokenizer.unk_token_id:
-            raise ConversionError("mm_use_im_start_end is set but the tokenizer has no <im_patch> token")
-        _add_placeholder_tokens(tokenizer, "<image>", "<video>")
-    else:
-        _add_placeholder_tokens(tokenizer, "<image>", "<video>")
-        image_token_id = _token_id(tokenizer, "<image>")
-    select = orig.get("mm_vision_select_feature", "patch")
-    config = VideoLLMLlavaConfig(
-        vision_config=vision_config.to_dict(),
-        text_config=text_config.to_dict(),
-        image_token_id=image_token_id,
-        video_token_id=_token_id(tokenizer, "<video>"),
-        vision_feature_layer=orig.get("mm_vision_select_layer", -2),
-        vision_feature_select_strategy={"patch": "default", "cls_patch": "full"}.get(select, select),
-        projector_type=orig.get("mm_projector_type", "linear"),
-    )
-
-    # ---- weights
-    with torch.device("meta"):
-        skeleton = VideoLLMLlavaForConditionalGeneration(config)
-    sources = [
-        (CheckpointSource.open(src), llava_original_table(delta=delta)),
-        (CheckpointSource.open(tower_dir), CLIP_TOWER_TABLE),
-    ]
-    extra = {"base": CheckpointSource.open(resolve_local(base, what="base LLaMA"))} if delta else None
-    report = convert_checkpoint(
-        sources,
-        expected_from_model(skeleton),
-        out,
-        extra_sources=extra,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        progress=progress,
-        metadata={"converted_from": src_id, "converter": "hf_videollm llava original"},
-    )
-    config.architectures = [VideoLLMLlavaForConditionalGeneration.__name__]
-    if dtype is not None:
-        config.dtype = dtype
-    config.save_pretrained(out)
-    copy_generation_config(src, out)
-
-    # ---- processor: the tower's CLIP preprocessing, v1.5 pad-to-square, the release's chat template
-    system = LLAVA_V1_SYSTEM if not delta else VICUNA_V1_1_SYSTEM
-    processor = VideoLLMLlavaProcessor(
+    # the tower's CLIP preprocessing, v1.5 pad-to-square, the release's chat template
+    processor = _llava_processor(
         tokenizer,
-        chat_template=vicuna_v1_template(system),
-        patch_size=vision_config.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
+        config,
+        chat_template=vicuna_v1_template(VICUNA_V1_1_SYSTEM if delta else LLAVA_V1_SYSTEM),
+        preprocessing=image_preprocessing(read_preprocessor_config(tower_dir), image_processor="CLIPImageProcessor"),
         pad_to_square=orig.get("image_aspect_ratio", "square") == "pad",
         image_token="<image>",
-        image_token_id=config.image_token_id,
-        video_token_id=config.video_token_id,
         image_start_token="<im_start>" if use_start_end else None,
         image_end_token="<im_end>" if use_start_end else None,
-        **_clip_preprocessing(tower_dir),
     )
-    processor.save_pretrained(out)
-    return report
+    return Release(
+        VideoLLMLlavaForConditionalGeneration,
+        config,
+        sources=[
+            (CheckpointSource.open(src), llava_original_table(delta=delta)),
+            (CheckpointSource.open(tower_dir), CLIP_TOWER_TABLE),
+        ],
+        extra_sources={"base": CheckpointSource.open(resolve_local(base, what="base LLaMA"))} if delta else None,
+        processor=processor,
+        converted_from=src_id,
+        converter="hf_videollm llava original",
+        generation_config_from=src,
+    )
 
 
-def _convert_llava_transformers(src: Path, out: Path, *, dtype, max_shard_size, progress):
-    """transformers' ``LlavaForConditionalGeneration`` checkpoint (llava-hf layout, any of its key variants)."""
-    from transformers import AutoTokenizer
-
+def read_llava_hf(src: str | Path) -> Release:
+    """transformers' ``LlavaForConditionalGeneration`` checkpoint (llava-hf layout, any of its key variants; tower
+    and LLM inside) -> the :class:`Release` to write."""
     from ..modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration
-    from ..processors.llava import VideoLLMLlavaProcessor
 
-    hf = _read_json(src / "config.json")
+    src_id = str(src)
+    src = resolve_local(src, what="LLaVA checkpoint")
+    hf = read_json(src / "config.json")
     if hf.get("model_type") != "llava":
         raise ConversionError(f"{src}/config.json has model_type {hf.get('model_type')!r}, expected 'llava' (llava-hf)")
     if hf.get("projector_hidden_act", "gelu") != "gelu":
         raise ConversionError(f"projector_hidden_act {hf['projector_hidden_act']!r} is not supported (LLaVA uses gelu)")
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    image_token_id = hf.get("image_token_index", hf.get("image_token_id", 32000))
-    _add_placeholder_tokens(tokenizer, "<video>")
+    tokenizer = load_tokenizer(src, placeholders=("<video>",), pad_with_unk=False)  # <image> is the release's own
     config = VideoLLMLlavaConfig(
         vision_config=hf["vision_config"],
         text_config=hf["text_config"],
-        image_token_id=image_token_id,
-        video_token_id=_token_id(tokenizer, "<video>"),
+        image_token_id=hf.get("image_token_index", hf.get("image_token_id", 32000)),
+        video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
         vision_feature_layer=hf.get("vision_feature_layer", -2),
         vision_feature_select_strategy=hf.get("vision_feature_select_strategy", "default"),
         projector_type="mlp2x_gelu",
         projector_bias=hf.get("multimodal_projector_bias", True),
     )
-    with torch.device("meta"):
-        skeleton = VideoLLMLlavaForConditionalGeneration(config)
-    report = convert_checkpoint(
-        [(CheckpointSource.open(src), LLAVA_TRANSFORMERS_TABLE)],
-        expected_from_model(skeleton),
-        out,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        progress=progress,
-        metadata={"converter": "hf_videollm llava transformers"},
-    )
-    config.architectures = [VideoLLMLlavaForConditionalGeneration.__name__]
-    config.save_pretrained(out)
-    copy_generation_config(src, out)
-
-    pc = {}
-    pcf = src / "processor_config.json"
-    if pcf.is_file():
-        pc = json.loads(pcf.read_text())
-    ip = pc.get("image_processor", {})
-    if not ip and (src / "preprocessor_config.json").is_file():
-        ip = json.loads((src / "preprocessor_config.json").read_text())
-    crop = ip.get("crop_size", {"height": config.vision_config.image_size})
-    crop = crop.get("height") if isinstance(crop, dict) else crop
-    chat_template = None
-    if (src / "chat_template.jinja").is_file():
-        chat_template = (src / "chat_template.jinja").read_text()
-    processor = VideoLLMLlavaProcessor(
+    image_processor = read_preprocessor_config(src)
+    pc = read_json(src / "processor_config.json") if (src / "processor_config.json").is_file() else {}
+    template = src / "chat_template.jinja"
+    processor = _llava_processor(
         tokenizer,
-        chat_template=chat_template,
-        image_size=int(crop),
-        patch_size=config.vision_config.patch_size,
-        vision_feature_select_strategy=config.vision_feature_select_strategy,
-        pad_to_square=bool(ip.get("do_pad", False)),
-        image_mean=ip.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
-        image_std=ip.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
+        config,
+        chat_template=template.read_text() if template.is_file() else None,
+        preprocessing=image_preprocessing(image_processor),
+        pad_to_square=bool(image_processor.get("do_pad", False)),
         image_token=pc.get("image_token", "<image>"),
-        image_token_id=image_token_id,
-        video_token_id=config.video_token_id,
         tokenization="whole",
     )
-    processor.save_pretrained(out)
-    return report
+    return Release(
+        VideoLLMLlavaForConditionalGeneration,
+        config,
+        sources=[(CheckpointSource.open(src), LLAVA_TRANSFORMERS_TABLE)],
+        processor=processor,
+        converted_from=src_id,
+        converter="hf_videollm llava transformers",
+        generation_config_from=src,
+    )
+
+
+#: ``convert("llava", src, out, ...)``

@@ -9,22 +9,32 @@ The release is one ``*ForCausalLM`` checkpoint (``model_type`` ``videollama2_mis
   ``--vision-tower PATH``); its *weights* from the release (``model.vision_tower.vision_tower.vision_model.*``, saved
   with the LLM). "-Base" releases carry no tower weights: they are then read from the tower repo.
 
-The key table is declarative; the shared engine checks that every source key is used once and every target filled.
+:func:`read_videollama2` reads a release into a :class:`~.release.Release` (key tables, config, processor);
+:func:`~.release.write_converted` writes it, the same for every model. The key table is declarative; the shared engine
+checks that every source key is used once and every target filled.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
-from .engine import Drop, KeyTable, Merge, Rename, convert_checkpoint, expected_from_model
-from .hub import copy_generation_config, resolve_local
+from .engine import Drop, KeyTable, Merge, Rename
+from .hub import resolve_local
+from .release import Release, load_tokenizer, read_json
 from .sources import CheckpointSource, ConversionError
+from .towers import (
+    image_preprocessing,
+    read_preprocessor_config,
+    resolve_vision_tower,
+    vision_tower_config,
+    vision_tower_repo_table,
+)
 
-__all__ = ["convert_videollama2", "videollama2_original_table", "LLM_TYPES"]
+__all__ = ["read_videollama2", "videollama2_original_table", "LLM_TYPES"]
 
+# ---------------------------------------------------------------------------------------------------- the releases
 #: release ``model_type`` -> the LLM family transformers builds.
 LLM_TYPES = {
     "videollama2": "mistral",
@@ -42,6 +52,7 @@ _NOT_LLM = {
 }
 
 
+# ---------------------------------------------------------------------------------------------------- key tables
 def _mixtral_experts(num_experts: int) -> list[Merge]:
     """Mixtral's per-expert ``w1``/``w3``/``w2`` -> transformers' stacked ``gate_up_proj`` / ``down_proj``."""
     layer = r"^model\.layers\.(\d+)\.block_sparse_moe\.experts\."
@@ -80,26 +91,7 @@ def videollama2_original_table(*, siglip: bool = False, num_experts: int = 0) ->
     return KeyTable("videollama2-original", rules)
 
 
-def tower_repo_table() -> KeyTable:
-    """A CLIP/SigLIP repo (vision half or full model) -> ``vision_tower.*`` (for releases without tower weights)."""
-    rules = [
-        Drop(r"position_ids$", "buffer re-created by the model"),
-        Drop(r"^(text_model\.|text_projection\.|visual_projection\.|logit_scale$|logit_bias$)", "text half"),
-    ]
-    rules += [
-        Drop(r"^(?:vision_model\.)?head\.", "SigLIP's pooling head: never used (patch features)"),
-        Rename(r"^vision_model\.(.+)$", r"vision_tower.\1"),
-        Rename(r"^(embeddings|encoder|pre_layrnorm|post_layernorm)\.(.+)$", r"vision_tower.\1.\2"),
-    ]
-    return KeyTable("videollama2-vision-tower", rules)
-
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise ConversionError(f"{path} not found")
-    return json.loads(path.read_text())
-
-
+# ---------------------------------------------------------------------------------------------------- config
 def _text_config(orig: dict):
     from transformers import AutoConfig
 
@@ -112,82 +104,14 @@ def _text_config(orig: dict):
     return AutoConfig.for_model(LLM_TYPES[mt], **fields)
 
 
-def _tower_preprocessing(tower_dir: Path, siglip: bool) -> dict:
-    """The tower repo's image processor -> our processor settings (CLIP: shortest edge + crop; SigLIP: exact)."""
-    from ..media.transforms import from_clip_preprocessor_config
+def _videollama2_config(orig: dict, tokenizer, text_config, vision_config, *, siglip: bool):
+    """The release's flat config (LLM fields + ``mm_*`` fields) + the tower's -> ours."""
+    from ..modeling.videollama2 import VideoLLMVideoLlama2Config
 
-    p = tower_dir / "preprocessor_config.json"
-    cfg = json.loads(p.read_text()) if p.is_file() else {}
-    if siglip and cfg:
-        cfg.setdefault("image_processor_type", "SiglipImageProcessor")
-    if not cfg:
-        raise ConversionError(f"{p} not found: the tower repo's preprocessing is needed (pass --vision-tower PATH)")
-    tf = from_clip_preprocessor_config(cfg)
-    size = tf.crop_size[0] if tf.crop_size else tf.size[0] if isinstance(tf.size, tuple) else tf.size
-    return {
-        "image_size": int(size),
-        "resize_mode": tf.resize_mode,
-        "resample": tf.resample,
-        "image_mean": list(tf.mean),
-        "image_std": list(tf.std),
-        "rescale_factor": tf.rescale_factor,
-    }
-
-
-def convert_videollama2(
-    src: str | Path,
-    out: str | Path,
-    *,
-    source_format: str = "original",
-    vision_tower: str | None = None,
-    base: str | None = None,
-    dtype: torch.dtype | None = None,
-    max_shard_size: int | str = "5GB",
-    progress: bool = True,
-):
-    from transformers import AutoConfig, AutoTokenizer
-
-    from ..modeling.videollama2 import VideoLLMVideoLlama2Config, VideoLLMVideoLlama2ForConditionalGeneration
-    from ..processors.chat_templates import QWEN2_SYSTEM, VICUNA_V1_1_SYSTEM, chatml_template, llama2_template
-    from ..processors.videollama2 import VideoLLMVideoLlama2Processor
-
-    if source_format != "original":
-        raise ConversionError(f"unknown source format {source_format!r} for videollama2; use 'original'")
-    if base is not None:
-        raise ConversionError("VideoLLaMA 2 releases are merged checkpoints: --base does not apply")
-    src_id = str(src)
-    src = resolve_local(src, what="VideoLLaMA 2 checkpoint")
-    out = Path(out)
-    orig = _read_json(src / "config.json")
-    if "mm_projector_type" not in orig:
-        raise ConversionError(f"{src}/config.json has no mm_projector_type: not a VideoLLaMA 2 release")
-    if orig.get("mm_audio_tower") or orig.get("mm_projector_a_type"):
-        raise ConversionError(
-            "this is an audio-visual VideoLLaMA 2.1-AV release (mm_audio_tower); its BEATs audio branch is not "
-            "supported yet: convert the vision-only VideoLLaMA2.1-7B-16F instead"
-        )
-
-    # ---- config
-    text_config = _text_config(orig)
-    tower_id = vision_tower or orig.get("mm_vision_tower")
-    if not tower_id:
-        raise ConversionError("config.json names no mm_vision_tower; pass --vision-tower PATH_OR_HUB_ID")
-    tower_dir = resolve_local(tower_id, what="vision tower")
-    vision_config = AutoConfig.from_pretrained(str(tower_dir))
-    vision_config = getattr(vision_config, "vision_config", vision_config)  # a full CLIP/SigLIP repo
-    siglip = "siglip" in vision_config.model_type
-    if siglip:
-        vision_config.vision_use_head = False  # never used: the patch features of a hidden layer are taken
     select = orig.get("mm_vision_select_feature", "patch")
     if select != "patch":
         raise ConversionError(f"mm_vision_select_feature {select!r} is not supported (the releases use 'patch')")
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.unk_token  # as the original's training / inference code
-    missing = [t for t in ("<image>", "<video>") if t not in tokenizer.get_vocab()]
-    if missing:
-        tokenizer.add_tokens(missing, special_tokens=True)  # placeholders only: never embedded
-    config = VideoLLMVideoLlama2Config(
+    return VideoLLMVideoLlama2Config(
         vision_config=vision_config.to_dict(),
         text_config=text_config.to_dict(),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
@@ -197,41 +121,19 @@ def convert_videollama2(
         projector_type=orig["mm_projector_type"],
         num_frames=orig.get("num_frames", 8),
     )
-    if config.vision_config.hidden_size != orig.get("mm_hidden_size", config.vision_config.hidden_size):
-        raise ConversionError(
-            f"the vision tower {tower_id} is {config.vision_config.hidden_size} wide but the release's mm_hidden_size "
-            f"is {orig['mm_hidden_size']}: pass the tower the release was trained with (--vision-tower)"
-        )
 
-    # ---- weights
-    with torch.device("meta"):
-        skeleton = VideoLLMVideoLlama2ForConditionalGeneration(config)
-    release = CheckpointSource.open(src)
-    num_experts = getattr(text_config, "num_local_experts", 0) if LLM_TYPES[orig["model_type"]] == "mixtral" else 0
-    sources = [(release, videollama2_original_table(siglip=siglip, num_experts=num_experts))]
-    if not any(k.startswith("model.vision_tower.") for k in release.keys()):
-        sources.append((CheckpointSource.open(tower_dir), tower_repo_table()))  # a "-Base" release
-    report = convert_checkpoint(
-        sources,
-        expected_from_model(skeleton),
-        out,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        progress=progress,
-        metadata={"converted_from": src_id, "converter": "hf_videollm videollama2 original"},
-    )
-    config.architectures = [VideoLLMVideoLlama2ForConditionalGeneration.__name__]
-    if dtype is not None:
-        config.dtype = dtype
-    config.save_pretrained(out)
-    copy_generation_config(src, out)
 
-    # ---- processor: the tower's preprocessing (inference: no pad-to-square), the release's chat format
-    if LLM_TYPES[orig["model_type"]] == "qwen2":
+# ---------------------------------------------------------------------------------------------------- processor
+def _videollama2_processor(tokenizer, config, *, llm_type: str, preprocessing: dict):
+    """The tower's preprocessing (inference: no pad-to-square), the release's chat format."""
+    from ..processors.chat_templates import QWEN2_SYSTEM, VICUNA_V1_1_SYSTEM, chatml_template, llama2_template
+    from ..processors.videollama2 import VideoLLMVideoLlama2Processor
+
+    if llm_type == "qwen2":
         template = chatml_template(QWEN2_SYSTEM)
     else:  # conv_mistral_instruct (LLaMA-2 style), the CLIP releases' training template
         template = llama2_template(VICUNA_V1_1_SYSTEM)
-    processor = VideoLLMVideoLlama2Processor(
+    return VideoLLMVideoLlama2Processor(
         tokenizer,
         chat_template=template,
         patch_size=config.vision_config.patch_size,
@@ -240,7 +142,58 @@ def convert_videollama2(
         num_frames=config.num_frames,
         image_token_id=config.image_token_id,
         video_token_id=config.video_token_id,
-        **_tower_preprocessing(tower_dir, siglip),
+        **preprocessing,
     )
-    processor.save_pretrained(out)
-    return report
+
+
+# ---------------------------------------------------------------------------------------------------- reading
+def read_videollama2(src: str | Path, *, vision_tower: str | None = None) -> Release:
+    """A VideoLLaMA 2 / 2.1 release (a merged checkpoint: no base; "-Base" releases take the tower's weights from the
+    tower repo) -> the :class:`Release` to write."""
+    from ..modeling.videollama2 import VideoLLMVideoLlama2ForConditionalGeneration
+
+    src_id = str(src)
+    src = resolve_local(src, what="VideoLLaMA 2 checkpoint")
+    orig = read_json(src / "config.json")
+    if "mm_projector_type" not in orig:
+        raise ConversionError(f"{src}/config.json has no mm_projector_type: not a VideoLLaMA 2 release")
+    if orig.get("mm_audio_tower") or orig.get("mm_projector_a_type"):
+        raise ConversionError(
+            "this is an audio-visual VideoLLaMA 2.1-AV release (mm_audio_tower); its BEATs audio branch is not "
+            "supported yet: convert the vision-only VideoLLaMA2.1-7B-16F instead"
+        )
+    text_config = _text_config(orig)  # checks the model_type first
+    tower_id, tower_dir = resolve_vision_tower(vision_tower, orig)
+    vision_config = vision_tower_config(tower_dir, mm_hidden_size=orig.get("mm_hidden_size"), tower_id=tower_id)
+    siglip = "siglip" in vision_config.model_type
+    if siglip:
+        vision_config.vision_use_head = False  # never used: the patch features of a hidden layer are taken
+    tokenizer = load_tokenizer(src)
+    config = _videollama2_config(orig, tokenizer, text_config, vision_config, siglip=siglip)
+    llm_type = LLM_TYPES[orig.get("model_type", "videollama2")]
+    processor = _videollama2_processor(
+        tokenizer,
+        config,
+        llm_type=llm_type,
+        preprocessing=image_preprocessing(
+            read_preprocessor_config(tower_dir), image_processor="SiglipImageProcessor" if siglip else "CLIPImageProcessor"
+        ),
+    )
+
+    release = CheckpointSource.open(src)
+    num_experts = getattr(text_config, "num_local_experts", 0) if llm_type == "mixtral" else 0
+    sources = [(release, videollama2_original_table(siglip=siglip, num_experts=num_experts))]
+    if not any(k.startswith("model.vision_tower.") for k in release.keys()):  # a "-Base" release
+        sources.append((CheckpointSource.open(tower_dir), vision_tower_repo_table(siglip=siglip)))
+    return Release(
+        VideoLLMVideoLlama2ForConditionalGeneration,
+        config,
+        sources=sources,
+        processor=processor,
+        converted_from=src_id,
+        converter="hf_videollm videollama2 original",
+        generation_config_from=src,
+    )
+
+
+#: ``convert("videollama2", src, out, ...)``
