@@ -62,6 +62,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         source_format=args.source_format,
         vision_tower=args.vision_tower,
         base=args.base,
+        audio_config=args.audio_config,
         dtype=args.dtype,
         max_shard_size=args.max_shard_size,
         progress=not args.quiet,
@@ -172,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--from", dest="source_format", choices=["original", "transformers"], default="original")
     c.add_argument("--vision-tower", default=None, help="local path or Hub id of the vision tower (default: as the release names it)")
     c.add_argument("--base", default=None, help="local path or Hub id of the base LLM of a delta release")
+    c.add_argument("--audio-config", default=None,
+                   help="JSON object of BEATs config fields for an audio-visual release (default: read from its weights)")
     c.add_argument("--dtype", default=None, choices=[None, "float32", "float16", "bfloat16"], help="cast floating weights")
     c.add_argument("--max-shard-size", default="5GB")
     c.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -88,3 +88,11 @@ def videollama2_demo_preset() -> DemoPreset:
         first_fraction=0.3,
         trainer_args={"adam_beta2": 0.95, "optim": "adamw_torch"},  # plain foreach AdamW: faster than fused on CPU here
     )
+
+
+def videollama2_av_demo_preset() -> DemoPreset:
+    """VideoLLaMA 2.1-AV on the synthetic tasks: the VideoLLaMA 2 preset + the tiny BEATs (the audio kinds need it)."""
+    base = videollama2_demo_preset()
+    overrides = dict(base.model_overrides)
+    overrides["processor"] = {**overrides.get("processor", {}), "audio_seconds": 2.0}
+    return DemoPreset(**{**base.__dict__, "model_overrides": overrides})
