@@ -202,7 +202,7 @@ def kaldi_fbank(
         wave = wave[0]
     if wave.ndim != 1:
         raise ValueError(f"kaldi_fbank takes a mono waveform (N,) or (1, N), got shape {tuple(wave.shape)}")
-    wave = wave.to(torch.float32)
+    wave = wave.to(torch.float64)  # float64 inside (float32 out): agrees with Kaldi to ~1e-4 in the log domain
     size = int(sample_frequency * frame_length * 0.001)
     shift = int(sample_frequency * frame_shift * 0.001)
     if wave.shape[0] < size:
@@ -216,12 +216,12 @@ def kaldi_fbank(
     if preemphasis_coefficient != 0.0:
         prev = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
         frames = frames - preemphasis_coefficient * prev
-    window = torch.hann_window(size, periodic=False, dtype=torch.float32).pow(0.85)
+    window = torch.hann_window(size, periodic=False, dtype=torch.float64).pow(0.85)
     frames = torch.nn.functional.pad(frames * window, (0, padded - size))
     power = torch.fft.rfft(frames).abs().pow(2)
-    banks = _mel_banks(num_mel_bins, padded, float(sample_frequency), low_freq, high_freq)
+    banks = _mel_banks(num_mel_bins, padded, float(sample_frequency), low_freq, high_freq).to(torch.float64)
     energies = power @ banks.T
-    return torch.clamp(energies, min=torch.finfo(torch.float32).eps).log()
+    return torch.clamp(energies, min=torch.finfo(torch.float32).eps).log().to(torch.float32)
 
 
 def resample_fft(waveform: torch.Tensor, orig_rate: int, new_rate: int) -> torch.Tensor:
