@@ -1,0 +1,138 @@
+"""VideoLLaMA 2.1-AV processor + model on tiny random weights: audio alone, a video with its own audio track inside
+the video slot, images and silent videos mixed in one batch; clear errors; the original's audio preprocessing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hf_videollm.media import write_video
+from hf_videollm.media.audio import clip_sample_waveform, crop_or_pad, kaldi_fbank, load_audio
+from hf_videollm.processors.base import ProcessorInputError
+from hf_videollm.processors.videollama2_av import VideoAudioTrack
+from hf_videollm.tiny import build_tiny, tiny_media
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, processor = build_tiny("videollama2_av", seed=0)
+    return model.eval(), processor
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("av")
+    frames = np.random.default_rng(0).integers(0, 255, (12, 32, 32, 3), dtype=np.uint8)
+    t = np.arange(int(1.2 * 16000)) / 16000
+    tone = (0.4 * np.sin(2 * np.pi * 660 * t)).astype(np.float32)
+    return {
+        "with_audio": write_video(d / "tone.mp4", frames, fps=10, audio=tone),
+        "silent": write_video(d / "silent.mp4", frames, fps=10),
+    }
+
+
+def _conversation(parts, answer=None):
+    msgs = [{"role": "user", "content": [*parts, {"type": "text", "text": "what do you hear"}]}]
+    if answer:
+        msgs.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
+    return msgs
+
+
+def test_video_with_audio_fills_one_slot_video_then_audio(tiny, clips):
+    model, processor = tiny
+    msgs = _conversation([{"type": "video", "path": str(clips["with_audio"]), "with_audio": True}])
+    batch = processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    ids = batch["input_ids"][0].tolist()
+    vid, aud = processor.video_token_id, processor.audio_token_id
+    first_v, first_a = ids.index(vid), ids.index(aud)
+    n_v, n_a = ids.count(vid), ids.count(aud)
+    assert n_a == processor.audio_tokens() == model.config.audio_seq_length(batch["input_features"].shape[1])
+    assert first_a == first_v + n_v and ids[first_v:first_a + n_a] == [vid] * n_v + [aud] * n_a  # one contiguous slot
+    assert processor.apply_chat_template(msgs, add_generation_prompt=True).count(processor.video_token) == 1
+    # the audio is the video's own track with the original's clip sampling, crop/pad and fbank (bf16-rounded)
+    wave, _ = load_audio(clips["with_audio"])
+    expected = kaldi_fbank(crop_or_pad(clip_sample_waveform(wave, 16000), processor.audio_samples) * 2**15)
+    torch.testing.assert_close(batch["input_features"][0], expected.to(torch.bfloat16).float())
+    with torch.no_grad():
+        out = model(**batch)
+    assert [f.shape[0] for f in out.media_features["audio"]] == [n_a]
+
+
+def test_mixed_batch_equals_single_samples(tiny, clips):
+    """image / silent video / audio alone / video with audio in one left-padded batch = each sample alone."""
+    model, processor = tiny
+    samples = [
+        ([{"type": "image", "image": tiny_media("image", 1)}], None),
+        ([{"type": "video", "video": tiny_media("video", 2)}], None),
+        ([{"type": "audio", "audio": tiny_media("audio", 3)}], None),
+        ([{"type": "video", "path": str(clips["with_audio"]), "with_audio": True},
+          {"type": "audio", "audio": tiny_media("audio", 4)}], None),
+    ]
+    convs = [_conversation(parts) for parts, _ in samples]
+    batch = processor.apply_chat_template(convs, add_generation_prompt=True, tokenize=True)
+    assert batch["input_features"].shape[0] == 3  # audio alone, the video's track, then the sample's own clip
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    together = model.generate(**batch, **kw)[:, batch["input_ids"].shape[1]:]
+    with torch.no_grad():
+        logits = model(**batch).logits
+    for b, conv in enumerate(convs):
+        one = processor.apply_chat_template(conv, add_generation_prompt=True, tokenize=True)
+        alone = model.generate(**one, **kw)[:, one["input_ids"].shape[1]:]
+        assert torch.equal(alone[0], together[b]), f"sample {b} differs when batched"
+        with torch.no_grad():
+            ref = model(**one).logits[0, -1]
+        torch.testing.assert_close(logits[b, -1], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_audio_changes_the_answer_logits(tiny, clips):
+    """The audio tokens reach the LLM: the same video with / without its audio gives other logits."""
+    model, processor = tiny
+    path = str(clips["with_audio"])
+    a = processor.apply_chat_template(_conversation([{"type": "video", "path": path, "with_audio": True}]),
+                                      add_generation_prompt=True, tokenize=True)
+    v = processor.apply_chat_template(_conversation([{"type": "video", "path": path}]), add_generation_prompt=True,
+                                      tokenize=True)
+    assert "input_features" not in v
+    with torch.no_grad():
+        assert not torch.allclose(model(**a).logits[0, -1], model(**v).logits[0, -1], atol=1e-4)
+
+
+def test_audio_requested_from_a_video_without_track_is_an_error(tiny, clips):
+    _, processor = tiny
+    msgs = _conversation([{"type": "video", "path": str(clips["silent"]), "with_audio": True}])
+    with pytest.raises(ProcessorInputError, match="no audio stream.*[Ss]ilence is never"):
+        processor.apply_chat_template(msgs, add_generation_prompt=True, tokenize=True)
+    with pytest.raises(ProcessorInputError, match="frames carry no audio"):
+        processor(text=["<video> hi"], videos=[{"video": tiny_media("video"), "with_audio": True}])
+    with pytest.raises(ProcessorInputError, match="keys"):
+        processor(text=["<video> hi"], videos=[{"video": tiny_media("video"), "with_sound": True}])
+    with pytest.raises(ProcessorInputError, match="sampling_rate"):
+        processor(text=["<audio> hi"], audio=[{"array": np.zeros(100)}])
+    with pytest.raises(ProcessorInputError, match="need the video in the part"):
+        processor.apply_chat_template(_conversation([{"type": "video", "with_audio": True}]), tokenize=True)
+
+
+def test_audio_file_first_channel_crop_pad_resample(tiny, tmp_path):
+    """``process_audio_file``: first channel, cut/pad to audio_seconds at the source rate, FFT-resampled to 16 kHz."""
+    _, processor = tiny
+    rate = 22050
+    t = np.arange(int(2.5 * rate)) / rate
+    stereo = np.stack([np.sin(2 * np.pi * 300 * t), np.zeros_like(t)]).astype(np.float32) * 0.5
+    item = {"array": stereo, "sampling_rate": rate}
+    wave = processor.waveform(item)
+    assert wave.shape == (processor.audio_samples,)  # 1 s in the tiny processor
+    assert wave.abs().max() > 0.4  # the first (non-silent) channel
+    start = (len(t) - rate) // 2 / rate  # the centre second
+    reference = np.sin(2 * np.pi * 300 * (np.arange(16000) / 16000 + start))
+    assert np.abs(wave.numpy() - 0.5 * reference)[50:-50].max() < 1e-3
+    feats, counts = processor._process_audios([item, tiny_media("audio")])
+    assert feats["input_features"].shape == (2, 98, 128) and counts == [48, 48]
+
+
+def test_thirty_seconds_is_1496_tokens():
+    _, processor = build_tiny("videollama2_av", processor={"audio_seconds": 30.0})
+    assert processor.audio_tokens() == 1496
+    model, _ = build_tiny("videollama2_av")
+    assert model.config.audio_seq_length(2998) == 1496
+    assert isinstance(processor._split_item("video", {"path": "x.mp4", "with_audio": True})[1][0][1], VideoAudioTrack)
