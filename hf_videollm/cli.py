@@ -49,6 +49,8 @@ def _add_bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--num-frames", type=int, default=None, help="frames the model samples from each video")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-audio", dest="audio", action="store_const", const=False, default=None,
+                   help="models that hear: never give them the audio tracks (the no-audio baseline)")
     p.add_argument("--quiet", action="store_true", help="no training progress output")
 
 

@@ -90,3 +90,18 @@ def test_av_stage_recipes(tmp_path, stage):
         assert {g["initial_lr"] for g in trainer.optimizer.param_groups} == {lr}
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     assert losses and all(np.isfinite(losses))
+
+
+@pytest.mark.parametrize("audio", [None, False])
+def test_bench_synthetic_hears_the_tracks_or_not(tmp_path, audio):
+    """``bench-synthetic --model videollama2_av``: the audio kinds' tracks reach the model (``--no-audio``: never)."""
+    from hf_videollm.demo import BenchSettings, run_benchmark
+
+    settings = BenchSettings(model="videollama2_av", workdir=str(tmp_path), kinds=["pitch"], train_per_kind=4,
+                             test_per_kind=2, max_steps=1, batch_size=2, first_steps=0, progress=False, audio=audio)
+    report = run_benchmark(settings)
+    assert report["settings"]["audio"] is (audio is None)
+    assert report["accuracy"]["count"] == {"pitch": 2.0}
+    rows = [json.loads(x) for x in (tmp_path / "data" / "train" / "data.jsonl").read_text().splitlines()]
+    heard = [p.get("with_audio", False) for r in rows for p in r["messages"][0]["content"] if p["type"] == "video"]
+    assert heard and all(h is (audio is None) for h in heard)
