@@ -136,3 +136,20 @@ def test_thirty_seconds_is_1496_tokens():
     model, _ = build_tiny("videollama2_av")
     assert model.config.audio_seq_length(2998) == 1496
     assert isinstance(processor._split_item("video", {"path": "x.mp4", "with_audio": True})[1][0][1], VideoAudioTrack)
+
+
+def test_seeking_clip_decode_matches_whole_decode_in_length_and_content(tiny, tmp_path):
+    """The opt-in seek path for long tracks returns the same clips (positions within the codec's seek precision)."""
+    _, processor = tiny
+    t = np.arange(12 * 16000) / 16000
+    track = (0.4 * np.sin(2 * np.pi * 3 * t) * np.sin(2 * np.pi * 500 * t)).astype(np.float32)  # slow envelope
+    path = write_video(tmp_path / "long.mp4", np.zeros((12, 16, 16, 3), np.uint8), fps=1, audio=track)
+    whole = processor._video_track_clips(str(path))
+    processor.audio_seek_min_seconds = 5.0
+    try:
+        seeked = processor._video_track_clips(str(path))
+    finally:
+        processor.audio_seek_min_seconds = None
+    assert seeked.shape == whole.shape == (8 * 32000,)
+    env = lambda w: w.abs().unfold(0, 800, 800).mean(1)  # noqa: E731  50 ms envelope
+    assert torch.corrcoef(torch.stack([env(seeked), env(whole)]))[0, 1] > 0.95

@@ -26,6 +26,8 @@ from .container import AV_TIME_BASE, AudioDecodeError, describe_source, open_con
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "audio_duration",
+    "clip_bounds",
     "clip_sample_waveform",
     "crop_or_pad",
     "kaldi_fbank",
@@ -272,28 +274,49 @@ def crop_or_pad(waveform: torch.Tensor, length: int, crop: str = "center", gener
     return x
 
 
-def clip_sample_waveform(
-    waveform: torch.Tensor, sampling_rate: int, clips: int = 8, clip_seconds: float = 2.0
-) -> torch.Tensor:
-    """pytorchvideo's ``ConstantClipsPerVideoSampler(clip_seconds, clips)`` over a waveform, clips concatenated.
-
-    Clip ``i`` starts at ``i * max(D - clip_seconds, 0) / (clips - 1)`` seconds (exact fractions, ``D`` = the
-    waveform's duration) and spans ``[int(start * sr), int((start + clip_seconds) * sr))``; the sampler stops early
-    only when a start would pass the last possible one. A waveform shorter than one clip is therefore repeated
-    ``clips`` times, as the original does."""
+def clip_bounds(num_samples: int, sampling_rate: int, clips: int = 8, clip_seconds: float = 2.0) -> list[tuple[int, int]]:
+    """Sample ranges of pytorchvideo's ``ConstantClipsPerVideoSampler(clip_seconds, clips)`` over a track of
+    ``num_samples`` samples: clip ``i`` starts at ``i * max(D - clip_seconds, 0) / (clips - 1)`` seconds (exact
+    fractions, ``D`` the duration) and spans ``[int(start * sr), int((start + clip_seconds) * sr))``; the sampler
+    stops early only when a start would pass the last possible one."""
     from fractions import Fraction
 
-    x = torch.as_tensor(waveform)
     if clips < 1 or clip_seconds <= 0:
         raise ValueError(f"clips must be >= 1 and clip_seconds > 0, got {clips}, {clip_seconds}")
-    duration = Fraction(x.shape[-1], int(sampling_rate))
+    duration = Fraction(int(num_samples), int(sampling_rate))
     clip = Fraction(clip_seconds).limit_denominator(10**6)
     last_start = max(duration - clip, Fraction(0))
     step = last_start / max(clips - 1, 1)
-    pieces = []
+    bounds = []
     for i in range(clips):
         start = step * i
         if start > last_start:
             break
-        pieces.append(x[..., int(start * sampling_rate) : int((start + clip) * sampling_rate)])
-    return torch.cat(pieces, dim=-1)
+        bounds.append((int(start * sampling_rate), int((start + clip) * sampling_rate)))
+    return bounds
+
+
+def clip_sample_waveform(
+    waveform: torch.Tensor, sampling_rate: int, clips: int = 8, clip_seconds: float = 2.0
+) -> torch.Tensor:
+    """The clips of :func:`clip_bounds` cut from ``waveform`` (last axis) and concatenated, as the original's
+    ``process_audio_from_video``: a waveform shorter than one clip is therefore repeated ``clips`` times."""
+    x = torch.as_tensor(waveform)
+    bounds = clip_bounds(x.shape[-1], sampling_rate, clips, clip_seconds)
+    return torch.cat([x[..., lo:hi] for lo, hi in bounds], dim=-1)
+
+
+def audio_duration(source: str | os.PathLike) -> float | None:
+    """Seconds of the first audio stream of a file, from its metadata (no decoding); ``None`` when unknown."""
+    with open_container(source, AudioDecodeError) as (container, name):
+        if not container.streams.audio:
+            raise AudioDecodeError(
+                f"{name}: contains no audio stream (streams found: {streams_summary(container)}); pass a file with "
+                "an audio track."
+            )
+        stream = container.streams.audio[0]
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        if container.duration:
+            return container.duration / AV_TIME_BASE
+        return None
