@@ -153,3 +153,43 @@ def test_seeking_clip_decode_matches_whole_decode_in_length_and_content(tiny, tm
     assert seeked.shape == whole.shape == (8 * 32000,)
     env = lambda w: w.abs().unfold(0, 800, 800).mean(1)  # noqa: E731  50 ms envelope
     assert torch.corrcoef(torch.stack([env(seeked), env(whole)]))[0, 1] > 0.95
+
+
+def test_4bit_keeps_beats_and_projectors_in_compute_dtype(tiny, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    model, processor = tiny
+    model.save_pretrained(tmp_path)
+    qc = type(model).default_quantization_config(compute_dtype=torch.bfloat16)
+    assert {"audio_tower", "audio_projector"} <= set(qc.llm_int8_skip_modules)
+    q = type(model).from_pretrained(tmp_path, quantization_config=qc, dtype=torch.bfloat16).eval()
+    quantized = [n for n, m in q.named_modules() if type(m).__name__ == "Linear4bit"]
+    assert quantized and all(n.startswith("language_model.") for n in quantized)
+    assert {p.dtype for p in q.audio_tower.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in q.audio_projector.parameters()} == {torch.bfloat16}
+    batch = processor(text=["<audio> what"], audio=[tiny_media("audio")])
+    assert batch["input_features"].dtype == torch.float32  # cast to the tower's dtype by the model
+    with torch.no_grad():
+        out = q(**batch)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_cli_converts_the_av_release(tmp_path):
+    from conftest import fixture_case
+
+    from hf_videollm.cli import main
+
+    case_dir = fixture_case("videollama2", "av_beats_qwen2")
+    rc = main(["convert", "videollama2", str(case_dir / "original"), str(tmp_path / "out"), "--vision-tower",
+               str(case_dir / "original" / "vision_tower"), "--audio-config", '{"max_distance": 64}', "--quiet"])
+    assert rc == 0
+    import json
+
+    cfg = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert cfg["model_type"] == "videollm_videollama2_av" and cfg["audio_config"]["max_distance"] == 64
+    assert cfg["architectures"] == ["VideoLLMVideoLlama2AVForConditionalGeneration"]
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import hf_videollm  # noqa: F401  registers the Auto classes
+
+    assert type(AutoProcessor.from_pretrained(tmp_path / "out")).__name__ == "VideoLLMVideoLlama2AVProcessor"
+    assert type(AutoModelForImageTextToText.from_pretrained(tmp_path / "out")).__name__ == cfg["architectures"][0]
