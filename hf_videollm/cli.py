@@ -186,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("model", help="model directory or Hub id (hf_videollm format)")
     ch.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     ch.add_argument("--video", action="append", default=[], help="video file (repeatable)")
+    ch.add_argument("--audio", action="append", default=[], help="audio file (repeatable; audio-visual models)")
+    ch.add_argument("--with-audio", action="store_true", help="audio-visual models also hear each video's own track")
     ch.add_argument("--prompt", default=None, help="question; omit for an interactive session")
     ch.add_argument("--max-new-tokens", type=int, default=128)
     ch.add_argument("--num-frames", type=int, default=None)

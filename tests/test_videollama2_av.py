@@ -193,3 +193,17 @@ def test_cli_converts_the_av_release(tmp_path):
 
     assert type(AutoProcessor.from_pretrained(tmp_path / "out")).__name__ == "VideoLLMVideoLlama2AVProcessor"
     assert type(AutoModelForImageTextToText.from_pretrained(tmp_path / "out")).__name__ == cfg["architectures"][0]
+
+
+def test_chat_command_hears_audio(tiny, clips, tmp_path, capsys):
+    from hf_videollm.cli import main
+
+    model, processor = tiny
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    rc = main(["chat", str(tmp_path), "--video", str(clips["with_audio"]), "--with-audio", "--audio",
+               str(clips["with_audio"]), "--prompt", "what do you hear", "--max-new-tokens", "2"])
+    assert rc == 0, capsys.readouterr().err
+    rc = main(["chat", str(tmp_path), "--video", str(clips["silent"]), "--with-audio", "--prompt", "hi",
+               "--max-new-tokens", "2"])
+    assert rc == 2 and "no audio stream" in capsys.readouterr().err

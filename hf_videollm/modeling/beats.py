@@ -30,6 +30,7 @@ Dropout/layer-drop/gradient-decay are training-only and omitted. The ``predictor
 from __future__ import annotations
 
 import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn

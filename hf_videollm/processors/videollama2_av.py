@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..media.audio import audio_duration, clip_bounds, clip_sample_waveform, crop_or_pad, kaldi_fbank, load_audio, resample_fft
+from ..media.audio import (
+    audio_duration,
+    clip_bounds,
+    clip_sample_waveform,
+    crop_or_pad,
+    kaldi_fbank,
+    load_audio,
+    resample_fft,
+)
 from ..media.container import AudioDecodeError
 from ..modeling.beats import NUM_MEL_BINS, beats_num_tokens
 from ..modeling.videollama2_av import AV_INPUTS
