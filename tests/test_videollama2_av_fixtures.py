@@ -106,3 +106,39 @@ def test_av_converter_refuses_bad_options(tmp_path):
         convert("videollama2", vision_only / "original", tmp_path / "o", progress=False,
                 vision_tower=str(vision_only / "original" / "vision_tower"), audio_config={"max_distance": 3})
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("tamper", [False, True])
+def test_av_release_with_repeated_tied_tables(tmp_path, tamper):
+    """A checkpoint that repeats the tied relative-position table per layer (as torch.save does) converts to the same
+    model; a copy that differs from layer 0's is refused before anything is written."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    case_dir = fixture_case(*CASE)
+    src = tmp_path / "release"
+    shutil.copytree(case_dir / "original", src)
+    index = json.loads((src / "model.safetensors.index.json").read_text())
+    key0 = "model.audio_tower.encoder.layers.0.self_attn.relative_attention_bias.weight"
+    shard = index["weight_map"][key0]
+    weights = load_file(src / shard)
+    copy = weights[key0].clone() + (1.0 if tamper else 0.0)
+    weights["model.audio_tower.encoder.layers.1.self_attn.relative_attention_bias.weight"] = copy
+    save_file(weights, src / shard, metadata={"format": "pt"})
+    index["weight_map"]["model.audio_tower.encoder.layers.1.self_attn.relative_attention_bias.weight"] = shard
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = tmp_path / "out"
+    kw = dict(progress=False, vision_tower=str(src / "vision_tower"), audio_config=_max_distance(case_dir))
+    if tamper:
+        with pytest.raises(ConversionError, match="differs from layer 0"):
+            convert("videollama2", src, out, **kw)
+        assert not out.exists()
+        return
+    convert("videollama2", src, out, **kw)
+    model = VideoLLMVideoLlama2AVForConditionalGeneration.from_pretrained(out, attn_implementation="eager").eval()
+    fbank = load_tensors(case_dir / "inputs.safetensors")["audio_fbank_0"]
+    with torch.no_grad():
+        audio = model.get_audio_features(fbank)[0]
+    expected = load_tensors(case_dir / "expected.safetensors")["audio_tokens"][0]
+    torch.testing.assert_close(audio, expected, atol=1e-4, rtol=1e-4)

@@ -72,11 +72,25 @@ def _mixtral_experts(num_experts: int) -> list[Merge]:
     ]
 
 
-def videollama2_original_table(*, siglip: bool = False, num_experts: int = 0, audio: bool = False) -> KeyTable:
+def _tied_table(*tables: torch.Tensor) -> torch.Tensor:
+    for i, t in enumerate(tables[1:], start=1):
+        if not torch.equal(t, tables[0]):
+            raise ConversionError(
+                f"BEATs relative_attention_bias of layer {i} differs from layer 0's: the original ties every layer's "
+                "table to layer 0 (this checkpoint is not what the original would load)"
+            )
+    return tables[0]
+
+
+def videollama2_original_table(
+    *, siglip: bool = False, num_experts: int = 0, audio: bool = False, audio_tied_copies: int = 0
+) -> KeyTable:
     """Original VideoLLaMA 2 release -> hf_videollm VideoLLaMA 2. ``siglip``: the tower is SigLIP (its unused pooling
     head is dropped); ``num_experts``: Mixtral's experts per layer (0: a dense LLM); ``audio``: a 2.1-AV release
     (BEATs at ``model.audio_tower``, kept as the original loads it -- ``pos_conv`` keeps ``weight_g``/``weight_v``;
-    ``mm_projector_a`` -> ``audio_projector``)."""
+    ``mm_projector_a`` -> ``audio_projector``); ``audio_tied_copies``: layers after 0 whose tied
+    ``relative_attention_bias`` the checkpoint repeats (``torch.save`` does; safetensors keeps layer 0 only): checked
+    equal to layer 0's and merged into it."""
     tower = r"^model\.vision_tower\.vision_tower\.(?:vision_model\.)?"
     rules = [
         Drop(r"\.rotary_emb\.inv_freq$", "rotary buffer, recomputed from the config"),
@@ -86,10 +100,15 @@ def videollama2_original_table(*, siglip: bool = False, num_experts: int = 0, au
         rules.append(Drop(tower + r"head\.", "SigLIP's pooling head: the original never uses it (patch features)"))
     if audio:
         beats = r"^model\.audio_tower\."
+        table = r"\.self_attn\.relative_attention_bias\.weight$"
+        if audio_tied_copies:
+            rules.append(Merge(
+                tuple(rf"{beats}encoder\.layers\.{i}{table}" for i in range(audio_tied_copies + 1)),
+                "audio_tower.encoder.layers.0.self_attn.relative_attention_bias.weight", _tied_table,
+                "every layer's table is tied to layer 0's (checked equal)",
+            ))
         rules += [
             Drop(beats + r"predictor\.", "BEATs' AudioSet classifier: the original extracts features only"),
-            Drop(beats + r"encoder\.layers\.[1-9]\d*\.self_attn\.relative_attention_bias\.",
-                 "tied to layer 0's table (the original shares it; torch.save repeats it)"),
             Rename(beats + r"(.+)$", r"audio_tower.\1"),
             Rename(r"^model\.mm_projector_a\.0\.(weight|bias)$", r"audio_projector.linear_1.\1"),
             Rename(r"^model\.mm_projector_a\.2\.(weight|bias)$", r"audio_projector.linear_2.\1"),
@@ -261,7 +280,13 @@ def read_videollama2(src: str | Path, *, vision_tower: str | None = None, audio_
     )
 
     num_experts = getattr(text_config, "num_local_experts", 0) if llm_type == "mixtral" else 0
-    sources = [(release, videollama2_original_table(siglip=siglip, num_experts=num_experts, audio=av))]
+    tied = 0
+    if av:
+        tied = sum(1 for k in release.keys() if k.startswith("model.audio_tower.encoder.layers.")
+                   and k.endswith(".self_attn.relative_attention_bias.weight")
+                   and not k.startswith("model.audio_tower.encoder.layers.0."))
+    table = videollama2_original_table(siglip=siglip, num_experts=num_experts, audio=av, audio_tied_copies=tied)
+    sources = [(release, table)]
     if not any(k.startswith("model.vision_tower.") for k in release.keys()):  # a "-Base" release
         sources.append((CheckpointSource.open(tower_dir), vision_tower_repo_table(siglip=siglip)))
     return Release(
