@@ -536,7 +536,9 @@ class VideoLLMProcessor(ProcessorMixin):
         """Render chat ``messages`` with the model's template.
 
         Content may be a string or a list of parts ``{"type": "text", "text": ...}``, ``{"type": "image"}``,
-        ``{"type": "video"}`` (optionally with ``"image"``/``"video"``/``"path"``/``"url"`` holding the media).
+        ``{"type": "video"}``, ``{"type": "audio"}`` (optionally with ``"image"``/``"video"``/``"audio"``/``"path"``/
+        ``"url"`` holding the media; other keys are per-item options passed with it as ``{kind: source, **options}``,
+        e.g. ``{"type": "video", "path": "clip.mp4", "with_audio": True}`` for audio-visual models).
         Placeholder strings typed inside text are escaped (kept as text) unless ``placeholders_in_text=True``.
         With ``tokenize=True`` the rendered prompt goes through ``__call__`` with the media found in the
         messages (or given as ``images=`` / ``videos=``) and a ``BatchFeature`` is returned.
