@@ -72,6 +72,15 @@ def _entries() -> dict[str, ModelEntry]:
     )
     from .processors.llava import VideoLLMLlavaProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
+    from .modeling.blip2 import (
+        VideoLLMBlip2Config,
+        VideoLLMBlip2ForConditionalGeneration,
+        VideoLLMBlip2Model,
+        VideoLLMInstructBlipConfig,
+        VideoLLMInstructBlipForConditionalGeneration,
+        VideoLLMInstructBlipModel,
+    )
+    from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
 
     entries = [
         ModelEntry(
@@ -92,6 +101,26 @@ def _entries() -> dict[str, ModelEntry]:
             readers={"original": "hf_videollm.conversion.videollama2:read_videollama2"},
             recipes="hf_videollm.training.recipes:VIDEOLLAMA2_STAGES",
             demo="hf_videollm.demo_presets:videollama2_demo_preset",
+        ),
+        ModelEntry(
+            "blip2", VideoLLMBlip2Config, VideoLLMBlip2ForConditionalGeneration, VideoLLMBlip2Model,
+            VideoLLMBlip2Processor,
+            tiny="hf_videollm.tiny:tiny_blip2",
+            readers={
+                "original": "hf_videollm.conversion.blip2:read_blip2",
+                "transformers": "hf_videollm.conversion.blip2:read_blip2_hf",
+            },
+            recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+        ),
+        ModelEntry(
+            "instructblip", VideoLLMInstructBlipConfig, VideoLLMInstructBlipForConditionalGeneration,
+            VideoLLMInstructBlipModel, VideoLLMInstructBlipProcessor,
+            tiny="hf_videollm.tiny:tiny_instructblip",
+            readers={
+                "original": "hf_videollm.conversion.blip2:read_instructblip",
+                "transformers": "hf_videollm.conversion.blip2:read_instructblip_hf",
+            },
+            recipes="hf_videollm.training.recipes:BLIP2_STAGES",
         ),
     ]
     return {e.name: e for e in entries}

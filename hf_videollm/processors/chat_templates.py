@@ -56,3 +56,12 @@ def chatml_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", vi
     """``<|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n<video>\\nQ<|im_end|>\\n<|im_start|>assistant\\n``
     (Qwen2-Instruct; VideoLLaMA 2.1)."""
     return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("chatml.jinja")
+
+
+def blip2_template(image_token: str = "<image>", video_token: str = "<video>", *, answer_prefix: str = " ",
+                   answer_end: str = "\n") -> str:
+    """BLIP-2 / InstructBLIP: no chat format -- ``{prompt}{answer_prefix}{answer}{answer_end}`` (LAVIS training:
+    OPT ends answers with ``"\\n"``, Vicuna with ``"</s>"``; Flan-T5: the answer is the decoder sequence)."""
+    return _preamble(
+        image_token=image_token, video_token=video_token, answer_prefix=answer_prefix, answer_end=answer_end
+    ) + _body("blip2.jinja")
