@@ -122,6 +122,17 @@ def _entries() -> dict[str, ModelEntry]:
             },
             recipes="hf_videollm.training.recipes:BLIP2_STAGES",
         ),
+        # the Flan-T5 (encoder-decoder) variants: same classes, a tiny T5 so the common suite covers them
+        ModelEntry(
+            "blip2_t5", VideoLLMBlip2Config, VideoLLMBlip2ForConditionalGeneration, VideoLLMBlip2Model,
+            VideoLLMBlip2Processor, tiny="hf_videollm.tiny:tiny_blip2_t5",
+            recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+        ),
+        ModelEntry(
+            "instructblip_t5", VideoLLMInstructBlipConfig, VideoLLMInstructBlipForConditionalGeneration,
+            VideoLLMInstructBlipModel, VideoLLMInstructBlipProcessor, tiny="hf_videollm.tiny:tiny_instructblip_t5",
+            recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+        ),
     ]
     return {e.name: e for e in entries}
 

@@ -273,7 +273,6 @@ def _processor(text_input: bool, tokenizer, qformer_tokenizer, config, model_typ
         patch_size=config.vision_config.patch_size,
         num_query_tokens=config.num_query_tokens,
         lm="seq2seq" if model_type == "t5" else "causal",
-        answer_prefix="" if model_type == "t5" else " ",
         answer_end=ends[model_type],
         image_token_id=config.image_token_id,
         video_token_id=config.video_token_id,

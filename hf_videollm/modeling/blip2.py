@@ -169,6 +169,7 @@ class _Blip2Body(VideoLLMPreTrainedModel):
     input_spec = blip2_input_spec(False, "causal")  # the class default; each instance takes its own (see __init__)
     _parts = {
         "vision_tower": ("vision_tower",),
+        "ln_vision": ("vision_tower.post_layernorm",),  # LAVIS trains it with the Q-Former (the ViT stays frozen)
         "qformer": ("qformer",),
         "connector": ("multi_modal_projector",),
         "language_model": ("language_model",),
