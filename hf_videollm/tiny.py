@@ -259,11 +259,12 @@ def _tiny_blip2(tokenizer, seed, overrides, processor, *, instruct: bool, llm: s
     config = config_cls(**_merge(cfg, overrides))
     model = model_cls(config)
     settings = dict(
-        image_size=image_size, num_query_tokens=num_query_tokens, image_token_id=config.image_token_id,
+        num_query_tokens=num_query_tokens, image_token_id=config.image_token_id,
         video_token_id=config.video_token_id, lm="seq2seq" if llm == "t5" else "causal",
         answer_end={"t5": "", "opt": "\n", "llama": "</s>"}[llm],
-        num_frames=2, **(processor or {}),
+        num_frames=2,
     )
+    settings = {"image_size": image_size, **settings, **(processor or {})}
     proc = (VideoLLMInstructBlipProcessor(tokenizer, qtok, **settings) if instruct
             else VideoLLMBlip2Processor(tokenizer, **settings))
     return _finish(model, tokenizer), proc

@@ -119,3 +119,40 @@ def test_transformers_layout(case_name, model_name, tmp_path):
     ref = expected["greedy_generate_output"]
     new = seq if model.is_seq2seq else seq[:, inputs["input_ids"].shape[1]:]
     assert torch.equal(new[:, -ref.shape[1]:] if not model.is_seq2seq else new, ref), (new, ref)
+
+
+@pytest.mark.parametrize("model_name", ["blip2", "instructblip"])
+def test_lavis_preprocess(model_name):
+    """BlipImageEvalProcessor(224): square bicubic resize (PIL), CLIP mean/std -- through our processor."""
+    from PIL import Image
+
+    from hf_videollm.tiny import build_tiny
+
+    case_dir = fixture_case(model_name, "preprocess")
+    expected = load_tensors(case_dir / "expected.safetensors")["pixel_values"]
+    _, processor = build_tiny(model_name, processor={"image_size": 224})
+    image = Image.open(case_dir / "image.png").convert("RGB")
+    out = processor(text="<image> a photo of", images=[image])
+    torch.testing.assert_close(out["pixel_values"], expected, atol=1e-5, rtol=0)
+
+
+def test_lavis_processor_reproduces_prompt_ids(tmp_path):
+    """The converted processors tokenize the fixture prompts to the original ids (OPT BOS, Vicuna BOS remapped to
+    </s>, T5 </s>, the Q-Former's BERT ids), media tokens first."""
+    for model_name, case_name in LAVIS_CASES:
+        case_dir = fixture_case(model_name, case_name)
+        case = load_case(case_dir)
+        heads = case["original_config"]["eva_vit"]["num_heads"]
+        read = read_blip2 if model_name == "blip2" else read_instructblip
+        processor = read(case_dir / "original", vision_num_heads=heads).processor
+        inputs = load_tensors(case_dir / "inputs.safetensors")
+        prompt = case["call"]["samples"]["prompt"]
+        pixels = inputs["pixel_values"]
+        out = processor(text=f"<image>{prompt}", images=[torch.zeros(3, 20, 20, dtype=torch.uint8)])
+        n = processor.num_query_tokens
+        assert out["input_ids"][0, :n].tolist() == [processor.image_token_id] * n
+        assert out["input_ids"][0, n:].tolist() == inputs["input_ids"][0].tolist(), (model_name, case_name)
+        if "qformer_input_ids" in inputs:
+            assert torch.equal(out["qformer_input_ids"], inputs["qformer_input_ids"])
+            assert torch.equal(out["qformer_attention_mask"], inputs["qformer_attention_mask"])
+        assert pixels.shape[-1] == case["original_config"]["lavis_model_config"]["image_size"]

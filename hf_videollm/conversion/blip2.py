@@ -256,6 +256,8 @@ def _llm_tokenizer(llm_dir: Path, model_type: str):
     tok = AutoTokenizer.from_pretrained(str(llm_dir))
     if model_type == "llama":  # LAVIS Blip2VicunaInstruct
         tok.add_special_tokens({"pad_token": "[PAD]", "bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>"})
+        if hasattr(tok, "update_post_processor"):  # the fast tokenizer's template still holds the old BOS
+            tok.update_post_processor()
         tok.padding_side = "left"
         tok.truncation_side = "left"
     if tok.pad_token is None:
