@@ -246,7 +246,7 @@ def _tiny_blip2(tokenizer, seed, overrides, processor, *, instruct: bool, llm: s
         qformer["use_qformer_text_input"] = False
     cfg = dict(
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=image_size, patch_size=14),
+                           image_size=image_size, patch_size=14, initializer_range=0.02),
         qformer_config=qformer,
         text_config=text_config,
         num_query_tokens=num_query_tokens,

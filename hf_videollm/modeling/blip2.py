@@ -46,6 +46,7 @@ __all__ = [
 EVA_VIT_G = dict(
     hidden_size=1408, intermediate_size=6144, num_hidden_layers=39, num_attention_heads=16, image_size=224,
     patch_size=14, hidden_act="gelu", layer_norm_eps=1e-6, qkv_bias=True, attention_dropout=0.0,
+    initializer_range=0.02,  # transformers' Blip2VisionConfig default is 1e-10 (a fresh tower would see nothing)
 )
 OPT_2_7B = dict(
     vocab_size=50272, hidden_size=2560, ffn_dim=10240, num_hidden_layers=32, num_attention_heads=32,
