@@ -156,3 +156,39 @@ def test_lavis_processor_reproduces_prompt_ids(tmp_path):
             assert torch.equal(out["qformer_input_ids"], inputs["qformer_input_ids"])
             assert torch.equal(out["qformer_attention_mask"], inputs["qformer_attention_mask"])
         assert pixels.shape[-1] == case["original_config"]["lavis_model_config"]["image_size"]
+
+
+def test_finetuned_vit_inside_the_pth(tmp_path):
+    """``caption_coco_*`` layout: the fine-tuned ViT is inside the LAVIS ``.pth`` (``visual_encoder.*``, every block
+    used) and no ``eva_vit_g.pth`` is needed. Built from the opt_caption case: same outputs."""
+    import shutil
+
+    case_dir = fixture_case("blip2", "opt_caption")
+    case = load_case(case_dir)
+    heads = case["original_config"]["eva_vit"]["num_heads"]
+    src = tmp_path / "release"
+    shutil.copytree(case_dir / "original", src, ignore=shutil.ignore_patterns("eva_vit_g.pth", "*.pth"))
+    ckpt = torch.load(case_dir / "original" / "blip2_pretrained_opt2.7b.pth", weights_only=True)
+    eva = torch.load(case_dir / "original" / "eva_vit_g.pth", weights_only=True)
+    used = case["original_config"]["eva_vit"]["depth_used"]
+    for k, v in eva.items():
+        if not k.startswith("blocks.") or int(k.split(".")[1]) < used:
+            ckpt["model"][f"visual_encoder.{k}"] = v.float()
+    torch.save(ckpt, src / "blip2_caption_opt2.7b.pth")
+    write_converted(read_blip2(src, vision_num_heads=heads), tmp_path / "out", dtype=torch.float32, progress=False)
+    model, _ = _load("blip2", tmp_path / "out")
+    assert model.config.vision_config.num_hidden_layers == used
+    inputs, expected = load_tensors(case_dir / "inputs.safetensors"), load_tensors(case_dir / "expected.safetensors")
+    _check_common(model, inputs, expected, lavis=True)
+
+
+def test_missing_eva_file_is_a_clear_error(tmp_path):
+    import shutil
+
+    case_dir = fixture_case("blip2", "opt_caption")
+    src = tmp_path / "release"
+    shutil.copytree(case_dir / "original", src, ignore=shutil.ignore_patterns("eva_vit_g.pth"))
+    from hf_videollm.conversion import ConversionError
+
+    with pytest.raises(ConversionError, match="vision-tower"):
+        read_blip2(src)
