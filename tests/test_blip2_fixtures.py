@@ -89,8 +89,8 @@ def test_lavis_release(model_name, case_name, tmp_path):
 
     # greedy decoding as the original's generate (num_beams 1, max_length 5)
     gen = {"max_new_tokens": 5, "do_sample": False}
-    if model.config.text_config.model_type == "opt":  # LAVIS Blip2OPT stops at "\n"
-        gen["eos_token_id"] = processor.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    if model.config.text_config.model_type == "opt":  # LAVIS Blip2OPT stops at "\n": the converted default
+        assert model.generation_config.eos_token_id == processor.tokenizer("\n", add_special_tokens=False)["input_ids"][0]
     with torch.no_grad():
         seq = model.generate(**batch, **gen)
     new = seq if model.is_seq2seq else seq[:, ids.shape[1]:]

@@ -391,8 +391,26 @@ def _read_lavis(src, *, text_input: bool, vision_tower, base, vision_num_heads, 
         processor=processor,
         converted_from=src_id,
         converter=f"hf_videollm {'instructblip' if text_input else 'blip2'} original (LAVIS)",
-        generation_config_from=llm_dir if (llm_dir / "generation_config.json").is_file() else None,
+        generation_config_from=_generation_config_dir(llm_dir, model_type, tokenizer, text_config),
     )
+
+
+def _generation_config_dir(llm_dir: Path, model_type: str, tokenizer, text_config) -> Path | None:
+    """LAVIS' generate defaults that differ from the LLM folder's: Blip2OPT stops at ``"\\n"`` (its
+    ``eos_token_id``). Written to a temporary folder that :func:`write_converted` copies from."""
+    if model_type != "opt":
+        return llm_dir if (llm_dir / "generation_config.json").is_file() else None
+    import tempfile
+
+    from transformers import GenerationConfig
+
+    gen = (GenerationConfig.from_pretrained(str(llm_dir)) if (llm_dir / "generation_config.json").is_file()
+           else GenerationConfig.from_model_config(text_config))
+    gen.eos_token_id = tokenizer("\n", add_special_tokens=False)["input_ids"][0]
+    gen.pad_token_id = tokenizer.pad_token_id
+    out = Path(tempfile.mkdtemp(prefix="blip2_generation_"))
+    gen.save_pretrained(out)
+    return out
 
 
 def read_blip2(src: str | Path, *, vision_tower: str | None = None, base: str | None = None,
