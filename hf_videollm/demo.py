@@ -62,13 +62,12 @@ class BenchSettings:
     learning_rate: float | None = None
     warmup_ratio: float | None = None
     num_frames: int | None = None
-    # 32 px videos: the models see at most 32 px frames; half the generation time and a third less decoding than 64
+    # 32 px videos: the models see at most 32 px frames (bench/RESULTS.md)
     video_size: int = 32
     video_frames: int = 16
     seed: int = 0
-    # processes that generate the videos (spawned, so a script calling run_benchmark with more than 1 needs the
-    # usual ``if __name__ == "__main__":`` guard). 1 by default: at the demo's size (4400 tiny videos, 2 cores) two
-    # workers measured no faster (15.7 s vs 15.6 s: the spawned interpreters' start-up eats the gain)
+    # processes that generate the videos (spawned: a script calling run_benchmark with more than 1 needs the usual
+    # ``if __name__ == "__main__":`` guard); 1 by default, why: bench/RESULTS.md ("Data generation in worker processes")
     data_workers: int = 1
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
@@ -195,12 +194,16 @@ def _choice_token_ids(tokenizer, choices: list[str]) -> list[int]:
     return ids
 
 
-def _frames_of(processor, video: str):
-    from .media.frames import load_frames
-
-    return load_frames(
-        video, index=0, num_frames=processor.num_frames, fps=processor.video_fps, max_frames=processor.max_frames
-    )
+def next_token_logits(model, enc) -> torch.Tensor:
+    """Logits of the first answer token after the prompt in ``enc``: the last prompt position of a causal LM, the
+    decoder's first step (from ``decoder_start_token_id``) of an encoder-decoder LM."""
+    extra = {}
+    if model.is_seq2seq:
+        start = model.generation_config.decoder_start_token_id
+        if start is None:
+            start = model.language_model.config.decoder_start_token_id
+        extra["decoder_input_ids"] = torch.full((enc["input_ids"].shape[0], 1), int(start), device=enc["input_ids"].device)
+    return model(**enc, **extra).logits[:, -1].float()
 
 
 @torch.no_grad()
@@ -230,12 +233,12 @@ def evaluate(model, processor, data_jsonl: str | Path, *, batch_size: int = 50) 
             video = next(p["video"] for p in user["content"] if p["type"] == "video")
             prompt = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
             texts.append(processor.apply_chat_template(prompt, add_generation_prompt=True))
-            frames = _frames_of(processor, str(data_jsonl.parent / video))
+            frames = processor.sample_frames(str(data_jsonl.parent / video))
             clips.append(frames)
             singles.append(S.single_frame_baseline(frames))
         for name, videos in (("video", clips), ("single_frame", singles)):
             enc = processor(text=texts, videos=videos, padding=True, padding_side="left").to(device)
-            logits = model(**enc).logits[:, -1].float()
+            logits = next_token_logits(model, enc)
             for i, row in enumerate(batch_rows):
                 ids = _choice_token_ids(processor.tokenizer, row["choices"])
                 pick = row["choices"][int(logits[i, ids].argmax())]

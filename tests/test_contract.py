@@ -400,3 +400,18 @@ def test_grid_inputs_collate_by_their_declared_rule(grid):
     batched = collate_inputs(GRID_INPUTS, [a, b])
     assert batched["image_grid_thw"].tolist() == [[1, 2, 4], [1, 3, 3], [1, 1, 2]]
     assert torch.equal(batched["pixel_values"], torch.cat([a["pixel_values"], b["pixel_values"]]))
+
+
+def test_seq2seq_first_answer_token_scores_match_generate(seq2seq):
+    """The demo's scoring (``next_token_logits``) reads an encoder-decoder LM's first decoder step, the scores
+    ``generate`` starts from."""
+    from hf_videollm.demo import next_token_logits
+
+    model, proc = seq2seq
+    batch = proc(text=[proc.apply_chat_template(_chat(q)) for q in ("what is it", "which colour")],
+                 images=[tiny_media("image", 1), tiny_media("image", 2)], padding=True)
+    with torch.no_grad():
+        scores = model.generate(**batch, max_new_tokens=1, do_sample=False, output_scores=True,
+                                return_dict_in_generate=True).scores[0]
+        ours = next_token_logits(model, batch)
+    torch.testing.assert_close(ours, scores.float())

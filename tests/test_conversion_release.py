@@ -8,7 +8,6 @@ import shutil
 import pytest
 import torch
 from conftest import fixture_case
-from hf_videollm.media.transforms import IMAGENET_STANDARD_MEAN, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from hf_videollm.conversion import (
     CheckpointSource,
@@ -21,6 +20,7 @@ from hf_videollm.conversion import (
     write_converted,
 )
 from hf_videollm.conversion.towers import image_preprocessing, read_preprocessor_config
+from hf_videollm.media.transforms import IMAGENET_STANDARD_MEAN, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 
 def test_a_converter_is_a_release_that_write_converted_writes(tmp_path):

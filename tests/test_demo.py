@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hf_videollm.demo import BenchSettings, check_targets, format_table, run_benchmark
 
@@ -183,3 +184,50 @@ def test_targets_and_table():
     }
     table = format_table(acc)
     assert "85.0%" in table and "26.0%" in table and table.count("\n") == 3
+
+
+def _indexed_video(path, n=16):
+    """A video whose frame ``i`` is flat grey ``8 + 15 * i``: decoded frames tell their source index."""
+    import numpy as np
+
+    from hf_videollm.media.video_write import write_video
+
+    frames = np.stack([np.full((32, 32, 3), 8 + 15 * i, dtype=np.uint8) for i in range(n)])
+    return write_video(path, frames, 8)
+
+
+def _source_indices(frames):
+    return [round((float(f.float().mean()) - 8) / 15) for f in frames]
+
+
+def test_evaluation_sees_the_frames_training_sees(tmp_path):
+    """The demo scores the frames the processor feeds training: VideoLLaMA 2's ``index_midpoints`` rule picks
+    [1, 3, 5, 7, 8, 10, 12, 14] of 16 frames (a re-implemented loader picked [1, 3, ..., 15] before)."""
+    from hf_videollm import synthetic as S
+    from hf_videollm.demo import evaluate
+    from hf_videollm.tiny import tiny_tokenizer, tiny_videollama2
+
+    video = _indexed_video(tmp_path / "v.mp4")
+    model, processor = tiny_videollama2(tiny_tokenizer(extra_words=S.VOCABULARY), processor={"num_frames": 8},
+                                        num_frames=8)
+    assert processor.frame_sampling == "index_midpoints"
+    assert _source_indices(processor.sample_frames(str(video))) == [1, 3, 5, 7, 8, 10, 12, 14]
+
+    row = {"kind": "order", "choices": ["red", "blue"], "answer": "red", "video": video.name,
+           "messages": [{"role": "user", "content": [{"type": "video", "video": video.name},
+                                                    {"type": "text", "text": "which colour comes first"}]}]}
+    (tmp_path / "data.jsonl").write_text(json.dumps(row) + "\n")
+    seen = []
+    forward = model.forward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["pixel_values_videos"])
+        return forward(*args, **kwargs)
+
+    model.forward = spy
+    evaluate(model, processor, tmp_path / "data.jsonl")
+    trained_on = processor(text=["<video>"], videos=[str(video)])["pixel_values_videos"]
+    # first call: the clip (exactly the training pixels); second: the single-frame baseline of the same frames
+    assert torch.equal(seen[0], trained_on)
+    middle = trained_on[:, trained_on.shape[1] // 2]
+    assert all(torch.equal(seen[1][0, t], middle[0]) for t in range(seen[1].shape[1]))

@@ -51,17 +51,28 @@ def test_processor_saves_every_preprocessing_setting(tmp_path):
     assert (tmp_path / "chat_template.jinja").is_file()
 
 
-def test_device_map_auto_loads_with_no_split_modules(tmp_path):
-    model, processor = build_tiny("llava")
-    model.save_pretrained(tmp_path)
-    loaded = type(model).from_pretrained(tmp_path, device_map="auto").eval()
-    batch = processor(text=[f"{processor.image_token} hi"], images=[torch.zeros(3, 20, 20, dtype=torch.uint8)])
-    with torch.no_grad():
-        assert torch.isfinite(loaded(**batch).logits).all()
+def test_device_map_splits_cpu_and_disk_without_cutting_a_no_split_block(tmp_path):
+    """A budget too small for the whole model: accelerate puts part on the CPU and offloads the rest to disk, never
+    inside a no-split block, and the offloaded model computes the same logits as the model in memory."""
     from accelerate import infer_auto_device_map
 
-    # With a tight budget the layers are spread, but never inside a no-split block.
-    dmap = infer_auto_device_map(model, max_memory={"cpu": "200KB", "disk": "10GB"},
+    model, processor = build_tiny("llava")
+    model.eval().save_pretrained(tmp_path / "m")
+    dmap = infer_auto_device_map(model, max_memory={"cpu": "400KB", "disk": "10GB"},
                                  no_split_module_classes=model._no_split_modules)
-    for key in dmap:
-        assert ".self_attn." not in key and ".mlp." not in key, key
+    assert set(dmap.values()) == {"cpu", "disk"}, dmap
+    blocks = [n for n, m in model.named_modules() if type(m).__name__ in model._no_split_modules]
+    assert blocks
+    for key in dmap:  # a key inside a block would place part of that block elsewhere
+        assert not any(key.startswith(b + ".") for b in blocks), (key, blocks)
+
+    loaded = type(model).from_pretrained(tmp_path / "m", device_map=dmap, offload_folder=str(tmp_path / "off")).eval()
+    assert loaded.hf_device_map == dmap
+    on_disk = [k for k, v in dmap.items() if v == "disk"]
+    for name, param in loaded.named_parameters():  # disk-offloaded weights are loaded on demand, not held in memory
+        where = "disk" if any(name == k or name.startswith(k + ".") for k in on_disk) else "cpu"
+        assert param.device.type == ("meta" if where == "disk" else "cpu"), (name, param.device)
+    batch = processor(text=[f"{processor.image_token} hi"], images=[torch.zeros(3, 20, 20, dtype=torch.uint8)])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
+

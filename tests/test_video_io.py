@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import math
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -454,3 +455,23 @@ def test_write_video_iterable_and_errors(tmp):
     assert not (tmp / "float.mp4").exists()
     odd = write_video(tmp / "odd444.mp4", np.zeros((2, 47, 63, 3), np.uint8), 10, pix_fmt="yuv444p")
     assert load_video(odd)[0].shape == (2, 47, 63, 3)
+
+
+@pytest.mark.parametrize("fps", [np.float32(12.0), Fraction(24000, 1001), "source"])
+def test_write_video_takes_any_real_fps(tmp_path, mp4, fps):
+    """A rate read back from PyAV (a Fraction; PyAV 19 never gives None) or a NumPy scalar writes a video at that rate."""
+    if fps == "source":
+        with av.open(str(mp4)) as c:
+            fps = c.streams.video[0].average_rate
+    frames = np.zeros((6, 16, 16, 3), dtype=np.uint8)
+    out = write_video(tmp_path / "out.mp4", frames, fps)
+    with av.open(str(out)) as c:
+        assert c.streams.video[0].average_rate == Fraction(float(fps)).limit_denominator(100_000)
+    _, meta = load_video(out, num_frames=6)
+    assert meta.total_frames == 6 and meta.fps == pytest.approx(float(fps), rel=1e-3)
+
+
+@pytest.mark.parametrize("fps", [True, "24", None, float("nan"), float("inf")])
+def test_write_video_refuses_a_non_number_fps(tmp_path, fps):
+    with pytest.raises(ValueError, match="fps must be a positive number"):
+        write_video(tmp_path / "out.mp4", np.zeros((2, 16, 16, 3), dtype=np.uint8), fps)

@@ -15,6 +15,10 @@ from typing import Any
 
 import av
 
+# PyAV < 19 decodes metadata strictly unless told to ignore bad bytes; PyAV 19 dropped the option (its metadata
+# values are decoded with "surrogateescape", never raising), and passing it is a TypeError there.
+_OPEN_OPTIONS = {"metadata_errors": "ignore"} if int(av.__version__.split(".")[0]) < 19 else {}
+
 __all__ = [
     "AV_TIME_BASE",
     "AudioDecodeError",
@@ -110,7 +114,7 @@ def open_container(source: Any, error_cls: type[VideoDecodeError] = VideoDecodeE
             f"unsupported source type {type(source).__name__}: pass a path (str/Path), bytes, or a binary file object."
         )
     try:
-        container = av.open(target, mode="r", metadata_errors="ignore")
+        container = av.open(target, mode="r", **_OPEN_OPTIONS)
     except (av.error.FFmpegError, OSError, UnicodeDecodeError) as exc:
         if restore_pos is not None:
             restore_pos[0].seek(restore_pos[1])

@@ -6,6 +6,7 @@ Frames are streamed, so very long videos need not fit in memory; a failed write 
 from __future__ import annotations
 
 import contextlib
+import numbers
 import os
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
@@ -86,9 +87,9 @@ def write_video(
         codec = _DEFAULT_CODECS.get(ext)
         if codec is None:
             raise ValueError(f"write_video: cannot choose a codec for extension {ext!r}; pass codec=.")
-    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0:
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not 0 < fps < float("inf"):
         raise ValueError(f"write_video: fps must be a positive number, got {fps!r}.")
-    rate = Fraction(fps).limit_denominator(100_000)
+    rate = (Fraction(fps) if isinstance(fps, numbers.Rational) else Fraction(float(fps))).limit_denominator(100_000)
     if rotation is not None and rotation % 90 != 0:
         raise ValueError(f"write_video: rotation must be a multiple of 90 degrees, got {rotation!r}.")
     it = _iter_frames(frames)

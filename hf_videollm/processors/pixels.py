@@ -71,15 +71,21 @@ class FramePixelsMixin:
         pixels = [tf(img) for img in load_images(images, self.max_image_pixels, self.max_aspect_ratio)]
         return {"pixel_values": torch.stack(pixels)}, [self.image_tokens()] * len(pixels)
 
+    def sample_frames(self, video: Any, index: int = 0) -> torch.Tensor:
+        """The frames this processor feeds the model for ``video``: uint8 ``(T, 3, H, W)``, before the transform.
+
+        Files are sampled with the processor's own ``num_frames`` / ``video_fps`` / ``max_frames`` and
+        ``frame_sampling``; frames given directly come back as they are. Everything that must see the frames the
+        model sees (training, evaluation, a single-frame baseline) gets them here.
+        """
+        return load_frames(
+            video, index=index, num_frames=self.num_frames, fps=self.video_fps, max_frames=self.max_frames,
+            max_aspect_ratio=self.max_aspect_ratio, sampling=self.frame_sampling,
+        )
+
     def _process_videos(self, videos: list) -> tuple[dict[str, Any], list[int]]:
         tf = self.transform
-        clips = []
-        for i, video in enumerate(videos):
-            frames = load_frames(
-                video, index=i, num_frames=self.num_frames, fps=self.video_fps, max_frames=self.max_frames,
-                max_aspect_ratio=self.max_aspect_ratio, sampling=self.frame_sampling,
-            )
-            clips.append(tf(frames))
+        clips = [tf(self.sample_frames(video, index=i)) for i, video in enumerate(videos)]
         counts = [self.video_tokens(c.shape[0]) for c in clips]
         if len({c.shape[0] for c in clips}) == 1:
             return {"pixel_values_videos": torch.stack(clips)}, counts
