@@ -106,3 +106,25 @@ def test_ln_vision_epsilon_is_the_originals():
     model, _ = build_tiny("blip2", seed=0)
     assert model.vision_tower.post_layernorm.eps == 1e-5  # LAVIS ln_vision (torch default), not the ViT's 1e-6
     assert model.vision_tower.encoder.layers[0].layer_norm1.eps == 1e-6
+
+
+def test_training_collator_batches_the_qformer_instruction(instruct):
+    """Separately encoded samples (training collator) -> per-item Q-Former rows right-padded, same as the processor
+    batching them at once; the batch trains."""
+    from hf_videollm.training.collator import VideoLLMCollator
+
+    model, processor = instruct
+    samples = []
+    for i, q in enumerate(["what color", "describe the image in one word please"]):
+        samples.append({"index": i, "messages": [
+            {"role": "user", "content": [{"type": "image", "image": tiny_media("image", i)}, {"type": "text", "text": q}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        ]})
+    batch = VideoLLMCollator(processor)(samples)
+    ids, mask = batch["qformer_input_ids"], batch["qformer_attention_mask"]
+    assert ids.shape[0] == 2 and mask[0].sum() < mask[1].sum() and mask[0, -1] == 0
+    for i, q in enumerate(["what color", "describe the image in one word please"]):
+        ref = processor.qformer_tokenizer(q)["input_ids"]
+        assert ids[i, : len(ref)].tolist() == ref
+    out = model(**batch)
+    assert torch.isfinite(out.loss)
