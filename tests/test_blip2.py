@@ -128,3 +128,56 @@ def test_training_collator_batches_the_qformer_instruction(instruct):
         assert ids[i, : len(ref)].tolist() == ref
     out = model(**batch)
     assert torch.isfinite(out.loss)
+
+
+def test_transformers_instructblipvideo_layout(tmp_path):
+    """transformers' InstructBlipVideoForConditionalGeneration (same weights as InstructBLIP, video placeholder) ->
+    ours: per-frame features, logits and greedy tokens equal; and ours takes any frame count."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import InstructBlipVideoConfig, InstructBlipVideoForConditionalGeneration, PreTrainedTokenizerFast
+
+    from hf_videollm.conversion import convert
+    from hf_videollm.modeling.blip2 import VideoLLMInstructBlipForConditionalGeneration
+
+    video_id, nq, frames = 99, 4, 4
+    cfg = InstructBlipVideoConfig(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=28, patch_size=14),
+        qformer_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                            encoder_hidden_size=32, vocab_size=60, max_position_embeddings=32),
+        text_config=dict(model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, vocab_size=100, tie_word_embeddings=False),
+        num_query_tokens=nq, video_token_index=video_id,
+    )
+    torch.manual_seed(0)
+    theirs = InstructBlipVideoForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.normal_(0, 0.1)
+    theirs.save_pretrained(tmp_path / "ref")
+    vocab = {f"w{i}": i for i in range(99)}
+    vocab["<video>"] = video_id
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="w0"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="w0", bos_token="w1", eos_token="w2", pad_token="w0")
+    fast.save_pretrained(tmp_path / "ref")
+    fast.save_pretrained(tmp_path / "ref" / "qformer_tokenizer")
+    convert("instructblip", tmp_path / "ref", tmp_path / "ours", source_format="transformers", progress=False)
+    ours = VideoLLMInstructBlipForConditionalGeneration.from_pretrained(tmp_path / "ours", attn_implementation="eager").eval()
+    theirs.set_attn_implementation("eager")
+    assert ours.config.video_token_id == video_id
+    pixels = torch.randn(1, frames, 3, 28, 28)
+    q = torch.tensor([[2, 7, 9, 11, 3]])
+    ids = torch.cat([torch.full((1, nq * frames), video_id), torch.tensor([[1, 5, 6, 7, 8]])], 1)
+    with torch.no_grad():
+        ref_feats = theirs.get_video_features(pixels, q, torch.ones_like(q)).pooler_output
+        feats = ours.get_video_features(pixels, q, torch.ones_like(q))
+        torch.testing.assert_close(feats[0], ref_feats[0], atol=1e-5, rtol=1e-5)
+        a = ours(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values_videos=pixels,
+                 qformer_video_input_ids=q, qformer_video_attention_mask=torch.ones_like(q)).logits
+        b = theirs(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=pixels, qformer_input_ids=q,
+                   qformer_attention_mask=torch.ones_like(q)).logits
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+        # any frame count: 6 frames -> 6 * nq tokens
+        six = ours.get_video_features(torch.randn(1, 6, 3, 28, 28), q, torch.ones_like(q))
+    assert six[0].shape[0] == 6 * nq

@@ -439,18 +439,29 @@ def _read_hf(src, *, text_input: bool) -> Release:
     src_id = str(src)
     src = resolve_local(src, what="BLIP-2 checkpoint")
     hf = read_json(src / "config.json")
-    want = "instructblip" if text_input else "blip-2"
-    if hf.get("model_type") != want:
-        raise ConversionError(f"{src}/config.json has model_type {hf.get('model_type')!r}, expected {want!r}")
+    want = ("instructblip", "instructblipvideo") if text_input else ("blip-2",)
+    if hf.get("model_type") not in want:
+        raise ConversionError(f"{src}/config.json has model_type {hf.get('model_type')!r}, expected one of {want}")
+    video = hf["model_type"] == "instructblipvideo"  # InstructBLIP weights; the placeholder is the video token
     tokenizer = AutoTokenizer.from_pretrained(str(src))
-    image_token_id = hf.get("image_token_index", hf.get("image_token_id"))
-    if image_token_id is None:
-        raise ConversionError(f"{src}/config.json has no image_token_index (old BLIP-2 configs); add it")
-    add_placeholder_tokens(tokenizer, "<video>")
+    if video:
+        video_token_id = hf.get("video_token_index", hf.get("video_token_id"))
+        if video_token_id is None:
+            raise ConversionError(f"{src}/config.json has no video_token_index; add it")
+        add_placeholder_tokens(tokenizer, "<image>")
+        image_token_id = tokenizer.convert_tokens_to_ids("<image>")
+    else:
+        image_token_id = hf.get("image_token_index", hf.get("image_token_id"))
+        if image_token_id is None:
+            raise ConversionError(f"{src}/config.json has no image_token_index (old BLIP-2 configs); add it")
+        add_placeholder_tokens(tokenizer, "<video>")
+        video_token_id = tokenizer.convert_tokens_to_ids("<video>")
     vision = dict(hf["vision_config"])
     vision["model_type"] = "blip_2_vision_model"
     qformer = dict(hf["qformer_config"])
-    if not text_input:
+    if text_input:
+        qformer["model_type"] = "instructblip_qformer"
+    else:
         qformer["use_qformer_text_input"] = False
     text_config = hf["text_config"]
     model_type = text_config.get("model_type", "opt")
@@ -459,7 +470,7 @@ def _read_hf(src, *, text_input: bool) -> Release:
         vision_config=vision, qformer_config=qformer, text_config=text_config,
         num_query_tokens=hf.get("num_query_tokens", 32),
         ln_vision_eps=vision.get("layer_norm_eps", 1e-6),  # transformers' post_layernorm uses the ViT's epsilon
-        image_token_id=image_token_id, video_token_id=tokenizer.convert_tokens_to_ids("<video>"),
+        image_token_id=image_token_id, video_token_id=video_token_id,
     )
     qtok = AutoTokenizer.from_pretrained(str(src / "qformer_tokenizer")) if text_input else None
     pc = read_json(src / "processor_config.json") if (src / "processor_config.json").is_file() else {}
