@@ -64,14 +64,6 @@ class ModelEntry:
 
 
 def _entries() -> dict[str, ModelEntry]:
-    from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaModel
-    from .modeling.videollama2 import (
-        VideoLLMVideoLlama2Config,
-        VideoLLMVideoLlama2ForConditionalGeneration,
-        VideoLLMVideoLlama2Model,
-    )
-    from .processors.llava import VideoLLMLlavaProcessor
-    from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .modeling.blip2 import (
         VideoLLMBlip2Config,
         VideoLLMBlip2ForConditionalGeneration,
@@ -80,7 +72,15 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMInstructBlipForConditionalGeneration,
         VideoLLMInstructBlipModel,
     )
+    from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaModel
+    from .modeling.videollama2 import (
+        VideoLLMVideoLlama2Config,
+        VideoLLMVideoLlama2ForConditionalGeneration,
+        VideoLLMVideoLlama2Model,
+    )
     from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
+    from .processors.llava import VideoLLMLlavaProcessor
+    from .processors.videollama2 import VideoLLMVideoLlama2Processor
 
     entries = [
         ModelEntry(
