@@ -62,3 +62,12 @@ def chatml_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", vi
     return _preamble(default_system=system, image_token=image_token, video_token=video_token, audio_token=audio_token) + _body(
         "chatml.jinja"
     )
+
+
+def blip2_template(image_token: str = "<image>", video_token: str = "<video>", *, answer_prefix: str = " ",
+                   answer_end: str = "\n") -> str:
+    """BLIP-2 / InstructBLIP: no chat format -- ``{prompt}{answer_prefix}{answer}{answer_end}`` (LAVIS training:
+    OPT ends answers with ``"\\n"``, Vicuna with ``"</s>"``; Flan-T5: the answer is the decoder sequence)."""
+    return _preamble(
+        image_token=image_token, video_token=video_token, answer_prefix=answer_prefix, answer_end=answer_end
+    ) + _body("blip2.jinja")

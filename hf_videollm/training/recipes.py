@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,28 @@ VIDEOLLAMA2_AV_STAGES: dict[str, Stage] = {
         lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector", "audio_projector"),
         part_learning_rates={"connector": 2e-5, "audio_projector": 2e-5},
         original_global_batch_size=128, original_epochs=1,
+    ),
+}
+
+#: BLIP-2 / InstructBLIP (LAVIS ``pretrain_stage2.yaml``, InstructBLIP paper): ViT and LLM frozen throughout.
+BLIP2_STAGES: dict[str, Stage] = {
+    "stage2": Stage(
+        "stage2", ("ln_vision", "qformer", "connector"), 1e-4,
+        "vision-to-language generative pre-training (pretrain_stage2.yaml): Q-Former + query tokens + ln_vision + "
+        "projection, ViT and LLM frozen; linear warm-up (2000 steps) then cosine to 1e-5, AdamW wd 0.05",
+        original_global_batch_size=1024, original_epochs=10, weight_decay=0.05,
+    ),
+    "instruct": Stage(
+        "instruct", ("ln_vision", "qformer", "connector"), 1e-5,
+        "InstructBLIP instruction tuning: the Q-Former reads the instruction; Q-Former + query tokens + ln_vision + "
+        "projection, ViT and LLM frozen; warm-up 1000 steps then cosine to 0, AdamW wd 0.05 (paper; batch 128-192)",
+        original_global_batch_size=128, weight_decay=0.05,
+    ),
+    "lora": Stage(
+        "lora", ("ln_vision", "qformer", "connector"), 1e-4,
+        "not in the original (no LoRA in LAVIS): stage 2 / instruction tuning plus LoRA r16 on the LLM, the bridge "
+        "trained fully",
+        lora=True, modules_to_save_parts=("ln_vision", "qformer", "connector"), weight_decay=0.05,
     ),
 }
 
