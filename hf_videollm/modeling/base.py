@@ -390,6 +390,13 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         # signature lookup finds (e.g. grids) and encode nothing.
         return model_kwargs
 
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        # transformers 5.24 builds 1-D position ids from the attention mask before the loop and advances them by one
+        # per step; a model whose positions come from its layout computes them per step instead (below).
+        if self.positions_from_layout:
+            return None
+        return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+
     def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, attention_mask=attention_mask, **kwargs)
         if self.positions_from_layout and kwargs.get("position_ids") is None:

@@ -12,6 +12,7 @@ from importlib import resources
 
 __all__ = [
     "LLAVA_V1_SYSTEM", "VICUNA_V1_1_SYSTEM", "QWEN2_SYSTEM", "vicuna_v1_template", "llama2_template", "chatml_template",
+    "qwen2vl_template",
 ]
 
 #: ``conv_llava_v1`` (LLaVA v1.5 inference) system prompt.
@@ -56,3 +57,9 @@ def chatml_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", vi
     """``<|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n<video>\\nQ<|im_end|>\\n<|im_start|>assistant\\n``
     (Qwen2-Instruct; VideoLLaMA 2.1)."""
     return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("chatml.jinja")
+
+
+def qwen2vl_template(system: str = QWEN2_SYSTEM, image_token: str = "<|image_pad|>", video_token: str = "<|video_pad|>") -> str:
+    """Qwen2-VL's ChatML: each image / video as ``<|vision_start|>{placeholder}<|vision_end|>`` (no newline after it),
+    ``<|im_start|>system\\n{system}<|im_end|>\\n`` first when the conversation has no system turn."""
+    return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("qwen2vl.jinja")
