@@ -70,7 +70,13 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMVideoLlama2ForConditionalGeneration,
         VideoLLMVideoLlama2Model,
     )
+    from .modeling.qwen2vl import (
+        VideoLLMQwen2VLConfig,
+        VideoLLMQwen2VLForConditionalGeneration,
+        VideoLLMQwen2VLModel,
+    )
     from .processors.llava import VideoLLMLlavaProcessor
+    from .processors.qwen2vl import VideoLLMQwen2VLProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
 
     entries = [
@@ -92,6 +98,14 @@ def _entries() -> dict[str, ModelEntry]:
             readers={"original": "hf_videollm.conversion.videollama2:read_videollama2"},
             recipes="hf_videollm.training.recipes:VIDEOLLAMA2_STAGES",
             demo="hf_videollm.demo_presets:videollama2_demo_preset",
+        ),
+        ModelEntry(
+            "qwen2_vl", VideoLLMQwen2VLConfig, VideoLLMQwen2VLForConditionalGeneration, VideoLLMQwen2VLModel,
+            VideoLLMQwen2VLProcessor,
+            tiny="hf_videollm.tiny:tiny_qwen2vl",
+            readers={"transformers": "hf_videollm.conversion.qwen2vl:read_qwen2vl_hf"},
+            recipes="hf_videollm.training.recipes:QWEN2VL_STAGES",
+            demo="hf_videollm.demo_presets:qwen2vl_demo_preset",
         ),
     ]
     return {e.name: e for e in entries}

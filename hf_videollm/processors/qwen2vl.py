@@ -39,6 +39,9 @@ __all__ = ["VideoLLMQwen2VLProcessor", "patchify"]
 
 logger = logging.getLogger(__name__)
 
+#: frame rate assumed for videos given as frame arrays when ``video_fps`` is None (their timing is not known)
+ARRAY_FPS = 2.0
+
 
 def patchify(frames: torch.Tensor, patch_size: int, temporal_patch_size: int, merge_size: int) -> tuple[torch.Tensor, list[int]]:
     """``(T, C, H, W)`` float frames (``T`` a multiple of the temporal patch) -> ``(t*h*w, C*tp*p*p)`` rows in
@@ -78,7 +81,8 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         "max_pixels": 28 * 28 * 1280,  # images (size.longest_edge)
         "video_min_pixels": 128 * 28 * 28,  # per frame (Qwen2VLVideoProcessor)
         "video_max_pixels": 768 * 28 * 28,
-        "video_fps": 2.0,
+        "video_fps": 2.0,  # frames sampled per second of video (None: every frame, up to max_frames)
+        "num_frames": None,  # a fixed frame count per video instead of video_fps
         "min_frames": 4,
         "max_frames": 768,
         "resample": "bicubic",
@@ -135,10 +139,14 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         if not _is_video_source(video):
             frames = load_frames(video, index=index, num_frames=None, fps=None, max_frames=self.max_frames,
                                  max_aspect_ratio=self.max_aspect_ratio)
-            return frames, [i / self.video_fps for i in range(frames.shape[0])]
+            return frames, [i / (self.video_fps or ARRAY_FPS) for i in range(frames.shape[0])]
         try:
-            frames, meta = load_video(video, fps=self.video_fps, max_frames=self.max_frames)
-            if frames.shape[0] < self.min_frames and meta.total_frames > frames.shape[0]:
+            if self.num_frames is not None:
+                count = max(tp, round(self.num_frames / tp) * tp)
+                frames, meta = load_video(video, num_frames=count, max_frames=self.max_frames)
+            else:
+                frames, meta = load_video(video, fps=self.video_fps, max_frames=self.max_frames)
+            if self.num_frames is None and frames.shape[0] < self.min_frames and meta.total_frames > frames.shape[0]:
                 frames, meta = load_video(video, num_frames=min(self.min_frames, meta.total_frames))
             check_aspect_ratio(frames.shape[1], frames.shape[2], self.max_aspect_ratio)
         except (ValueError, ImageLoadError) as e:
@@ -230,7 +238,7 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         ts = it.timestamps or []
         if len(ts) > 1 and ts[-1] > ts[0]:
             return self.temporal_patch_size * (ts[-1] - ts[0]) / (len(ts) - 1)
-        return self.temporal_patch_size / self.video_fps
+        return self.temporal_patch_size / (self.video_fps or ARRAY_FPS)
 
     def _encode(self, items: dict[str, list[_Item]]) -> tuple[dict[str, Any], dict[str, list[int]]]:
         data: dict[str, Any] = {}
