@@ -43,21 +43,44 @@ logger = logging.getLogger(__name__)
 ARRAY_FPS = 2.0
 
 
-def patchify(frames: torch.Tensor, patch_size: int, temporal_patch_size: int, merge_size: int) -> tuple[torch.Tensor, list[int]]:
-    """``(T, C, H, W)`` float frames (``T`` a multiple of the temporal patch) -> ``(t*h*w, C*tp*p*p)`` rows in
-    merge-window order (row-major over ``(t, h/m, w/m, m, m)``) and the grid ``[t, h, w]``."""
-    T, C, H, W = frames.shape
+def patchify(frames: torch.Tensor, patch_size: int, temporal_patch_size: int, merge_size: int, *,
+             channels_last: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """``(T, C, H, W)`` (or ``(T, H, W, C)`` with ``channels_last``) float frames, ``T`` a multiple of the temporal
+    patch -> ``(t*h*w, C*tp*p*p)`` rows in merge-window order (row-major over ``(t, h/m, w/m, m, m)``, each row laid out
+    ``(C, tp, p, p)``) and the grid ``[t, h, w]`` -- transformers' Qwen2-VL layout."""
     p, tp, m = patch_size, temporal_patch_size, merge_size
-    t, gh, gw = T // tp, H // p, W // p
-    x = frames.reshape(t, tp, C, gh // m, m, p, gw // m, m, p)
-    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    if channels_last:
+        T, H, W, C = frames.shape
+        t, gh, gw = T // tp, H // p, W // p
+        x = frames.reshape(t, tp, gh // m, m, p, gw // m, m, p, C).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    else:
+        T, C, H, W = frames.shape
+        t, gh, gw = T // tp, H // p, W // p
+        x = frames.reshape(t, tp, C, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     return x.reshape(t * gh * gw, C * tp * p * p), [t, gh, gw]
+
+
+def _pil_resize(frames: torch.Tensor, height: int, width: int, resample: str) -> torch.Tensor:
+    """uint8 ``(T, H, W, 3)`` -> ``(T, height, width, 3)`` with Pillow itself (what transformers' PIL path runs;
+    :func:`~hf_videollm.media.transforms.resize` gives the same bytes, Pillow's SIMD code is faster)."""
+    from PIL import Image
+
+    from ..media.transforms import resolve_resample
+
+    codes = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+    name = resolve_resample(resample)
+    if name not in codes:
+        return resize(frames.permute(0, 3, 1, 2), (height, width), name).permute(0, 2, 3, 1)
+    out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
+    for i, f in enumerate(frames.numpy()):
+        out[i] = np.asarray(Image.fromarray(f).resize((width, height), codes[name]))
+    return torch.from_numpy(out)
 
 
 @dataclass
 class _Item:
     modality: str
-    frames: torch.Tensor  # uint8 (T, 3, H, W); an image has T = 1
+    frames: torch.Tensor  # uint8 (T, H, W, 3), contiguous; an image has T = 1
     timestamps: list[float] | None  # videos: seconds of each frame
     cap: int  # max pixels per frame
     floor: int  # min pixels per frame
@@ -65,7 +88,7 @@ class _Item:
 
     @property
     def size(self) -> tuple[int, int]:
-        return int(self.frames.shape[-2]), int(self.frames.shape[-1])
+        return int(self.frames.shape[1]), int(self.frames.shape[2])
 
 
 class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
@@ -133,13 +156,13 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
 
     # ---------------------------------------------------------------------------------------------- loading
     def _load_video(self, video: Any, index: int) -> tuple[torch.Tensor, list[float]]:
-        """uint8 ``(T, 3, H, W)`` frames sampled at ``video_fps`` (count in ``[min_frames, max_frames]``, a multiple
+        """uint8 ``(T, H, W, 3)`` frames sampled at ``video_fps`` (count in ``[min_frames, max_frames]``, a multiple
         of the temporal patch) and their timestamps in seconds."""
         tp = self.temporal_patch_size
         if not _is_video_source(video):
             frames = load_frames(video, index=index, num_frames=None, fps=None, max_frames=self.max_frames,
                                  max_aspect_ratio=self.max_aspect_ratio)
-            return frames, [i / (self.video_fps or ARRAY_FPS) for i in range(frames.shape[0])]
+            return frames.permute(0, 2, 3, 1).contiguous(), [i / (self.video_fps or ARRAY_FPS) for i in range(frames.shape[0])]
         try:
             if self.num_frames is not None:
                 count = max(tp, round(self.num_frames / tp) * tp)
@@ -151,7 +174,6 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
             check_aspect_ratio(frames.shape[1], frames.shape[2], self.max_aspect_ratio)
         except (ValueError, ImageLoadError) as e:
             raise type(e)(f"video {index}: {e}") from e
-        frames = frames.permute(0, 3, 1, 2)
         stamps = list(meta.timestamps)
         n = frames.shape[0]
         if n > tp and n % tp:  # round the count down to the temporal patch, frames spread over the whole clip
@@ -162,7 +184,7 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
     def _load(self, given: dict[str, list]) -> dict[str, list[_Item]]:
         items: dict[str, list[_Item]] = {"image": [], "video": []}
         for img in load_images(given.get("image", []), self.max_image_pixels, self.max_aspect_ratio):
-            items["image"].append(_Item("image", img[None], None, self.max_pixels, self.min_pixels, 1))
+            items["image"].append(_Item("image", img.permute(1, 2, 0).contiguous()[None], None, self.max_pixels, self.min_pixels, 1))
         for i, video in enumerate(given.get("video", [])):
             frames, stamps = self._load_video(video, i)
             items["video"].append(_Item("video", frames, stamps, self.video_max_pixels, self.video_min_pixels, frames.shape[0]))
@@ -222,17 +244,29 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         )
 
     # ---------------------------------------------------------------------------------------------- pixels
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(scale, shift)``: ``(v * rescale_factor - mean) / std == v * scale + shift``."""
+        std = torch.tensor(self.image_std, dtype=torch.float64)
+        scale = (self.rescale_factor / std).float()
+        shift = (-torch.tensor(self.image_mean, dtype=torch.float64) / std).float()
+        return scale, shift
+
     def _pixels(self, it: _Item) -> tuple[torch.Tensor, list[int]]:
         H, W = it.size
         h, w = smart_resize(H, W, self.factor, it.floor, max(it.floor, it.cap), max_ratio=self.max_aspect_ratio)
         frames = it.frames
         if (h, w) != (H, W):
-            frames = resize(frames, (h, w), self.resample)
-        x = normalize(rescale(frames, self.rescale_factor), self.image_mean, self.image_std)
+            frames = _pil_resize(frames, h, w, self.resample)
         tp = self.temporal_patch_size
-        if pad := -x.shape[0] % tp:  # images: repeated over the temporal patch; videos: last frame repeated
-            x = torch.cat([x, x[-1:].expand(pad, -1, -1, -1)])
-        return patchify(x, self.patch_size, tp, self.merge_size)
+        if pad := -frames.shape[0] % tp:  # images: repeated over the temporal patch; videos: last frame repeated
+            frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
+        rows, grid = patchify(frames, self.patch_size, tp, self.merge_size, channels_last=True)  # uint8 copy
+        # rescale + normalize in one float32 pass over the rows (each row is laid out (C, tp, p, p))
+        scale, shift = self._affine()
+        out = torch.empty(rows.shape, dtype=torch.float32).view(rows.shape[0], 3, -1)
+        torch.mul(rows.view(rows.shape[0], 3, -1), scale[:, None], out=out)
+        out.add_(shift[:, None])
+        return out.view(rows.shape), grid
 
     def _second_per_grid(self, it: _Item) -> float:
         ts = it.timestamps or []
@@ -248,7 +282,7 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
             if not items[modality]:
                 continue
             rows, grids = zip(*(self._pixels(it) for it in items[modality]))
-            data[pix] = torch.cat(rows)
+            data[pix] = rows[0] if len(rows) == 1 else torch.cat(rows)
             data[grid] = torch.tensor(grids, dtype=torch.long)
             tokens[modality] = [t * h * w // self.merge_size**2 for t, h, w in grids]
             if modality == "video":
