@@ -289,3 +289,24 @@ def test_grounding_boxes_round_trip_to_original_pixels():
         format_box((0, 0, 700, 10), size)
     with pytest.raises(ValueError, match="width, height"):
         parse_boxes("(1,2),(3,4)", (0, 10))
+
+
+
+def test_generate_positions_advance_from_the_prompt_or_are_recomputed_when_it_ends_in_media(tiny):
+    """generate starts from the prompt's own M-RoPE positions (computed from the call's grids) and advances them by
+    one per generated token; a prompt ending in a placeholder is recomputed per step (the next position jumps past
+    the item). Both equal greedy decoding by full forward passes."""
+    model, processor = tiny
+    gen = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    for texts in (["<|image_pad|> what is shown", "the video <|video_pad|> and <|image_pad|> now"],
+                  ["what is shown <|image_pad|>", "the video <|video_pad|> and <|image_pad|>"]):
+        images = [tiny_media("image", i, height=40 + 16 * i) for i in range(2)]
+        batch = processor(text=texts, images=images, videos=[tiny_media("video", 0, frames=8)], padding_side="left")
+        out = model.generate(**batch, **gen)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        extra = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
+        for _ in range(4):
+            with torch.no_grad():
+                nxt = model(input_ids=ids, attention_mask=mask, **extra).logits[:, -1].argmax(-1, keepdim=True)
+            ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
+        assert torch.equal(out, ids)
