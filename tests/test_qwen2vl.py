@@ -310,3 +310,26 @@ def test_generate_positions_advance_from_the_prompt_or_are_recomputed_when_it_en
                 nxt = model(input_ids=ids, attention_mask=mask, **extra).logits[:, -1].argmax(-1, keepdim=True)
             ids, mask = torch.cat([ids, nxt], 1), torch.cat([mask, torch.ones_like(nxt)], 1)
         assert torch.equal(out, ids)
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage3", "lora"])
+def test_stage_recipes_from_the_report_train_the_declared_parts(tmp_path, stage):
+    """Qwen2-VL report: stage 1 ViT + merger (LLM frozen), stage 3 LLM only (ViT + merger frozen); LoRA on the LLM's
+    Linear layers only, by full module path (the vision blocks' attn.qkv / mlp.fc* are never adapted)."""
+    from test_training import _dataset, _losses
+
+    from hf_videollm.training import TrainConfig, train
+    from hf_videollm.training.trainer import unwrap_videollm
+
+    data = _dataset(tmp_path, n=4)
+    mode = "lora" if stage == "lora" else "full"
+    trainer = train(TrainConfig(model="tiny:qwen2_vl", data=[str(data)], output_dir=str(tmp_path / "out"),
+                                stage=stage, mode=mode, max_steps=2, per_device_train_batch_size=2, logging_steps=1))
+    core = unwrap_videollm(trainer.model)
+    names = [n.replace("base_model.model.", "") for n, p in trainer.model.named_parameters() if p.requires_grad]
+    parts = {core.part_of_parameter(n) for n in names}
+    expected = {"stage1": {"vision_tower", "connector"}, "stage3": {"language_model"}, "lora": {"language_model"}}
+    assert parts == expected[stage]
+    if stage == "lora":
+        assert names and all("lora_" in n and n.startswith("language_model.") for n in names)
+    assert all(np.isfinite(loss) for loss in _losses(trainer))
