@@ -94,3 +94,23 @@ def test_qwen2_5_vl_is_refused_clearly(tmp_path):
     (src / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConversionError, match="Qwen2.5-VL"):
         convert("qwen2_vl", src, tmp_path / "out", source_format="transformers", progress=False)
+
+
+def test_cli_convert_then_auto_classes_load_it(tmp_path):
+    """``hf-videollm convert qwen2_vl SRC OUT --from transformers``; the result loads with the Auto classes."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import hf_videollm  # noqa: F401 -- registers the Auto classes
+    from hf_videollm.cli import main
+
+    case_dir = fixture_case("hf_qwen2_vl", "video")
+    out = tmp_path / "cli"
+    assert main(["convert", "qwen2_vl", str(case_dir / "original"), str(out), "--from", "transformers", "--quiet"]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    assert type(model) is VideoLLMQwen2VLForConditionalGeneration
+    assert type(AutoProcessor.from_pretrained(out)) is VideoLLMQwen2VLProcessor
+    inputs, expected = _inputs(case_dir), load_tensors(case_dir / "expected.safetensors")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    torch.testing.assert_close(logits, expected["logits"], atol=ATOL, rtol=RTOL)
+    assert main(["convert", "qwen2_vl", str(case_dir / "original"), str(tmp_path / "x"), "--from", "original"]) == 2
