@@ -54,7 +54,6 @@ def _video_size(path: Path) -> tuple[int, int]:
 
 
 def bench_processor(path: Path, repeats: int) -> dict:
-    from PIL import Image
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.video_utils import load_video as hf_load_video
 

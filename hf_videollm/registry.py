@@ -65,15 +65,15 @@ class ModelEntry:
 
 def _entries() -> dict[str, ModelEntry]:
     from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaModel
-    from .modeling.videollama2 import (
-        VideoLLMVideoLlama2Config,
-        VideoLLMVideoLlama2ForConditionalGeneration,
-        VideoLLMVideoLlama2Model,
-    )
     from .modeling.qwen2vl import (
         VideoLLMQwen2VLConfig,
         VideoLLMQwen2VLForConditionalGeneration,
         VideoLLMQwen2VLModel,
+    )
+    from .modeling.videollama2 import (
+        VideoLLMVideoLlama2Config,
+        VideoLLMVideoLlama2ForConditionalGeneration,
+        VideoLLMVideoLlama2Model,
     )
     from .processors.llava import VideoLLMLlavaProcessor
     from .processors.qwen2vl import VideoLLMQwen2VLProcessor

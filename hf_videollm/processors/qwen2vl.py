@@ -29,7 +29,7 @@ import torch
 
 from ..media.frames import _is_video_source, load_frames, load_images
 from ..media.image_io import ImageLoadError, check_aspect_ratio
-from ..media.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, rescale, resize, smart_resize
+from ..media.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resize, smart_resize
 from ..media.video_read import load_video
 from ..modeling.qwen2vl import QWEN2VL_INPUTS
 from .base import ProcessorInputError, Sample, VideoLLMProcessor
