@@ -333,3 +333,18 @@ def test_stage_recipes_from_the_report_train_the_declared_parts(tmp_path, stage)
     if stage == "lora":
         assert names and all("lora_" in n and n.startswith("language_model.") for n in names)
     assert all(np.isfinite(loss) for loss in _losses(trainer))
+
+
+def test_left_padded_forward_equals_each_sample_alone(tiny):
+    model, processor = tiny
+    batch = _batch(processor)
+    texts = ["<|vision_start|><|image_pad|><|vision_end|> what is shown <|vision_start|><|video_pad|><|vision_end|>",
+             "describe <|vision_start|><|video_pad|><|vision_end|> the video and <|vision_start|><|image_pad|><|vision_end|> image please"]
+    with torch.no_grad():
+        together = model(**batch).logits
+        for b in range(2):
+            one = processor(text=[texts[b]], images=[tiny_media("image", 0, height=40 + 16 * b, width=52 - 8 * b)],
+                            videos=[tiny_media("video", b, frames=4 + 2 * b)])
+            alone = model(**one).logits[0]
+            real = batch["attention_mask"][b].bool()
+            assert torch.allclose(together[b, real], alone, atol=1e-5)
