@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset", "videollama2_av_demo_preset"]
+__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset", "videollama2_av_demo_preset", "qwen2vl_demo_preset"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,20 @@ def videollama2_av_demo_preset() -> DemoPreset:
     overrides["processor"] = {**overrides.get("processor", {}), "audio_seconds": 2.0, "audio_clips_per_video": 1,
                               "audio_clip_seconds": 2.0}
     return DemoPreset(**{**base.__dict__, "model_overrides": overrides, "stage": "av_joint"})
+
+
+def qwen2vl_demo_preset() -> DemoPreset:
+    """Tiny Qwen2-VL on the synthetic videos: 32 px frames, patch 4 + 2x2 merge -> 4x4 tokens per pair of frames."""
+    from .processors.chat_templates import qwen2vl_template
+
+    processor = {**_synthetic_processor(), "chat_template": qwen2vl_template(system=""), "video_min_pixels": 64,
+                 "video_max_pixels": 32 * 32, "max_visual_tokens": None}
+    return DemoPreset(
+        model_overrides=dict(
+            vision_config=dict(depth=2, embed_dim=64, num_heads=4),
+            text_config=dict(hidden_size=64, intermediate_size=128, initializer_range=0.1),
+            processor=processor,
+        ),
+        num_frames=8,
+        max_steps=1500,
+    )

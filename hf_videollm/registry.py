@@ -73,6 +73,11 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMInstructBlipModel,
     )
     from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaModel
+    from .modeling.qwen2vl import (
+        VideoLLMQwen2VLConfig,
+        VideoLLMQwen2VLForConditionalGeneration,
+        VideoLLMQwen2VLModel,
+    )
     from .modeling.videollama2 import (
         VideoLLMVideoLlama2Config,
         VideoLLMVideoLlama2ForConditionalGeneration,
@@ -85,6 +90,7 @@ def _entries() -> dict[str, ModelEntry]:
     )
     from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
     from .processors.llava import VideoLLMLlavaProcessor
+    from .processors.qwen2vl import VideoLLMQwen2VLProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
 
@@ -146,6 +152,14 @@ def _entries() -> dict[str, ModelEntry]:
             "instructblip_t5", VideoLLMInstructBlipConfig, VideoLLMInstructBlipForConditionalGeneration,
             VideoLLMInstructBlipModel, VideoLLMInstructBlipProcessor, tiny="hf_videollm.tiny:tiny_instructblip_t5",
             recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+        ),
+        ModelEntry(
+            "qwen2_vl", VideoLLMQwen2VLConfig, VideoLLMQwen2VLForConditionalGeneration, VideoLLMQwen2VLModel,
+            VideoLLMQwen2VLProcessor,
+            tiny="hf_videollm.tiny:tiny_qwen2vl",
+            readers={"transformers": "hf_videollm.conversion.qwen2vl:read_qwen2vl_hf"},
+            recipes="hf_videollm.training.recipes:QWEN2VL_STAGES",
+            demo="hf_videollm.demo_presets:qwen2vl_demo_preset",
         ),
     ]
     return {e.name: e for e in entries}

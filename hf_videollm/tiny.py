@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS"]
+__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS", "tiny_qwen2vl"]
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 BASE_WORDS = (
@@ -182,6 +182,46 @@ def tiny_videollama2_av(tokenizer, seed: int = 0, *, processor: dict | None = No
             "chat_template": llama2_template(VICUNA_V1_1_SYSTEM),  # the word-level tiny tokenizer has no ChatML tokens
         },
     )
+
+
+QWEN2VL_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def tiny_qwen2vl(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+    """A tiny Qwen2-VL: vision tower 2x32 (patch 4, temporal patch 2, merge 2: one token per 8x8 pixels per two
+    frames) -> Qwen2 2x64 with M-RoPE sections (2, 3, 3). The ChatML / vision markers are added to ``tokenizer`` (in
+    the LLM vocabulary); the ``<|image_pad|>`` / ``<|video_pad|>`` ids lie past it. ``overrides``: config fields
+    (nested dicts update ``vision_config`` / ``text_config``); ``processor``: processor settings."""
+    from .modeling.qwen2vl import VideoLLMQwen2VLConfig, VideoLLMQwen2VLForConditionalGeneration
+    from .processors.qwen2vl import VideoLLMQwen2VLProcessor
+
+    missing = [t for t in QWEN2VL_SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    vocab = len(tokenizer)
+    text = _tiny_text_config(tokenizer, overrides.pop("text_config", {}), "qwen2_vl_text")
+    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    vision = _merge(
+        dict(model_type="qwen2_vl_vision", depth=2, embed_dim=32, hidden_size=text.get("hidden_size", 64), num_heads=2,
+             mlp_ratio=2, patch_size=4, temporal_patch_size=2, spatial_merge_size=2, in_channels=3),
+        overrides.pop("vision_config", {}),
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    cfg = dict(vision_config=vision, text_config=text, image_token_id=vocab, video_token_id=vocab + 1,
+               vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    torch.manual_seed(seed)
+    config = VideoLLMQwen2VLConfig(**_merge(cfg, overrides))
+    model = VideoLLMQwen2VLForConditionalGeneration(config)
+    vc = config.vision_config
+    factor = vc.patch_size * vc.spatial_merge_size
+    settings = dict(
+        patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size, merge_size=vc.spatial_merge_size,
+        min_pixels=factor * factor, max_pixels=32 * 32, video_min_pixels=factor * factor, video_max_pixels=24 * 24,
+        video_fps=2.0, min_frames=2, max_frames=16, max_visual_tokens=256, tokenization="chunks",
+        image_token_id=config.image_token_id, video_token_id=config.video_token_id,
+    )
+    settings.update(processor or {})
+    return _finish(model, tokenizer), VideoLLMQwen2VLProcessor(tokenizer, **settings)
 
 
 def build_tiny(name: str, seed: int = 0, tokenizer=None, **overrides):

@@ -262,8 +262,11 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         token_ids = self.media_token_ids
         placeholders = media_mask(input_ids, token_ids)
         # Placeholder ids may lie outside the LLM vocabulary (they are never embedded): embed a valid id instead.
-        safe_ids = input_ids.masked_fill(placeholders, 0) if placeholders.any() else input_ids
+        any_placeholder = bool(placeholders.any())
+        safe_ids = input_ids.masked_fill(placeholders, 0) if any_placeholder else input_ids
         embeds = self.get_input_embeddings()(safe_ids)
+        if not any_placeholder and not any(as_item_list(f) for f in (media_features or {}).values()):
+            return embeds  # text only (e.g. a decoding step): nothing to merge or check
         return merge_media_embeddings(
             input_ids, embeds, dict(media_features or {}), token_ids,
             attention_mask=attention_mask, token_names=self._placeholder_names(),
@@ -389,6 +392,26 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         # Media were encoded in ``generate`` already; transformers' own pre-encoding would pop the layout inputs its
         # signature lookup finds (e.g. grids) and encode nothing.
         return model_kwargs
+
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        """transformers 5.24 builds 1-D position ids from the attention mask before the loop and advances them by
+        one per generated token. A model whose positions come from its layout gets the prompt's own positions
+        (:meth:`compute_position_ids`, from this call's inputs) instead; advancing them by one is right for the
+        generated text tokens. A prompt whose last token is a media placeholder (the next position jumps past the
+        item) gets ``None``: its positions are computed from the whole sequence at every step
+        (:meth:`prepare_inputs_for_generation`)."""
+        if not self.positions_from_layout:
+            return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+        ids = model_kwargs.get("input_ids", inputs_tensor)
+        mask = model_kwargs.get("attention_mask")
+        if ids is None or ids.ndim != 2 or ids.is_floating_point() or ids.shape[1] == 0:
+            return None
+        if mask is not None and not bool(mask[:, -1].bool().all()):
+            return None  # right padding: the last column is not the last token of every row
+        if any(bool((ids[:, -1] == tid).any()) for tid in self.media_token_ids.values()):
+            return None
+        layout = {n: model_kwargs.get(n) for n in self.input_spec.layout_inputs}
+        return self.compute_position_ids(ids, mask, **layout)
 
     def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, attention_mask=attention_mask, **kwargs)

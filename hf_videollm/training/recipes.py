@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -119,6 +119,32 @@ BLIP2_STAGES: dict[str, Stage] = {
         "not in the original (no LoRA in LAVIS): stage 2 / instruction tuning plus LoRA r16 on the LLM, the bridge "
         "trained fully",
         lora=True, modules_to_save_parts=("ln_vision", "qformer", "connector"), weight_decay=0.05,
+    ),
+}
+
+# Qwen2-VL report (arXiv 2409.12191, section 2.2): stage 1 trains the ViT (with its merger) on image-text pairs, the
+# LLM frozen; stage 2 unfreezes everything on mixed multimodal data; stage 3 freezes the ViT and tunes the LLM on
+# ChatML instruction data. The report gives no learning rates or batch sizes: the rates here are ours (common values
+# for each kind of stage), the data, parts and order are the report's.
+QWEN2VL_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("vision_tower", "connector"), 1e-4,
+        "ViT + merger on image-text pairs (captions, OCR, classification), LLM frozen (learning rate not published)",
+    ),
+    "stage2": Stage(
+        "stage2", ("vision_tower", "connector", "language_model"), 2e-5,
+        "every part on interleaved image-text, VQA, video dialogue and grounding data (learning rate not published)",
+    ),
+    "stage3": Stage(
+        "stage3", ("language_model",), 1e-5,
+        "instruction tuning in ChatML (multi-image, video, agent, grounding dialogues), ViT and merger frozen "
+        "(learning rate not published)",
+    ),
+    "lora": Stage(
+        "lora", (), 1e-4,
+        "stage 3 with LoRA r64/alpha128 on every LLM linear layer (full module paths: the vision blocks also have "
+        "Linear layers), ViT and merger frozen",
+        lora=True, lora_r=64, lora_alpha=128,
     ),
 }
 
