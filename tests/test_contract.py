@@ -400,3 +400,32 @@ def test_grid_inputs_collate_by_their_declared_rule(grid):
     batched = collate_inputs(GRID_INPUTS, [a, b])
     assert batched["image_grid_thw"].tolist() == [[1, 2, 4], [1, 3, 3], [1, 1, 2]]
     assert torch.equal(batched["pixel_values"], torch.cat([a["pixel_values"], b["pixel_values"]]))
+
+
+# ----------------------------------------------------------------------------------------------- alternative inputs
+def test_alternative_inputs_are_declared_and_validated():
+    """``InputSpec(alternative_to=...)``: an encoder input that can replace another of its modality (precomputed
+    features instead of pixels) turns the branch on by itself; wrong declarations fail at definition time."""
+    video = (Modality("video", ("vision_tower",)),)
+    spec = ModelInputs(
+        modalities=video,
+        inputs=(
+            InputSpec("pixel_values_videos", modality="video"),
+            InputSpec("video_features", modality="video", alternative_to="pixel_values_videos"),
+        ),
+    )
+    assert spec.branch_inputs("video") == ("pixel_values_videos", "video_features")
+    assert spec.alternative_groups("video") == {"pixel_values_videos": ("video_features",)}
+    assert spec.encoder_inputs("video") == ("pixel_values_videos", "video_features")
+    with pytest.raises(ValueError, match="primary encoder input"):
+        ModelInputs(modalities=video, inputs=(
+            InputSpec("pixel_values_videos", modality="video"),
+            InputSpec("video_features", modality="video", alternative_to="missing"),
+        ))
+    with pytest.raises(ValueError, match="first encoder input"):
+        ModelInputs(modalities=video, inputs=(
+            InputSpec("video_features", modality="video", alternative_to="pixel_values_videos"),
+            InputSpec("pixel_values_videos", modality="video"),
+        ))
+    with pytest.raises(ValueError, match="only an encoder input"):
+        InputSpec("x", modality="video", encoder=False, alternative_to="pixel_values_videos")
