@@ -70,7 +70,9 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMVideoLlama2ForConditionalGeneration,
         VideoLLMVideoLlama2Model,
     )
+    from .modeling.longvlm import VideoLLMLongVLMConfig, VideoLLMLongVLMForConditionalGeneration, VideoLLMLongVLMModel
     from .processors.llava import VideoLLMLlavaProcessor
+    from .processors.longvlm import VideoLLMLongVLMProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
 
     entries = [
@@ -92,6 +94,13 @@ def _entries() -> dict[str, ModelEntry]:
             readers={"original": "hf_videollm.conversion.videollama2:read_videollama2"},
             recipes="hf_videollm.training.recipes:VIDEOLLAMA2_STAGES",
             demo="hf_videollm.demo_presets:videollama2_demo_preset",
+        ),
+        ModelEntry(
+            "longvlm", VideoLLMLongVLMConfig, VideoLLMLongVLMForConditionalGeneration, VideoLLMLongVLMModel,
+            VideoLLMLongVLMProcessor,
+            tiny="hf_videollm.tiny:tiny_longvlm",
+            readers={"original": "hf_videollm.conversion.longvlm:read_longvlm"},
+            recipes="hf_videollm.training.recipes:LONGVLM_STAGES",
         ),
     ]
     return {e.name: e for e in entries}

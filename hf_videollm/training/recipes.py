@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "LONGVLM_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,16 @@ VIDEOLLAMA2_STAGES: dict[str, Stage] = {
         "(scripts/custom/finetune_lora.sh; train.py's own default would be r64)",
         lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector",),
         part_learning_rates={"connector": 2e-5}, original_global_batch_size=128, original_epochs=1,
+    ),
+}
+
+LONGVLM_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("connector",), 2e-5,
+        "LongVLM's single stage (run.sh, tune_mm_mlp_adapter): the projector only, CLIP and the LLaVA-7B LLM frozen, "
+        "on Video-ChatGPT-100K-style video instructions; 3 epochs, 8 x 4 GPUs, lr 2e-5, cosine, warmup 0.03 (the "
+        "original also lets the 3 new embedding rows learn; here the embeddings stay frozen)",
+        original_global_batch_size=32, original_epochs=3,
     ),
 }
 
