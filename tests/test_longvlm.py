@@ -1,0 +1,104 @@
+"""LongVLM model and processor behaviour on tiny models (faithfulness to the original: test_longvlm_fixtures.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import hf_videollm.modeling.longvlm as longvlm_mod
+from hf_videollm.modeling.longvlm import LONGVLM_VARIANTS, VideoLLMLongVLMConfig, longvlm_num_tokens
+from hf_videollm.tiny import build_tiny, tiny_media
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, processor = build_tiny("longvlm", seed=0)
+    return model.eval(), processor
+
+
+def _video(frames=4, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(frames, 3, 28, 28, generator=g)
+
+
+def test_chunked_tower_and_grouped_merging_do_not_change_the_tokens(tiny, monkeypatch):
+    model, _ = tiny
+    video = _video()
+    with torch.no_grad():
+        ref_local, ref_glob = model.get_video_visual_features(video)
+        model.config.vision_chunk_frames = 1  # one CLIP call per frame
+        monkeypatch.setattr(longvlm_mod, "MERGE_SCORE_BUDGET", 1)  # one merge call per segment
+        local, glob = model.get_video_visual_features(video)
+    model.config.vision_chunk_frames = 8
+    torch.testing.assert_close(local, ref_local)
+    torch.testing.assert_close(glob, ref_glob)
+    assert local.shape == (2 * 3, 32) and glob.shape == (2, 32)
+
+
+def test_local_tokens_are_segment_ordered_and_global_tokens_are_time_averaged_cls(tiny):
+    model, _ = tiny
+    video = _video()
+    with torch.no_grad():
+        local, glob = model.get_video_visual_features(video)
+        hidden = model.vision_tower(pixel_values=video, output_hidden_states=True).hidden_states
+        # frames 2-3 merged as a segment of their own give the last 3 local tokens: segments never mix
+        seg1 = model.merge_local_tokens(hidden[-2][[2, 3, 2, 3], 1:])
+    torch.testing.assert_close(local[3:], seg1[3:])
+    torch.testing.assert_close(glob, torch.stack([h[:, 0] for h in hidden[-2:]], 1).mean(0))
+
+
+def test_batch_of_videos_of_different_lengths_equals_each_alone(tiny):
+    model, _ = tiny
+    a, b, c = _video(4, 1), _video(6, 2), _video(4, 3)
+    with torch.no_grad():
+        together = model.get_video_features(pixel_values_videos=[a, b, c])
+        alone = [model.get_video_features(pixel_values_videos=[v])[0] for v in (a, b, c)]
+    for x, y in zip(together, alone):
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-5)
+    assert [t.shape[0] for t in together] == [8, 8, 8]  # E + S*M whatever T (a multiple of S)
+
+
+def test_frames_not_a_multiple_of_the_segments_fail_clearly(tiny):
+    model, _ = tiny
+    with pytest.raises(ValueError, match="multiple of 2"):
+        model.get_video_features(pixel_values_videos=[_video(3)])
+
+
+def test_released_script_variant_and_token_formula():
+    cfg = VideoLLMLongVLMConfig(variant="released_script")
+    assert cfg.video_seq_length() == 200 and cfg.num_global_tokens == 0
+    assert VideoLLMLongVLMConfig().video_seq_length() == 305  # paper (default)
+    assert VideoLLMLongVLMConfig().video_seq_length(400) == 305  # longer videos: same token count, longer segments
+    assert longvlm_num_tokens(100, 256, 10, 20, 0, LONGVLM_VARIANTS["released_script"]["merge_schedule"]) == 200
+    with pytest.raises(ValueError, match="tokens_per_segment"):
+        VideoLLMLongVLMConfig(merge_schedule=[2880, 1440, 720, 360, 180, 90, 40])  # leaves 20, not 30
+    with pytest.raises(ValueError, match="num_global_tokens"):
+        VideoLLMLongVLMConfig(num_global_tokens=40)
+
+
+def test_released_script_variant_model_has_no_global_tokens():
+    model, processor = build_tiny("longvlm", seed=0, num_global_tokens=0)
+    assert processor.video_tokens(4) == 6
+    with torch.no_grad():
+        out = model.get_video_features(pixel_values_videos=[_video()])
+    assert out[0].shape == (6, 64)
+    # the global-token layers are then unused (the last CLIP layer only feeds CLS tokens)
+    assert "vision_tower.encoder.layers.1." in model.unused_parameter_prefixes()
+    tiny_model, _ = build_tiny("longvlm", seed=0)
+    assert "vision_tower.encoder.layers.1." not in tiny_model.unused_parameter_prefixes()
+
+
+def test_processor_wraps_the_run_and_resamples_given_frames(tiny):
+    _, processor = tiny
+    tok = processor.tokenizer
+    tok.add_tokens(["<vid_start>", "<vid_end>"], special_tokens=True)
+    try:
+        processor.video_start_token, processor.video_end_token = "<vid_start>", "<vid_end>"
+        batch = processor(text=["<video> what is shown"], videos=[tiny_media("video", 0, frames=7)])
+        ids = batch["input_ids"][0].tolist()
+        start = ids.index(tok.convert_tokens_to_ids("<vid_start>"))
+        assert ids[start + 1 : start + 9] == [processor.video_token_id] * 8
+        assert ids[start + 9] == tok.convert_tokens_to_ids("<vid_end>")
+        assert batch["pixel_values_videos"].shape[:2] == (1, 4)  # 7 given frames -> T = 4
+    finally:
+        processor.video_start_token = processor.video_end_token = None
