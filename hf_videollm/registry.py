@@ -101,6 +101,7 @@ def _entries() -> dict[str, ModelEntry]:
             tiny="hf_videollm.tiny:tiny_longvlm",
             readers={"original": "hf_videollm.conversion.longvlm:read_longvlm"},
             recipes="hf_videollm.training.recipes:LONGVLM_STAGES",
+            demo="hf_videollm.demo_presets:longvlm_demo_preset",
         ),
     ]
     return {e.name: e for e in entries}
