@@ -102,3 +102,33 @@ def test_processor_wraps_the_run_and_resamples_given_frames(tiny):
         assert batch["pixel_values_videos"].shape[:2] == (1, 4)  # 7 given frames -> T = 4
     finally:
         processor.video_start_token = processor.video_end_token = None
+
+
+def test_stage1_recipe_trains_the_projector_only_on_videos(tmp_path):
+    """``hf-videollm train`` machinery with LongVLM's stage1: video files sampled by timestamp, only the projector
+    changes (CLIP and the LLM frozen), at the recipe's learning rate."""
+    import json
+
+    import numpy as np
+
+    from hf_videollm.media import write_video
+    from hf_videollm.training import TrainConfig, train
+    from hf_videollm.training.trainer import unwrap_videollm
+
+    rows = []
+    for i in range(4):
+        frames = np.random.default_rng(i).integers(0, 255, (6, 32, 32, 3), dtype=np.uint8)
+        write_video(tmp_path / f"{i}.mp4", frames, fps=5)
+        rows.append({"messages": [
+            {"role": "user", "content": [{"type": "video", "video": f"{i}.mp4"}, {"type": "text", "text": "what is shown"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]}]})
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    before = build_tiny("longvlm", seed=42)[0].state_dict()
+    trainer = train(TrainConfig(model="tiny:longvlm", data=[str(data)], output_dir=str(tmp_path / "out"),
+                                stage="stage1", max_steps=2, per_device_train_batch_size=2))
+    core = unwrap_videollm(trainer.model)
+    assert {core.part_of_parameter(n) for n, p in core.named_parameters() if p.requires_grad} == {"connector"}
+    assert trainer.args.learning_rate == 2e-5
+    after = core.state_dict()
+    assert {core.part_of_parameter(k) for k in after if not torch.equal(after[k], before[k])} == {"connector"}
