@@ -132,3 +132,11 @@ def test_stage1_recipe_trains_the_projector_only_on_videos(tmp_path):
     assert trainer.args.learning_rate == 2e-5
     after = core.state_dict()
     assert {core.part_of_parameter(k) for k in after if not torch.equal(after[k], before[k])} == {"connector"}
+
+
+def test_dummy_video_is_the_smallest_valid_one(tiny):
+    model, _ = tiny
+    dummy = model.dummy_media_inputs("video")["pixel_values_videos"]
+    assert dummy.shape[:2] == (1, 2)  # one frame per segment (4 patches >= 3 tokens per segment)
+    with torch.no_grad():
+        assert model.get_video_features(**model.dummy_media_inputs("video"))[0].shape == (8, 64)

@@ -95,3 +95,12 @@ def test_original_merge_of_segment0_matches_fixture():
     torch.testing.assert_close(ours, expected["local_features"][:30], atol=1e-4, rtol=1e-4)
     script = merge_segments(seg, LONGVLM_SCRIPT_SCHEDULE)[0]
     torch.testing.assert_close(script, expected["local_features_script_variant"][:20], atol=1e-4, rtol=1e-4)
+
+
+def test_half_precision_merges_in_float32_without_overflow():
+    x = 300 + torch.randn(2, 512, 32)  # large, similar activations: the size-weighted sums exceed float16 range
+    x = x.half()
+    ref = merge_segments(x.float(), halving_schedule(512, 3), heads=4)  # same (rounded) input in float32
+    half = merge_segments(x, halving_schedule(512, 3), heads=4)
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    torch.testing.assert_close(half.float(), ref, atol=0.1, rtol=1e-3)

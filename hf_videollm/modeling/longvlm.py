@@ -329,6 +329,22 @@ class VideoLLMLongVLMModel(VisionTowerModel):
                 )
         return self._project(globals_, locals_)
 
+    def dummy_media_inputs(self, modality: str) -> dict[str, Any]:
+        """The fewest frames a video can have: one per segment (more when a frame has fewer patches than
+        ``tokens_per_segment``), so text-only training batches do not run CLIP on ``num_frames`` frames."""
+        cfg = self.config
+        p = next(self.vision_tower.parameters())
+        size = cfg.vision_config.image_size
+        per_segment = -(-cfg.tokens_per_segment // cfg.patches_per_frame)
+        frames = cfg.num_segments * per_segment
+        try:
+            longvlm_num_tokens(frames, cfg.patches_per_frame, cfg.num_segments, cfg.tokens_per_segment,
+                               cfg.num_global_tokens, cfg.merge_schedule)
+        except ValueError:
+            frames = cfg.num_frames  # an explicit schedule made for num_frames
+        dtype = p.dtype if p.is_floating_point() else torch.float32
+        return {"pixel_values_videos": torch.zeros(1, frames, 3, size, size, device=p.device, dtype=dtype)}
+
     def unused_parameter_prefixes(self) -> list[str]:
         deepest = -1 if self.config.num_global_tokens else self.config.vision_feature_layer
         return unused_tower_prefixes(self.config.vision_config, [self.config.vision_feature_layer, deepest])

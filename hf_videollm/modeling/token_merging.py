@@ -13,6 +13,7 @@ hierarchy of merging steps. One step on a segment of ``t`` tokens, removing ``r`
 5. output order: the A tokens that were not merged, in descending-score order, then every B token in its original
    order.
 
+Half-precision inputs are merged in float32 (the weighted sums would overflow float16) and returned in their dtype.
 Every step runs on all segments of a batch at once (``(segments, tokens, channels)`` tensors, ``gather`` /
 ``scatter_add``): there is no Python loop over segments or tokens. The matching itself is not differentiable (it is
 computed without gradients, as ToMe does); the weighted averages are.
@@ -104,7 +105,12 @@ def merge_segments(x: torch.Tensor, schedule: Sequence[int], heads: int = 16) ->
     ``(segments, merged_length(tokens, schedule), C)``."""
     if x.ndim != 3:
         raise ValueError(f"merge_segments takes (segments, tokens, channels), got shape {tuple(x.shape)}")
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        # sums of size-weighted features reach (tokens per segment) x (feature size): beyond fp16's range for
+        # CLIP's large activations; merge in float32 and return the input dtype
+        x = x.float()
     size = None
     for r in schedule:
         x, size = bipartite_merge_step(x, size, r, heads)
-    return x
+    return x.to(dtype)
