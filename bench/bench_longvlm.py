@@ -3,7 +3,7 @@
 * ratio: the 100 frames go through the tower in the model's chunks (16 frames); after each chunk the merging of a
   whole 100-frame video (10 segments x 2560 tokens -> 10 x 30) is timed, so tower and merge runs alternate and load
   drift hits both alike. merge / tower = median merge time / summed tower time.
-* peak RSS: a fresh process per case runs ``get_video_features`` (tower in chunks + merging + projector) on T frames
+* peak RSS (``VmHWM``): a fresh process per case runs ``get_video_features`` (tower in chunks + merging + projector) on T frames
   of 224 px pixels (the pixel tensor is included) and reports ``ru_maxrss``, and the RSS after building the model.
 
 Weights are random (timing and memory do not depend on them); the LLM is a 1-layer stand-in (not used here).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -65,14 +64,15 @@ def rss_case(frames: int, layers: int, chunk: int) -> dict:
     with torch.no_grad():
         out = model.get_video_features(pixel_values_videos=pixels[None])
     return {"frames": frames, "tower_layers": layers, "chunk_frames": chunk, "tokens": out[0].shape[0],
-            "rss_after_build_mb": after_build, "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-            "seconds": round(time.perf_counter() - t, 1)}
+            "rss_after_build_mb": after_build, "peak_rss_mb": _rss_mb("VmHWM"), "seconds": round(time.perf_counter() - t, 1)}
 
 
-def _rss_mb() -> int:
+def _rss_mb(field: str = "VmRSS") -> int:
+    """Current (``VmRSS``) or peak (``VmHWM``) resident memory of this process. Not ``ru_maxrss``: Linux keeps it
+    across ``execve``, so a case started by a process that had grown larger would report the parent's peak."""
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return round(int(line.split()[1]) / 1024)
     return -1
 
@@ -94,9 +94,6 @@ def main() -> None:
         print(json.dumps(rss_case(frames, layers, chunk)))
         return
     results = {"threads": args.threads, "torch": torch.__version__}
-    if args.frames:
-        results["ratio"] = ratio(args.frames, args.layers, args.chunk)
-        print(json.dumps(results["ratio"]), flush=True)
     results["rss"] = []
     for frames in [int(x) for x in args.rss_frames.split(",") if x]:
         for chunk in [int(x) for x in args.rss_chunks.split(",") if x]:
@@ -105,6 +102,9 @@ def main() -> None:
                                  capture_output=True, text=True, check=True)
             results["rss"].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(json.dumps(results["rss"][-1]), flush=True)
+    if args.frames:
+        results["ratio"] = ratio(args.frames, args.layers, args.chunk)
+        print(json.dumps(results["ratio"]), flush=True)
     print(json.dumps(results, indent=1))
 
 

@@ -273,7 +273,8 @@ class VideoLLMLongVLMModel(VisionTowerModel):
         local: list[torch.Tensor | None] = [None] * len(videos)
         for n in sorted(set(lengths)):  # one merge call per video length (all of a batch's videos, usually)
             idx = [i for i, m in enumerate(lengths) if m == n]
-            for i, tokens in zip(idx, self.merge_local_tokens(torch.stack([patch_tokens[i] for i in idx]))):
+            batch = patch_tokens[idx[0]][None] if len(idx) == 1 else torch.stack([patch_tokens[i] for i in idx])
+            for i, tokens in zip(idx, self.merge_local_tokens(batch)):
                 local[i] = tokens
         glob = [c.mean(0) if c is not None else loc.new_zeros(0, loc.shape[-1]) for c, loc in zip(cls, local)]
         return (local[0], glob[0]) if single else (local, glob)
