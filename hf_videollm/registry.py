@@ -73,6 +73,7 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMInstructBlipModel,
     )
     from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaModel
+    from .modeling.longvlm import VideoLLMLongVLMConfig, VideoLLMLongVLMForConditionalGeneration, VideoLLMLongVLMModel
     from .modeling.qwen2vl import (
         VideoLLMQwen2VLConfig,
         VideoLLMQwen2VLForConditionalGeneration,
@@ -90,6 +91,7 @@ def _entries() -> dict[str, ModelEntry]:
     )
     from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
     from .processors.llava import VideoLLMLlavaProcessor
+    from .processors.longvlm import VideoLLMLongVLMProcessor
     from .processors.qwen2vl import VideoLLMQwen2VLProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
@@ -160,6 +162,14 @@ def _entries() -> dict[str, ModelEntry]:
             readers={"transformers": "hf_videollm.conversion.qwen2vl:read_qwen2vl_hf"},
             recipes="hf_videollm.training.recipes:QWEN2VL_STAGES",
             demo="hf_videollm.demo_presets:qwen2vl_demo_preset",
+        ),
+        ModelEntry(
+            "longvlm", VideoLLMLongVLMConfig, VideoLLMLongVLMForConditionalGeneration, VideoLLMLongVLMModel,
+            VideoLLMLongVLMProcessor,
+            tiny="hf_videollm.tiny:tiny_longvlm",
+            readers={"original": "hf_videollm.conversion.longvlm:read_longvlm"},
+            recipes="hf_videollm.training.recipes:LONGVLM_STAGES",
+            demo="hf_videollm.demo_presets:longvlm_demo_preset",
         ),
     ]
     return {e.name: e for e in entries}

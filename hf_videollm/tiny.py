@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS", "tiny_qwen2vl"]
+__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS", "tiny_qwen2vl", "tiny_longvlm"]
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 BASE_WORDS = (
@@ -222,6 +222,32 @@ def tiny_qwen2vl(tokenizer, seed: int = 0, *, processor: dict | None = None, **o
     )
     settings.update(processor or {})
     return _finish(model, tokenizer), VideoLLMQwen2VLProcessor(tokenizer, **settings)
+
+
+def tiny_longvlm(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+    """A tiny LongVLM: CLIP 2x32 (28 px, 2x2 patches) -> 4 frames in 2 segments of 8 patch tokens merged to 3, plus 2
+    global tokens (8 visual tokens per video) -> Linear -> LLaMA 2x64. CLIP runs up to 8 frames per call (the batch's
+    frames in one call). ``overrides`` update the config; ``processor``: processor settings."""
+    from .modeling.longvlm import VideoLLMLongVLMConfig, VideoLLMLongVLMForConditionalGeneration
+    from .processors.longvlm import VideoLLMLongVLMProcessor
+
+    image_size = overrides.pop("image_size", 28)
+    patch_size = overrides.pop("patch_size", 14)
+    cfg = dict(
+        vision_config=_tiny_clip(image_size, patch_size),
+        text_config=_tiny_text_config(tokenizer, overrides.pop("text_config", {}), "llama"),
+        video_token_id=len(tokenizer),
+        num_frames=4, num_segments=2, tokens_per_segment=3, num_global_tokens=2, vision_chunk_frames=8,
+    )
+    torch.manual_seed(seed)
+    config = VideoLLMLongVLMConfig(**_merge(cfg, overrides))
+    model = VideoLLMLongVLMForConditionalGeneration(config)
+    settings = {
+        "image_size": image_size, "patch_size": patch_size, "video_token_id": config.video_token_id, "frame_size": None,
+        **{k: getattr(config, k) for k in VideoLLMLongVLMProcessor.model_settings},
+        **(processor or {}),
+    }
+    return _finish(model, tokenizer), VideoLLMLongVLMProcessor(tokenizer, **settings)
 
 
 def build_tiny(name: str, seed: int = 0, tokenizer=None, **overrides):

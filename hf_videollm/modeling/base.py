@@ -217,11 +217,19 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         for modality in spec.modality_names:
             names = spec.encoder_inputs(modality)
             args = {n: inputs[n] for n in names if inputs.get(n) is not None}
-            if names[0] not in args:
+            switches = spec.branch_inputs(modality)
+            if not any(n in args for n in switches):
                 stray = [n for n in args if not spec[n].layout]
                 if stray:
                     raise ValueError(f"{', '.join(stray)} given without {names[0]}; pass {names[0]} to use the {modality} branch")
                 continue
+            for primary, alternatives in spec.alternative_groups(modality).items():
+                given = [n for n in alternatives if n in args]
+                if primary in args and given:
+                    raise ValueError(
+                        f"{primary} and {', '.join(given)} both given for the {modality} branch: "
+                        f"{', '.join(given)} replace {primary}; pass one or the other"
+                    )
             features[modality] = as_item_list(getattr(self, f"get_{modality}_features")(**args))
         return features
 

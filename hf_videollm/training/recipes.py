@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES", "LONGVLM_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -145,6 +145,16 @@ QWEN2VL_STAGES: dict[str, Stage] = {
         "stage 3 with LoRA r64/alpha128 on every LLM linear layer (full module paths: the vision blocks also have "
         "Linear layers), ViT and merger frozen",
         lora=True, lora_r=64, lora_alpha=128,
+    ),
+}
+
+LONGVLM_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("connector",), 2e-5,
+        "LongVLM's single stage (run.sh, tune_mm_mlp_adapter): the projector only, CLIP and the LLaVA-7B LLM frozen, "
+        "on Video-ChatGPT-100K-style video instructions; 3 epochs, 8 x 4 GPUs, lr 2e-5, cosine, warmup 0.03 (the "
+        "original also lets the 3 new embedding rows learn; here the embeddings stay frozen)",
+        original_global_batch_size=32, original_epochs=3,
     ),
 }
 
