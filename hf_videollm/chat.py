@@ -1,4 +1,4 @@
-"""``hf-videollm chat``: ask a converted model about images and videos (one question or an interactive session)."""
+"""``hf-videollm chat``: ask a converted model about images, videos and audio (one question or an interactive session)."""
 
 from __future__ import annotations
 
@@ -44,7 +44,12 @@ def run_chat(args: argparse.Namespace) -> int:
         processor.num_frames, processor.video_fps = args.num_frames, None
     if args.fps is not None:
         processor.num_frames, processor.video_fps = None, args.fps
-    media_parts = [{"type": "image", "image": p} for p in args.image] + [{"type": "video", "video": p} for p in args.video]
+    heard = {"with_audio": True} if getattr(args, "with_audio", False) else {}  # audio-visual models: the video's track
+    media_parts = (
+        [{"type": "image", "image": p} for p in args.image]
+        + [{"type": "video", "video": p, **heard} for p in args.video]
+        + [{"type": "audio", "audio": p} for p in getattr(args, "audio", None) or []]
+    )
     history: list[dict] = []
     first = True
     while True:

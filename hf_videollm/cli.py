@@ -49,6 +49,8 @@ def _add_bench_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--learning-rate", type=float, default=None)
     p.add_argument("--num-frames", type=int, default=None, help="frames the model samples from each video")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-audio", dest="audio", action="store_const", const=False, default=None,
+                   help="models that hear: never give them the audio tracks (the no-audio baseline)")
     p.add_argument("--quiet", action="store_true", help="no training progress output")
 
 
@@ -62,6 +64,7 @@ def _cmd_convert(args: argparse.Namespace) -> int:
         source_format=args.source_format,
         vision_tower=args.vision_tower,
         base=args.base,
+        audio_config=args.audio_config,
         dtype=args.dtype,
         max_shard_size=args.max_shard_size,
         progress=not args.quiet,
@@ -172,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--from", dest="source_format", choices=["original", "transformers"], default="original")
     c.add_argument("--vision-tower", default=None, help="local path or Hub id of the vision tower (default: as the release names it)")
     c.add_argument("--base", default=None, help="local path or Hub id of the base LLM of a delta release")
+    c.add_argument("--audio-config", default=None,
+                   help="JSON object of BEATs config fields for an audio-visual release (default: read from its weights)")
     c.add_argument("--dtype", default=None, choices=[None, "float32", "float16", "bfloat16"], help="cast floating weights")
     c.add_argument("--max-shard-size", default="5GB")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -181,6 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("model", help="model directory or Hub id (hf_videollm format)")
     ch.add_argument("--image", action="append", default=[], help="image file (repeatable)")
     ch.add_argument("--video", action="append", default=[], help="video file (repeatable)")
+    ch.add_argument("--audio", action="append", default=[], help="audio file (repeatable; audio-visual models)")
+    ch.add_argument("--with-audio", action="store_true", help="audio-visual models also hear each video's own track")
     ch.add_argument("--prompt", default=None, help="question; omit for an interactive session")
     ch.add_argument("--max-new-tokens", type=int, default=128)
     ch.add_argument("--num-frames", type=int, default=None)

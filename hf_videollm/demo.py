@@ -69,6 +69,9 @@ class BenchSettings:
     # processes that generate the videos (spawned: a script calling run_benchmark with more than 1 needs the usual
     # ``if __name__ == "__main__":`` guard); 1 by default, why: bench/RESULTS.md ("Data generation in worker processes")
     data_workers: int = 1
+    # models that hear (an "audio" modality): every video gets an audio track and the model hears it (the video's
+    # tokens then its audio's in the slot); False = the no-audio baseline (the same model, audio never given)
+    audio: bool | None = None
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -98,6 +101,10 @@ class BenchSettings:
         audio_kinds = [k for k in kinds if k in S.KINDS_AUDIO]
         if audio_kinds and "audio" not in spec.modalities:
             raise ValueError(f"model {self.model!r} hears no audio; drop the kind(s) {audio_kinds}")
+        if values["audio"] is None:
+            values["audio"] = "audio" in spec.modalities
+        elif values["audio"] and "audio" not in spec.modalities:
+            raise ValueError(f"model {self.model!r} hears no audio; audio=True needs a model with an audio modality")
         values["train_per_kind"] = _train_counts(values["train_per_kind"], kinds, preset)
         for name in ("test_per_kind", "max_steps", "batch_size", "num_frames"):
             if values[name] < 1:
@@ -207,13 +214,16 @@ def next_token_logits(model, enc) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, processor, data_jsonl: str | Path, *, batch_size: int = 50) -> dict[str, dict[str, float]]:
+def evaluate(
+    model, processor, data_jsonl: str | Path, *, batch_size: int = 50, with_audio: bool | None = None
+) -> dict[str, dict[str, float]]:
     """Accuracy per kind on a synthetic ``data.jsonl``: ``{"video": {...}, "single_frame": {...}, "chance": {...},
     "count": {...}}``, and ``"video_by_answer"``: ``{kind: {answer: accuracy with the clip}}`` (e.g. shapes vs colours).
 
     A question is answered by the option whose (first) token has the highest next-token logit after the
     generation prompt; the single-frame baseline feeds :func:`hf_videollm.synthetic.single_frame_baseline` of the
-    same decoded frames.
+    same decoded frames. ``with_audio`` (default: when a video part of the data says so) gives the model each video's
+    own audio track too, with both the clip and the single frame.
     """
     data_jsonl = Path(data_jsonl)
     rows = [json.loads(line) for line in data_jsonl.read_text().splitlines() if line.strip()]
@@ -230,12 +240,21 @@ def evaluate(model, processor, data_jsonl: str | Path, *, batch_size: int = 50) 
         for row in batch_rows:
             user = row["messages"][0]
             question = next(p["text"] for p in user["content"] if p["type"] == "text")
-            video = next(p["video"] for p in user["content"] if p["type"] == "video")
+            part = next(p for p in user["content"] if p["type"] == "video")
+            video = part["video"]
             prompt = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
             texts.append(processor.apply_chat_template(prompt, add_generation_prompt=True))
             frames = processor.sample_frames(str(data_jsonl.parent / video))
-            clips.append(frames)
-            singles.append(S.single_frame_baseline(frames))
+            hear = part.get("with_audio", False) if with_audio is None else with_audio
+            if hear:
+                from .processors.videollama2_av import VideoAudioTrack
+
+                track = VideoAudioTrack(str(data_jsonl.parent / video))
+                clips.append({"video": frames, "audio": track})
+                singles.append({"video": S.single_frame_baseline(frames), "audio": track})
+            else:
+                clips.append(frames)
+                singles.append(S.single_frame_baseline(frames))
         for name, videos in (("video", clips), ("single_frame", singles)):
             enc = processor(text=texts, videos=videos, padding=True, padding_side="left").to(device)
             logits = next_token_logits(model, enc)
@@ -319,7 +338,10 @@ def run_benchmark(settings: BenchSettings) -> dict:
         paths[split] = S.generate_dataset(
             data, split=split, samples_per_kind=n, kinds=settings.kinds, seed=settings.seed,
             size=settings.video_size, num_frames=settings.video_frames, workers=min(settings.data_workers, os.cpu_count() or 1),
+            audio=True if settings.audio else None,
         )
+        if settings.audio:
+            _mark_with_audio(paths[split])
     timings["generate_data"] = time.perf_counter() - t
     per_kind = ", ".join(f"{k} {n}" for k, n in settings.train_per_kind.items())
     say(f"data: {sum(settings.train_per_kind.values())} training videos ({per_kind}) and "
@@ -368,7 +390,7 @@ def run_benchmark(settings: BenchSettings) -> dict:
 
     model = unwrap_videollm(trainer.model)
     processor = trainer.processing_class
-    accuracy = evaluate(model, processor, paths["test"])
+    accuracy = evaluate(model, processor, paths["test"], with_audio=bool(settings.audio))
     timings["evaluate"] = time.perf_counter() - t
     return {
         "model": settings.model,
@@ -381,6 +403,17 @@ def run_benchmark(settings: BenchSettings) -> dict:
         "seconds": {k: round(v, 2) for k, v in timings.items()},
         "torch_threads": torch.get_num_threads(),
     }
+
+
+def _mark_with_audio(data_jsonl: Path) -> None:
+    """Every video part of a synthetic ``data.jsonl`` gets ``"with_audio": true`` (the model hears its track)."""
+    rows = [json.loads(line) for line in data_jsonl.read_text().splitlines() if line.strip()]
+    for row in rows:
+        for message in row["messages"]:
+            for part in message["content"]:
+                if part["type"] == "video":
+                    part["with_audio"] = True
+    data_jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _quiet(fn, *args):

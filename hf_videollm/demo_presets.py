@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset"]
+__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset", "videollama2_av_demo_preset"]
 
 
 @dataclass(frozen=True)
@@ -88,3 +88,13 @@ def videollama2_demo_preset() -> DemoPreset:
         first_fraction=0.3,
         trainer_args={"adam_beta2": 0.95, "optim": "adamw_torch"},  # plain foreach AdamW: faster than fused on CPU here
     )
+
+
+def videollama2_av_demo_preset() -> DemoPreset:
+    """VideoLLaMA 2.1-AV on the synthetic tasks: the VideoLLaMA 2 preset + the tiny BEATs (the audio kinds need it)."""
+    base = videollama2_demo_preset()
+    overrides = dict(base.model_overrides)
+    # the synthetic clips last 2 s: their whole track, once (the original's 8 clips of 2 s would repeat it 8 times)
+    overrides["processor"] = {**overrides.get("processor", {}), "audio_seconds": 2.0, "audio_clips_per_video": 1,
+                              "audio_clip_seconds": 2.0}
+    return DemoPreset(**{**base.__dict__, "model_overrides": overrides, "stage": "av_joint"})

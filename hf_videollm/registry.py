@@ -70,8 +70,14 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMVideoLlama2ForConditionalGeneration,
         VideoLLMVideoLlama2Model,
     )
+    from .modeling.videollama2_av import (
+        VideoLLMVideoLlama2AVConfig,
+        VideoLLMVideoLlama2AVForConditionalGeneration,
+        VideoLLMVideoLlama2AVModel,
+    )
     from .processors.llava import VideoLLMLlavaProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
+    from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
 
     entries = [
         ModelEntry(
@@ -93,6 +99,14 @@ def _entries() -> dict[str, ModelEntry]:
             recipes="hf_videollm.training.recipes:VIDEOLLAMA2_STAGES",
             demo="hf_videollm.demo_presets:videollama2_demo_preset",
         ),
+        ModelEntry(
+            "videollama2_av", VideoLLMVideoLlama2AVConfig, VideoLLMVideoLlama2AVForConditionalGeneration,
+            VideoLLMVideoLlama2AVModel, VideoLLMVideoLlama2AVProcessor,
+            tiny="hf_videollm.tiny:tiny_videollama2_av",
+            readers={"original": "hf_videollm.conversion.videollama2:read_videollama2_av"},
+            recipes="hf_videollm.training.recipes:VIDEOLLAMA2_AV_STAGES",
+            demo="hf_videollm.demo_presets:videollama2_av_demo_preset",
+        ),
     ]
     return {e.name: e for e in entries}
 
@@ -108,7 +122,10 @@ def get_entry(name: str) -> ModelEntry:
 
 
 def entry_for_config(config) -> ModelEntry:
-    """The entry of an hf_videollm config instance."""
+    """The entry of an hf_videollm config instance (its own class first: a variant's config may subclass another's)."""
+    for entry in MODELS.values():
+        if type(config) is entry.config_class:
+            return entry
     for entry in MODELS.values():
         if isinstance(config, entry.config_class):
             return entry

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "BASE_WORDS"]
+__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS"]
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 BASE_WORDS = (
@@ -151,6 +151,35 @@ def tiny_videollama2(tokenizer, seed: int = 0, *, processor: dict | None = None,
         llm_type="mistral", defaults={"projector_type": "stc_connector", "num_frames": 4},
         processor_defaults=lambda c: {
             "projector_type": c.projector_type, "model_num_frames": c.num_frames, "num_frames": c.num_frames,
+        },
+    )
+
+
+#: BEATs of the golden fixture's size (videollama2/av_beats_qwen2)
+TINY_BEATS = dict(
+    embed_dim=32, encoder_layers=2, encoder_embed_dim=32, encoder_ffn_embed_dim=64, encoder_attention_heads=2,
+    conv_pos=16, conv_pos_groups=4, num_buckets=32, max_distance=64,
+)
+
+
+def tiny_videollama2_av(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+    """A tiny VideoLLaMA 2.1-AV: the tiny VideoLLaMA 2 (Qwen2 LLM) + BEATs 2x32 + audio projector. Audio clips are
+    cut / padded to 1 s (``audio_seconds``; the release uses 30 s) so a clip is 48 tokens."""
+    from .modeling.videollama2_av import VideoLLMVideoLlama2AVConfig, VideoLLMVideoLlama2AVForConditionalGeneration
+    from .processors.chat_templates import VICUNA_V1_1_SYSTEM, llama2_template
+    from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
+
+    vocab = len(tokenizer)
+    overrides = _merge({"audio_config": dict(TINY_BEATS), "audio_token_id": vocab + 2, "image_size": 56}, overrides)
+    return _tiny_tower_model(
+        tokenizer, seed, overrides, processor,
+        classes=(VideoLLMVideoLlama2AVConfig, VideoLLMVideoLlama2AVForConditionalGeneration,
+                 VideoLLMVideoLlama2AVProcessor),
+        llm_type="qwen2", defaults={"projector_type": "stc_connector_v35", "num_frames": 4, "connector_depth": 1},
+        processor_defaults=lambda c: {
+            "projector_type": c.projector_type, "model_num_frames": c.num_frames, "num_frames": c.num_frames,
+            "audio_token_id": c.audio_token_id, "audio_seconds": 1.0,
+            "chat_template": llama2_template(VICUNA_V1_1_SYSTEM),  # the word-level tiny tokenizer has no ChatML tokens
         },
     )
 

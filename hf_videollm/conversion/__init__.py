@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 
-_FLAGS = {"vision_tower": "--vision-tower", "base": "--base"}
+_FLAGS = {"vision_tower": "--vision-tower", "base": "--base", "audio_config": "--audio-config"}
 
 
 def _reader(model: str, source_format: str):
@@ -66,6 +66,7 @@ def convert(
     source_format: str = "original",
     vision_tower: str | None = None,
     base: str | None = None,
+    audio_config: dict | str | None = None,
     dtype: str | torch.dtype | None = None,
     max_shard_size: int | str = "5GB",
     progress: bool = True,
@@ -74,14 +75,16 @@ def convert(
 
     ``source_format``: ``"original"`` (the authors' release) or ``"transformers"`` (transformers' own layout);
     ``vision_tower``: the tower the release names, given locally or by another id; ``base``: what the release is
-    added to (a delta release's base LLM). Options that do not apply to the release are refused.
+    added to (a delta release's base LLM); ``audio_config``: BEATs config fields of an audio-visual release
+    (dict or JSON) where its weights do not tell them. Options that do not apply to the release are refused.
     """
     read = _reader(model, source_format)
     if isinstance(dtype, str):
         if dtype not in ("float32", "float16", "bfloat16"):
             raise ConversionError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}")
         dtype = getattr(torch, dtype)
-    options = {k: v for k, v in {"vision_tower": vision_tower, "base": base}.items() if v is not None}
+    options = {k: v for k, v in {"vision_tower": vision_tower, "base": base, "audio_config": audio_config}.items()
+               if v is not None}
     taken = [k for k in inspect.signature(read).parameters if k in _FLAGS]
     refused = [_FLAGS[k] for k in options if k not in taken]
     if refused:

@@ -4,7 +4,9 @@ Model processors (``hf_videollm.processors``) build on this package; nothing her
 
 * ``image_io``: :func:`load_image` (Pillow decode, the originals' RGB conversion), pixel budget and aspect-ratio checks.
 * ``video_read``: :func:`load_video` (PyAV, frames sampled by timestamp, seeking; optional torchcodec backend).
-* ``audio``: :func:`load_audio` (first audio stream of a video or audio file, resampled).
+* ``audio``: :func:`load_audio` (first audio stream of a video or audio file, resampled); the audio front end of
+  the audio-visual models in torch: :func:`kaldi_fbank`, :func:`resample_fft`, :func:`crop_or_pad`,
+  :func:`clip_sample_waveform`.
 * ``video_write``: :func:`write_video` (RGB frames, optionally a waveform, to a video file).
 * ``container``: what reading video and audio share: the errors, opening a source with PyAV.
 * ``frames``: :func:`~.frames.load_images` / :func:`~.frames.load_frames`, what processors call: any accepted form
@@ -12,7 +14,7 @@ Model processors (``hf_videollm.processors``) build on this package; nothing her
 * ``transforms``: Pillow-exact resize, crop, pad, rescale, normalize as torch ops; :class:`ImageTransform`.
 """
 
-from .audio import load_audio
+from .audio import clip_sample_waveform, crop_or_pad, kaldi_fbank, load_audio, resample_fft
 from .container import AudioDecodeError, BackendUnavailableError, VideoDecodeError
 from .image_io import ImageLoadError, check_aspect_ratio, load_image
 from .transforms import ImageTransform
@@ -28,9 +30,13 @@ __all__ = [
     "VideoDecodeError",
     "VideoMetadata",
     "check_aspect_ratio",
+    "clip_sample_waveform",
+    "crop_or_pad",
+    "kaldi_fbank",
     "load_audio",
     "load_image",
     "load_video",
+    "resample_fft",
     "track_decoding",
     "write_video",
 ]

@@ -30,20 +30,27 @@ Dropout/layer-drop/gradient-decay are training-only and omitted. The ``predictor
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import PreTrainedConfig, PreTrainedModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-__all__ = ["BEATsConfig", "BEATsEncoder", "convert_beats_state_dict"]
+__all__ = ["BEATsConfig", "BEATsEncoder", "VideoLLMBEATsConfig", "beats_num_tokens", "convert_beats_state_dict", "init_beats_module"]
 
 NUM_MEL_BINS = 128
 
 
-@dataclass
-class BEATsConfig:
-    """Sizes of BEATs; defaults are VideoLLaMA2's ``BEATsConfig()`` (BEATs_iter3_plus_AS2M fine-tuned)."""
+class VideoLLMBEATsConfig(PreTrainedConfig):
+    """Sizes of BEATs; defaults are VideoLLaMA2's ``BEATsConfig()`` (BEATs_iter3_plus_AS2M fine-tuned).
+
+    A real transformers config: as ``audio_config`` of the VideoLLaMA 2.1-AV config it is saved in ``config.json``
+    and listed in ``sub_configs``, so ``attn_implementation`` (``"eager"`` / ``"sdpa"``, or a dict per sub-config)
+    reaches the encoder's attention, which looks the implementation up at call time.
+    """
+
+    model_type = "videollm_beats"
 
     input_patch_size: int = 16
     embed_dim: int = 512
@@ -63,6 +70,29 @@ class BEATsConfig:
     fbank_mean: float = 15.41663
     fbank_std: float = 6.55582
 
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        if self.encoder_embed_dim % self.encoder_attention_heads:
+            raise ValueError(
+                f"encoder_embed_dim {self.encoder_embed_dim} is not divisible by encoder_attention_heads "
+                f"{self.encoder_attention_heads}"
+            )
+        if self.deep_norm and self.layer_norm_first:
+            raise ValueError("deep_norm and layer_norm_first cannot both be set (as in the original)")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.encoder_embed_dim
+
+    def num_tokens(self, num_frames: int) -> int:
+        """Tokens an fbank of ``num_frames`` frames becomes: (frames // 16) * (128 // 16); 30 s (2998) -> 1496."""
+        p = self.input_patch_size
+        return (num_frames // p) * (NUM_MEL_BINS // p)
+
+
+#: the name used before BEATs became a transformers config (same fields)
+BEATsConfig = VideoLLMBEATsConfig
+
 
 class _WeightNormConv1d(nn.Conv1d):
     """Grouped Conv1d whose weight is ``g * v / ||v||`` (norm over dims 0 and 1, eps 1e-6) as ``weight_norm_fix``."""
@@ -73,6 +103,15 @@ class _WeightNormConv1d(nn.Conv1d):
         self.weight_g = nn.Parameter(torch.ones(1, 1, kernel))
         self.weight_v = nn.Parameter(torch.empty(channels, channels // groups, kernel))
         nn.init.normal_(self.weight_v, std=math.sqrt(4 / (kernel * channels)))
+
+    def reset_parameters(self) -> None:
+        if "weight_v" not in self._parameters:  # nn.Conv1d.__init__ calls this before weight_g / weight_v exist
+            return super().reset_parameters()
+        kernel, channels = self.weight_v.shape[2], self.weight_v.shape[0]
+        nn.init.normal_(self.weight_v, std=math.sqrt(4 / (kernel * channels)))
+        nn.init.ones_(self.weight_g)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = self.weight_v.float()
@@ -119,6 +158,8 @@ class _SelfAttention(nn.Module):
         self.q_proj, self.k_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.v_proj, self.out_proj = nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.gru_rel_pos = cfg.gru_rel_pos
+        self.config = cfg  # read at call time: the attention implementation can change at runtime
+        self.is_causal = False
         if cfg.gru_rel_pos:
             self.grep_linear = nn.Linear(self.head_dim, 8)
             self.grep_a = nn.Parameter(torch.ones(1, self.num_heads, 1, 1))
@@ -127,27 +168,47 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, pos_bias: torch.Tensor | None, key_padding_mask: torch.Tensor | None):
         b, n, _ = x.shape
-        alpha = 32.0
 
         def heads(t: torch.Tensor) -> torch.Tensor:
             return t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
 
         q_raw = heads(self.q_proj(x))
         k, v = heads(self.k_proj(x)), heads(self.v_proj(x))
-        q = q_raw * self.scaling * (1 / alpha)
-        scores = q @ k.transpose(-1, -2)
-        scores = (scores - scores.amax(dim=-1, keepdim=True)) * alpha
-        if key_padding_mask is not None:
-            scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+        bias = None
         if pos_bias is not None:  # (H, N, N)
             bias = pos_bias.unsqueeze(0)
             if self.gru_rel_pos:
                 gates = torch.sigmoid(self.grep_linear(q_raw).view(b, self.num_heads, n, 2, 4).sum(-1))
                 gate_a, gate_b = gates.chunk(2, dim=-1)  # (B, H, N, 1) each
                 bias = (gate_a * (gate_b * self.grep_a - 1.0) + 2.0) * bias
-            scores = scores + bias
-        out = scores.softmax(dim=-1) @ v
-        return self.out_proj(out.transpose(1, 2).reshape(b, n, -1))
+        mask = bias
+        if key_padding_mask is not None:
+            pad = torch.zeros(key_padding_mask.shape, dtype=q_raw.dtype, device=q_raw.device)
+            pad = pad.masked_fill(key_padding_mask, float("-inf"))[:, None, None, :]
+            mask = pad if mask is None else mask + pad
+        if mask is not None:
+            mask = mask.to(q_raw.dtype).expand(b, self.num_heads, n, n)
+        impl = getattr(self.config, "_attn_implementation", None) or "eager"
+        if impl.startswith("flash"):
+            raise ValueError(
+                f"BEATs attention cannot run with attn_implementation={impl!r}: its gated relative position bias is "
+                "an additive attention bias, which flash attention cannot take; use 'eager' or 'sdpa' for the audio "
+                "tower, e.g. attn_implementation={'audio_config': 'sdpa', ...}"
+            )
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(impl, beats_eager_attention)
+        out, _ = attention(self, q_raw, k, v, mask, dropout=0.0, scaling=self.scaling, is_causal=False)
+        return self.out_proj(out.reshape(b, n, -1))
+
+
+def beats_eager_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """The original's arithmetic: ``((q * scale / 32) @ k^T - rowmax) * 32`` (softmax-invariant) + the additive mask
+    (gated relative position bias, -inf on padded keys). Returns ``(B, N, H, D)`` like transformers' functions."""
+    alpha = 32.0
+    scores = (query * scaling * (1 / alpha)) @ key.transpose(-1, -2)
+    scores = (scores - scores.amax(dim=-1, keepdim=True)) * alpha
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    return (scores.softmax(dim=-1) @ value).transpose(1, 2), None
 
 
 class _EncoderLayer(nn.Module):
@@ -208,20 +269,26 @@ def _pool_padding_mask(padding_mask: torch.Tensor, n: int) -> torch.Tensor:
     return padding_mask.reshape(padding_mask.shape[0], n, -1).all(-1)
 
 
-class BEATsEncoder(nn.Module):
+class BEATsEncoder(PreTrainedModel):
     """``forward(fbank (B, T_frames, 128)) -> (B, (T_frames // 16) * 8, encoder_embed_dim)``.
 
     Parameter names equal the original checkpoint's keys under ``model.audio_tower.`` (``predictor.*`` omitted).
+    A transformers model of its config, so a composite model's ``set_attn_implementation`` reaches it.
     """
 
+    config_class = VideoLLMBEATsConfig
+    base_model_prefix = "audio_tower"
+    main_input_name = "fbank"
+    _supports_sdpa = True
+    _supports_flash_attn = False
+    _supports_attention_backend = True
+    _no_split_modules = ["_EncoderLayer"]
+
     def __init__(self, config: BEATsConfig | None = None, **kwargs):
-        super().__init__()
-        cfg = config or BEATsConfig(**kwargs)
         if config is not None and kwargs:
             raise ValueError("pass either a BEATsConfig or keyword sizes, not both")
-        if cfg.deep_norm and cfg.layer_norm_first:
-            raise ValueError("deep_norm and layer_norm_first cannot both be set (as in the original)")
-        self.config = cfg
+        cfg = config or BEATsConfig(**kwargs)
+        super().__init__(cfg)
         p = cfg.input_patch_size
         self.patch_embedding = nn.Conv2d(1, cfg.embed_dim, kernel_size=p, stride=p, bias=cfg.conv_bias)
         self.layer_norm = nn.LayerNorm(cfg.embed_dim)
@@ -229,6 +296,11 @@ class BEATsEncoder(nn.Module):
             nn.Linear(cfg.embed_dim, cfg.encoder_embed_dim) if cfg.embed_dim != cfg.encoder_embed_dim else None
         )
         self.encoder = _Encoder(cfg)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        if not init_beats_module(module):
+            super()._init_weights(module)
 
     def forward(self, fbank: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         p = self.config.input_patch_size
@@ -247,6 +319,21 @@ class BEATsEncoder(nn.Module):
         if self.post_extract_proj is not None:
             x = self.post_extract_proj(x)
         return self.encoder(x, mask)
+
+
+def beats_num_tokens(num_frames: int, patch_size: int = 16) -> int:
+    """Tokens BEATs makes of an fbank of ``num_frames`` frames: ``(num_frames // 16) * 8`` (30 s, 2998 -> 1496)."""
+    return (num_frames // patch_size) * (NUM_MEL_BINS // patch_size)
+
+
+def init_beats_module(module: nn.Module) -> bool:
+    """Initialise BEATs' own parameter holders (weight-normed conv, GRU gate scale); ``False`` for other modules."""
+    if isinstance(module, _WeightNormConv1d):
+        module.reset_parameters()
+        return True
+    if isinstance(module, _SelfAttention) and module.gru_rel_pos:
+        nn.init.ones_(module.grep_a)  # its Linear children are initialised as any Linear
+    return False
 
 
 def convert_beats_state_dict(state_dict: dict[str, torch.Tensor], prefix: str = "model.audio_tower.") -> dict:

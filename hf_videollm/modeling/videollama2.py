@@ -135,7 +135,11 @@ class VideoLLMVideoLlama2Model(VisionTowerModel):
             config.projector_type, config.vision_config.hidden_size, llm_width, llm_width, depth=config.connector_depth
         )
         self.language_model = self.build_language_model(config.text_config)
+        self._build_extra_encoders(config)
         self.post_init()
+
+    def _build_extra_encoders(self, config) -> None:
+        """Hook for variants with more encoders (2.1-AV adds the audio tower and its projector) before ``post_init``."""
 
     # --------------------------------------------------------------------------------------------- encoders
     def _connect(self, frame_features: torch.Tensor) -> torch.Tensor:

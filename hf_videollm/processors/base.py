@@ -170,6 +170,13 @@ class VideoLLMProcessor(ProcessorMixin):
     def _process_audios(self, audios: list) -> tuple[dict[str, Any], list]:
         raise ProcessorInputError(f"{type(self).__name__} does not take audio")
 
+    def _split_item(self, modality: str, item: Any) -> tuple[Any, list[tuple[str, Any]]]:
+        """One media item -> (the item its ``_process_<modality>s`` takes, items it carries: ``(modality, source)``).
+
+        A carried item (e.g. a video's own audio track) is processed with the items of its modality and its tokens
+        follow the host's tokens inside the host's slot. Default: nothing carried."""
+        return item, []
+
     def _expand(self, modality: str, tokens: int | Sequence[tuple[str, int]]) -> list[int]:
         """Token ids that replace one placeholder of ``modality``: ``tokens`` ids of its placeholder, or, for an item
         whose slot holds several modalities' tokens, each ``(modality, count)`` segment in order."""
@@ -346,6 +353,7 @@ class VideoLLMProcessor(ProcessorMixin):
                     f"the text has {n_text} {token} placeholder(s) (per sample: {counts}) but {n_media} "
                     f"{modality}(s) were given; {hint}"
                 )
+        self._attach_carried(samples, given)
         return samples
 
     def _check_groups(self, samples: list[Sample], groups: dict[str, list[int] | None]) -> None:
@@ -354,7 +362,8 @@ class VideoLLMProcessor(ProcessorMixin):
         for modality, sizes in groups.items():
             if sizes is None or modality not in self.modalities:
                 continue
-            counts = [len(s.items[modality]) for s in samples]
+            # placeholders the user typed (items carried inside another item, e.g. a video's audio, do not count)
+            counts = [sum(k == modality and t != "carried" for k, t in s.segments) for s in samples]
             if len(sizes) != len(samples) or sizes != counts:
                 token = self.media_token(modality)
                 raise ProcessorInputError(
@@ -363,6 +372,32 @@ class VideoLLMProcessor(ProcessorMixin):
                     f"{modality}s in its own list, one per {token} in that sample's text (or pass a flat list in "
                     f"placeholder order)"
                 )
+
+    def _attach_carried(self, samples: list[Sample], given: dict[str, list]) -> None:
+        """Items carried by other items (:meth:`_split_item`) join their modality's list in the order their tokens
+        appear over the batch, each as a ``(modality, "carried")`` segment right after its host (in place)."""
+        originals = {m: list(given[m]) for m in self.modalities}
+        taken = dict.fromkeys(self.modalities, 0)
+        new_given: dict[str, list] = {m: [] for m in self.modalities}
+        for sample in samples:
+            segments, items = [], {m: [] for m in self.modalities}
+            for kind, text in sample.segments:
+                if kind == "text":
+                    segments.append((kind, text))
+                    continue
+                host, carried = self._split_item(kind, originals[kind][taken[kind]])
+                taken[kind] += 1
+                items[kind].append(len(new_given[kind]))
+                new_given[kind].append(host)
+                segments.append((kind, ""))
+                for cm, src in carried:
+                    if cm not in self.modalities:
+                        raise ProcessorInputError(f"a {kind} item carries {cm}, which {type(self).__name__} does not take")
+                    items[cm].append(len(new_given[cm]))
+                    new_given[cm].append(src)
+                    segments.append((cm, "carried"))
+            sample.segments, sample.items = segments, items
+        given.update(new_given)
 
     def _process_media(self, given: dict[str, list]) -> tuple[dict[str, Any], dict[str, list]]:
         """Stage 2: each modality's items -> tensors (the model's declared inputs) + the token layout of each item."""
@@ -521,7 +556,9 @@ class VideoLLMProcessor(ProcessorMixin):
         """Render chat ``messages`` with the model's template.
 
         Content may be a string or a list of parts ``{"type": "text", "text": ...}``, ``{"type": "image"}``,
-        ``{"type": "video"}`` (optionally with ``"image"``/``"video"``/``"path"``/``"url"`` holding the media).
+        ``{"type": "video"}``, ``{"type": "audio"}`` (optionally with ``"image"``/``"video"``/``"audio"``/``"path"``/
+        ``"url"`` holding the media; other keys are per-item options passed with it as ``{kind: source, **options}``,
+        e.g. ``{"type": "video", "path": "clip.mp4", "with_audio": True}`` for audio-visual models).
         Placeholder strings typed inside text are escaped (kept as text) unless ``placeholders_in_text=True``.
         With ``tokenize=True`` the rendered prompt goes through ``__call__`` with the media found in the
         messages (or given as ``images=`` / ``videos=``) and a ``BatchFeature`` is returned.
@@ -602,8 +639,14 @@ class VideoLLMProcessor(ProcessorMixin):
                 if kind not in self.modalities:
                     raise ProcessorInputError(f"{type(self).__name__} does not take {kind} content")
                 src = next((part[k] for k in (kind, "path", "url") if part.get(k) is not None), None)
-                if src is not None:
-                    found[kind].append(src)
+                options = {k: v for k, v in part.items() if k not in ("type", kind, "path", "url")}
+                if options and src is None:
+                    raise ProcessorInputError(
+                        f"{kind} part options {sorted(options)} need the {kind} in the part itself "
+                        f"({{'type': {kind!r}, 'path': ..., {', '.join(repr(k) + ': ...' for k in options)}}})"
+                    )
+                if src is not None:  # per-item options travel with the item: {kind: source, **options}
+                    found[kind].append({kind: src, **options} if options else src)
                 out.append({"type": kind})
             else:
                 raise ProcessorInputError(f"unknown content part type {kind!r}; use text, image, video or audio")

@@ -46,13 +46,19 @@ def vicuna_v1_template(system: str = LLAVA_V1_SYSTEM, image_token: str = "<image
     return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("vicuna_v1.jinja")
 
 
-def llama2_template(system: str = VICUNA_V1_1_SYSTEM, image_token: str = "<image>", video_token: str = "<video>") -> str:
+def llama2_template(system: str = VICUNA_V1_1_SYSTEM, image_token: str = "<image>", video_token: str = "<video>",
+                    audio_token: str = "<audio>") -> str:
     """``[INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n<video>\\nQ [/INST] A </s>[INST] ...`` (SeparatorStyle.LLAMA_2, as
     VideoLLaMA 2's ``conv_mistral_instruct`` training template; no ``<<SYS>>`` block when ``system`` is empty)."""
-    return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("llama2.jinja")
+    return _preamble(default_system=system, image_token=image_token, video_token=video_token, audio_token=audio_token) + _body(
+        "llama2.jinja"
+    )
 
 
-def chatml_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", video_token: str = "<video>") -> str:
+def chatml_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", video_token: str = "<video>",
+                    audio_token: str = "<audio>") -> str:
     """``<|im_start|>system\\n{system}<|im_end|>\\n<|im_start|>user\\n<video>\\nQ<|im_end|>\\n<|im_start|>assistant\\n``
     (Qwen2-Instruct; VideoLLaMA 2.1)."""
-    return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("chatml.jinja")
+    return _preamble(default_system=system, image_token=image_token, video_token=video_token, audio_token=audio_token) + _body(
+        "chatml.jinja"
+    )

@@ -108,7 +108,11 @@ def _normalize_messages(messages, root) -> list[dict]:
                 kind = part.get("type")
                 if kind in MEDIA_KINDS:
                     src = next((part.get(k) for k in (kind, "path", "url") if part.get(k) is not None), None)
-                    parts.append({"type": kind, kind: _resolve(src, root)})
+                    entry = {"type": kind, kind: _resolve(src, root)}
+                    for key, value in part.items():  # per-item options, e.g. a video's "with_audio" / "audio"
+                        if key not in ("type", kind, "path", "url", "text") and value is not None:
+                            entry[key] = _resolve(value, root) if key == "audio" else value
+                    parts.append(entry)
                 elif kind == "text":
                     parts.append({"type": "text", "text": part.get("text") or ""})
                 else:
@@ -119,6 +123,7 @@ def _normalize_messages(messages, root) -> list[dict]:
 
 def _normalize_llava(record: dict, root) -> list[dict]:
     media = {k: [_resolve(x, root) for x in _as_list(record.get(k))] for k in MEDIA_KINDS}
+    video_options = {"with_audio": True} if record.get("with_audio") else {}  # audio-visual samples (VideoLLaMA 2 --va)
     used = dict.fromkeys(MEDIA_KINDS, 0)
     marker_re = re.compile("|".join(re.escape(v) for v in _MARKERS.values()))
     out = []
@@ -134,7 +139,7 @@ def _normalize_llava(record: dict, root) -> list[dict]:
             kind = next(k for k, v in _MARKERS.items() if v == m.group(0))
             if used[kind] >= len(media[kind]):
                 raise ValueError(f"more {_MARKERS[kind]} markers than {kind} files in the record")
-            parts.append({"type": kind, kind: media[kind][used[kind]]})
+            parts.append({"type": kind, kind: media[kind][used[kind]], **(video_options if kind == "video" else {})})
             used[kind] += 1
             pos = m.end()
             if pos < len(text) and text[pos] == "\n":
@@ -147,17 +152,29 @@ def _normalize_llava(record: dict, root) -> list[dict]:
     for kind in MEDIA_KINDS:
         rest = media[kind][used[kind] :]
         if rest and first_user is not None:
-            first_user["content"] = [{"type": kind, kind: p} for p in rest] + first_user["content"]
+            first_user["content"] = [
+                {"type": kind, kind: p, **(video_options if kind == "video" else {})} for p in rest
+            ] + first_user["content"]
     return out
 
 
 def media_of(messages: list[dict]) -> dict[str, list]:
+    """Media per kind in order; an item with options (a video's ``with_audio`` / ``audio``) is ``{kind: src, **options}``
+    as the processors take it."""
     found = {k: [] for k in MEDIA_KINDS}
     for m in messages:
         for part in m["content"]:
-            if part["type"] in MEDIA_KINDS:
-                found[part["type"]].append(part[part["type"]])
+            kind = part["type"]
+            if kind in MEDIA_KINDS:
+                options = {k: v for k, v in part.items() if k not in ("type", kind) and v is not None}
+                found[kind].append({kind: part[kind], **options} if options else part[kind])
     return found
+
+
+def _files_of(kind: str, item) -> list[tuple[str, Any]]:
+    if isinstance(item, dict):
+        return [(kind, item.get(kind))] + ([("audio", item["audio"])] if item.get("audio") is not None else [])
+    return [(kind, item)]
 
 
 def validate_records(records, processor=None, *, check_files: bool = True) -> list[DataProblem]:
@@ -183,11 +200,11 @@ def validate_records(records, processor=None, *, check_files: bool = True) -> li
         for kind, items in media_of(msgs).items():
             if items and kind not in modalities:
                 problems.append(DataProblem(i, f"has {kind} but the model takes {list(modalities)}"))
-            for src in items:
+            for kind_, src in (f for item in items for f in _files_of(kind, item)):
                 if src is None:
-                    problems.append(DataProblem(i, f"{kind} part without a path"))
+                    problems.append(DataProblem(i, f"{kind_} part without a path"))
                 elif check_files and isinstance(src, str) and "://" not in src and not Path(src).is_file():
-                    problems.append(DataProblem(i, f"{kind} file not found: {src}"))
+                    problems.append(DataProblem(i, f"{kind_} file not found: {src}"))
         if processor is not None:
             for m in msgs:
                 for part in m["content"]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,35 @@ VIDEOLLAMA2_STAGES: dict[str, Stage] = {
         "(scripts/custom/finetune_lora.sh; train.py's own default would be r64)",
         lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector",),
         part_learning_rates={"connector": 2e-5}, original_global_batch_size=128, original_epochs=1,
+    ),
+}
+
+#: VideoLLaMA 2.1-AV (``audio_visual`` branch scripts), starting from VideoLLaMA2.1-7B-16F + BEATs.
+VIDEOLLAMA2_AV_STAGES: dict[str, Stage] = {
+    "audio_stage1": Stage(
+        "audio_stage1", ("audio_projector",), 1e-3,
+        "audio pretraining (pretrain_audio.sh, tune_mm_mlp_adapter_a): audio projector only; BEATs, vision path and "
+        "LLM frozen",
+        original_global_batch_size=1024, original_epochs=1,
+    ),
+    "audio_stage2": Stage(
+        "audio_stage2", ("audio_projector", "audio_tower"), 2e-5,
+        "audio fine-tuning (finetune_audio.sh, tune_audio_tower): audio projector + BEATs",
+        original_global_batch_size=128, original_epochs=1,
+    ),
+    "av_joint": Stage(
+        "av_joint", ("connector", "audio_projector", "language_model"), 2e-5,
+        "audio-visual joint training (va_joint.sh, tune_adapter_llm, --va True): LLM + both projectors; vision "
+        "tower and BEATs frozen",
+        original_global_batch_size=128, original_epochs=1,
+    ),
+    "av_joint_lora": Stage(
+        "av_joint_lora", ("connector", "audio_projector"), 2e-5,
+        "av_joint with LoRA on every LLM linear layer (r128 / alpha256 as VideoLLaMA 2's LoRA script) and both "
+        "projectors trained fully",
+        lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector", "audio_projector"),
+        part_learning_rates={"connector": 2e-5, "audio_projector": 2e-5},
+        original_global_batch_size=128, original_epochs=1,
     ),
 }
 
