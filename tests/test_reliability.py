@@ -246,3 +246,65 @@ def test_numpy_scalars_accepted(short_mp4, kwargs, like):
     video, meta = load_video(short_mp4, **kwargs)
     ref, ref_meta = load_video(short_mp4, **like)
     assert meta.frame_indices == ref_meta.frame_indices and torch.equal(video, ref)
+
+
+# ------------------------------------------------------------------------------------------ clear errors
+from hf_videollm.media.frames import load_frames  # noqa: E402
+from hf_videollm.media.image_io import ImageLoadError, load_image  # noqa: E402
+
+
+def test_damaged_sample_description_is_a_clear_error(tmp_path):
+    """A .mov whose codec entry is damaged: FFmpeg opens it without a decoder (was AttributeError thread_type)."""
+    path = tmp_path / "v.mov"
+    write_video(path, _grey_ramp(10, 20), 10)
+    data = bytearray(path.read_bytes())
+    tag = data.find(b"avc1")
+    assert tag > 0
+    data[tag : tag + 4] = b"zzzz"
+    path.write_bytes(bytes(data))
+    with pytest.raises(VideoDecodeError, match="no decoder for its video stream"):
+        load_video(path, num_frames=4)
+
+
+def _frames(video):
+    return load_frames(video, index=2, num_frames=None, fps=None, max_frames=None)
+
+
+@pytest.mark.parametrize(
+    "video, error, match",
+    [
+        ([], VideoDecodeError, "video 2: the video has no frames"),
+        (np.zeros((0, 8, 8, 3), np.uint8), VideoDecodeError, "video 2: the video has no frames"),
+        ([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8)], VideoDecodeError,
+         "frame 0 is 8x8 .*frame 1 is 8x9"),
+        (np.zeros((3, 8, 8), np.uint8), VideoDecodeError, r"grey video \(T, H, W\)\? add a channel axis"),
+        (np.full((2, 8, 8, 3), 300, np.uint16), ImageLoadError, "video 2: frame 0: .*outside 0..255"),
+        (torch.zeros((2, 8, 8, 3), device="meta"), ImageLoadError, "meta device"),
+        (torch.zeros((2, 8, 8, 3)).to_sparse(), ImageLoadError, "sparse_coo tensor"),
+    ],
+)
+def test_bad_frames_name_the_input(video, error, match):
+    with pytest.raises(error, match=match):
+        _frames(video)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint16, torch.uint32, np.uint16, np.uint32])
+def test_wide_unsigned_frames_in_range_are_accepted(dtype):
+    if isinstance(dtype, torch.dtype):
+        video = torch.full((2, 8, 8, 3), 7, dtype=torch.int64).to(dtype)
+    else:
+        video = np.full((2, 8, 8, 3), 7, dtype=dtype)
+    out = _frames(video)
+    assert out.dtype == torch.uint8 and out.shape == (2, 3, 8, 8) and int(out.max()) == 7
+
+
+@pytest.mark.parametrize("image", [np.zeros((4, 5, 2), np.uint8), np.zeros((10, 12, 2), np.uint8),
+                                   torch.zeros((8, 8, 2), dtype=torch.uint8)])
+def test_grey_alpha_images_refused_with_how_to_pass_them(image):
+    with pytest.raises(ImageLoadError, match=r"grey \+ alpha.*x\[\.\.\., 0\]"):
+        load_image(image)
+
+
+def test_3d_array_as_a_video_is_ambiguous(llava):
+    with pytest.raises(ProcessorInputError, match=r"ambiguous.*x\[\.\.\., None\]"):
+        llava(text="<video> what", videos=np.zeros((3, 32, 32), np.uint8))

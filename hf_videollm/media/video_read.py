@@ -385,6 +385,12 @@ class _PyAVReader:
         self.s = stream
         self.name = name
         self.tb: Fraction = stream.time_base or Fraction(1, AV_TIME_BASE)
+        if stream.codec_context is None:  # FFmpeg found no decoder: damaged sample description / index, odd codec
+            raise VideoDecodeError(
+                f"{name}: FFmpeg has no decoder for its video stream; the file's header or index "
+                f"is damaged or the codec is not supported. Re-encode or remux it (e.g. ffmpeg -i in.mp4 -c:v libx264 "
+                f"out.mp4)."
+            )
         self.s.codec_context.thread_type = "AUTO"
         self.info: _StreamInfo | None = None
         self._gen: Iterator[_Frame] | None = None

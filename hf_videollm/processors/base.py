@@ -702,6 +702,11 @@ def _flatten_media(x, modality: str) -> tuple[list, list[int] | None]:
     per-sample group. Group sizes are returned when the media were nested per sample, so the caller can check them
     against each sample's placeholders.
     """
+    if modality == "video" and not isinstance(x, (list, tuple)) and getattr(x, "ndim", None) == 3:
+        raise ProcessorInputError(
+            f"a video given as one array of shape {tuple(x.shape)} is ambiguous (a grey video (T, H, W) or a single "
+            f"frame?); pass a video as (T, H, W, C) -- a grey one as x[..., None] -- or a one-frame video as [frame]"
+        )
     items = _as_list(x)
     if modality == "video" and items and _is_frame(items[0]):
         return [items], None  # one video given as a list of frames
