@@ -9,9 +9,8 @@ from __future__ import annotations
 import os
 from fractions import Fraction
 
-import torch
-
 import pytest
+import torch
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
