@@ -307,3 +307,127 @@ def test_grey_alpha_images_refused_with_how_to_pass_them(image):
 def test_3d_array_as_a_video_is_ambiguous(llava):
     with pytest.raises(ProcessorInputError, match=r"ambiguous.*x\[\.\.\., None\]"):
         llava(text="<video> what", videos=np.zeros((3, 32, 32), np.uint8))
+
+
+# ------------------------------------------------------------------------------------------ crash-safe conversion
+import json  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import textwrap  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from hf_videollm.conversion import ConversionError  # noqa: E402
+from hf_videollm.conversion.sources import CheckpointSource  # noqa: E402
+
+_RELEASE = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    from hf_videollm.conversion import CheckpointSource, KeyTable, Release, Rename, expected_from_model, write_converted
+    from hf_videollm.modeling.llava import VideoLLMLlavaForConditionalGeneration
+    from hf_videollm.tiny import build_tiny
+
+    def release(seed, hang_marker=None):
+        model, processor = build_tiny("llava", seed=seed)
+        weights = {k: v for k, v in model.state_dict().items() if k in expected_from_model(model)}
+        if hang_marker is not None:  # the processor is the last file written: hang there until killed
+            save = processor.save_pretrained
+            def hanging_save(path, *a, **k):
+                save(path, *a, **k)
+                Path(hang_marker).write_text(str(path))
+                time.sleep(600)
+            object.__setattr__(processor, "save_pretrained", hanging_save)
+        return Release(VideoLLMLlavaForConditionalGeneration, model.config,
+                       sources=[(CheckpointSource.from_state_dict(weights), KeyTable("same", [Rename(r"^", "")]))],
+                       processor=processor, converted_from="test/tiny", converter="test")
+
+    if __name__ == "__main__":
+        out, seed, marker = sys.argv[1], int(sys.argv[2]), (sys.argv[3] if len(sys.argv) > 3 else None)
+        write_converted(release(seed, marker), out, progress=False)
+''')
+
+
+def _convert_and_kill(tmp_path: Path, out: Path, seed: int) -> Path:
+    """Run a conversion in a subprocess, SIGKILL it while it writes the processor (weights and config already in
+    staging); returns the staging dir it was writing."""
+    script = tmp_path / "convert_release.py"
+    script.write_text(_RELEASE)
+    marker = tmp_path / f"hang-{seed}"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(out), str(seed), str(marker)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline, "the conversion never reached the processor"
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return Path(marker.read_text())
+
+
+def _load_script(tmp_path):
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import importlib
+
+        return importlib.import_module("convert_release")
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_kill_9_during_conversion_leaves_old_or_nothing(tmp_path, caplog):
+    from hf_videollm.conversion import write_converted
+    from hf_videollm.modeling.llava import VideoLLMLlavaForConditionalGeneration
+
+    out = tmp_path / "out"
+    staging = _convert_and_kill(tmp_path, out, seed=1)
+    assert staging.parent == tmp_path and ".out.converting-" in staging.name and staging.is_dir()
+    assert (staging / "config.json").is_file()  # config is written before the swap, not after
+    assert not out.exists()  # killed before the swap: no output at all, not a half one
+    # the next run removes the dead run's staging dir, says so, and writes a complete output
+    mod = _load_script(tmp_path)
+    with caplog.at_level("WARNING", logger="hf_videollm.conversion.engine"):
+        write_converted(mod.release(seed=2), out, progress=False)
+    assert not staging.exists() and "left incomplete by a killed conversion" in caplog.text
+    assert {"config.json", "model.safetensors", "processor_config.json"} <= set(os.listdir(out))
+    first = {f: (out / f).read_bytes() for f in os.listdir(out) if (out / f).is_file()}
+    # re-conversion into the existing output killed mid-way: the old output is untouched, file for file
+    _convert_and_kill(tmp_path, out, seed=3)
+    assert {f: (out / f).read_bytes() for f in os.listdir(out) if (out / f).is_file()} == first
+    VideoLLMLlavaForConditionalGeneration.from_pretrained(out)
+
+
+def test_swap_interrupted_between_renames_is_restored(tmp_path, caplog):
+    from hf_videollm.conversion.engine import _clean_stale_staging
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    out = tmp_path / "out"
+    aside = tmp_path / f".out.replaced-{dead.pid}-abc"
+    (aside / "old").mkdir(parents=True)
+    (aside / "old" / "config.json").write_text("{}")
+    new = tmp_path / f".out.converting-{dead.pid}-def"
+    new.mkdir()
+    (new / "model.safetensors").write_text("partial")
+    with caplog.at_level("WARNING", logger="hf_videollm.conversion.engine"):
+        _clean_stale_staging(out)
+    assert os.listdir(out) == ["config.json"] and not aside.exists() and not new.exists()
+    assert "restored" in caplog.text
+    live = tmp_path / f".out.converting-{os.getppid()}-ghi"  # a running process's staging dir is left alone
+    live.mkdir()
+    _clean_stale_staging(out)
+    assert live.exists()
+
+
+@pytest.mark.parametrize("shard", ["/etc/passwd", "../outside.safetensors", "sub/../../x.safetensors",
+                                   "..\\\\x.safetensors"])
+def test_shard_index_pointing_outside_is_refused(tmp_path, shard):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": shard}}))
+    with pytest.raises(ConversionError, match="points outside its directory"):
+        CheckpointSource.open(ckpt)
