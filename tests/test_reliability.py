@@ -431,3 +431,72 @@ def test_shard_index_pointing_outside_is_refused(tmp_path, shard):
     (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": shard}}))
     with pytest.raises(ConversionError, match="points outside its directory"):
         CheckpointSource.open(ckpt)
+
+
+# ------------------------------------------------------------------------------------------ crash-safe checkpoints
+_TRAIN_KILLED_IN_SAVE = textwrap.dedent('''
+    import sys, time
+    from pathlib import Path
+    from hf_videollm.training import TrainConfig, train
+    from hf_videollm.training.trainer import VideoLLMTrainer
+
+    save_rng = VideoLLMTrainer._save_rng_state
+    def hang_in_second_save(self, output_dir):
+        save_rng(self, output_dir)
+        if self.state.global_step == 4:  # model + optimizer of checkpoint-4 are on disk, trainer state is not
+            Path(sys.argv[3]).write_text(output_dir)
+            time.sleep(600)
+    VideoLLMTrainer._save_rng_state = hang_in_second_save
+    train(TrainConfig(model="tiny:llava", data=[sys.argv[1]], output_dir=sys.argv[2], stage="stage2", max_steps=6,
+                      save_steps=2, per_device_train_batch_size=2, learning_rate=1e-3))
+''')
+
+
+def _dataset(tmp_path, n=8):
+    rows = [{"messages": [{"role": "user", "content": [{"type": "image", "path": str(tmp_path / f"{i}.png")},
+                                                       {"type": "text", "text": f"what is {i}"}]},
+                          {"role": "assistant", "content": f"answer {i}"}]} for i in range(n)]
+    from PIL import Image
+
+    for i in range(n):
+        Image.fromarray(np.full((20, 20, 3), i * 20, np.uint8)).save(tmp_path / f"{i}.png")
+    path = tmp_path / "data.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def test_kill_9_during_checkpoint_save_is_skipped_by_resume_and_export(tmp_path, caplog):
+    from hf_videollm.training import TrainConfig, train
+    from hf_videollm.training.checkpoints import COMPLETE_MARKER, resolve_resume
+    from hf_videollm.training.export import export_model
+
+    data = _dataset(tmp_path)
+    run, marker = tmp_path / "run", tmp_path / "hang"
+    script = tmp_path / "train_killed.py"
+    script.write_text(_TRAIN_KILLED_IN_SAVE)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, str(script), str(data), str(run), str(marker)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists():
+            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done, broken = run / "checkpoint-2", run / "checkpoint-4"
+    assert (done / COMPLETE_MARKER).is_file() and (broken / "model.safetensors").is_file()
+    assert not (broken / COMPLETE_MARKER).exists()  # looks loadable, but is not complete
+    with caplog.at_level("WARNING", logger="hf_videollm.training.checkpoints"):
+        assert resolve_resume(True, run) == str(done)
+    assert "skipping" in caplog.text and "checkpoint-4" in caplog.text
+    with pytest.raises(ValueError, match="checkpoint-4 is incomplete"):
+        resolve_resume(str(broken), run)
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-4 is incomplete.*\['checkpoint-2'\]"):
+        export_model(broken, tmp_path / "export")
+    # resuming picks checkpoint-2 and finishes the run
+    train(TrainConfig(model="tiny:llava", data=[str(data)], output_dir=str(run), stage="stage2", max_steps=6,
+                      save_steps=2, per_device_train_batch_size=2, learning_rate=1e-3, resume_from_checkpoint=True))
+    assert (run / "model.safetensors").is_file() and (run / "checkpoint-6" / COMPLETE_MARKER).is_file()

@@ -62,15 +62,26 @@ def find_training_metadata(checkpoint: str | Path) -> dict[str, Any] | None:
 
 def _check_source(checkpoint: Path) -> None:
     """Fail clearly when ``checkpoint`` holds neither a model nor an adapter (listing checkpoint-N dirs)."""
+    from .checkpoints import COMPLETE_MARKER, complete_checkpoints, is_complete_checkpoint
+
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint}: no such directory")
+    if _CHECKPOINT_RE.fullmatch(checkpoint.name) and not is_complete_checkpoint(checkpoint):
+        ok = [p.name for p in complete_checkpoints(checkpoint.parent, warn=False)]
+        raise FileNotFoundError(
+            f"{checkpoint} is incomplete (no {COMPLETE_MARKER}: the run was killed while saving it); export a "
+            f"complete checkpoint{f' ({ok})' if ok else ''} or the run directory"
+        )
     if _is_adapter(checkpoint) or _is_full_model(checkpoint):
         return
-    found = sorted(
-        (p.name for p in checkpoint.iterdir() if p.is_dir() and _CHECKPOINT_RE.fullmatch(p.name)),
+    found = [p.name for p in complete_checkpoints(checkpoint)]  # incomplete ones are skipped with a warning
+    broken = sorted(
+        (p.name for p in checkpoint.iterdir() if p.is_dir() and _CHECKPOINT_RE.fullmatch(p.name) and p.name not in found),
         key=lambda name: int(name.split("-")[1]),
     )
     hint = f"; it has Trainer checkpoints {found}: pass one of them" if found else ""
+    if broken:
+        hint += f"; incomplete checkpoints (killed while saving, not exportable): {broken}"
     raise FileNotFoundError(
         f"{checkpoint}: no model (config.json + model weights) and no PEFT adapter ({ADAPTER_CONFIG}) found{hint}"
     )
