@@ -500,3 +500,81 @@ def test_kill_9_during_checkpoint_save_is_skipped_by_resume_and_export(tmp_path,
     train(TrainConfig(model="tiny:llava", data=[str(data)], output_dir=str(run), stage="stage2", max_steps=6,
                       save_steps=2, per_device_train_batch_size=2, learning_rate=1e-3, resume_from_checkpoint=True))
     assert (run / "model.safetensors").is_file() and (run / "checkpoint-6" / COMPLETE_MARKER).is_file()
+
+
+# ------------------------------------------------------------------------------------------ training data
+from hf_videollm.training.data import DataFileError, VideoLLMDataset, load_records  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        (b"", "the file is empty"),
+        (b"  \n\n", "the file is empty"),
+        (b"[]", "empty list: no records"),
+        (b'{"messages": []}\n{"x"\n', "line 2 column 5: invalid JSON"),
+        (b'{"a": "\xff"}\n', "line 1: not UTF-8 .*0xff"),
+        (b"[1, 2]", "record 0 is int, expected an object"),
+        (b"5\n", "line 1: a record must be a JSON object"),
+        (b'[{"messages": [}]', "line 1 column 16: invalid JSON"),
+    ],
+)
+@pytest.mark.parametrize("suffix", [".json", ".jsonl"])
+def test_bad_data_files_are_one_clear_line(tmp_path, content, match, suffix):
+    path = tmp_path / f"data{suffix}"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError, match=match) as e:
+        load_records(path)
+    assert str(e.value).startswith(str(path)) and "\n" not in str(e.value)
+
+
+_GOOD_JSONL = b"".join(
+    json.dumps({"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}).encode()
+    + b"\n" for i in range(3)
+)
+
+
+@settings(max_examples=max(10, EXAMPLES // 2), derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(cut=st.integers(0, len(_GOOD_JSONL)), noise=st.binary(max_size=6), at=st.integers(0, len(_GOOD_JSONL)))
+def test_damaged_jsonl_never_gives_a_traceback(tmp_path_factory, cut, noise, at):
+    """Truncated / corrupted JSON Lines either load (every record an object) or raise one DataFileError line."""
+    data = _GOOD_JSONL[:cut]
+    data = data[:at] + noise + data[at:]
+    path = tmp_path_factory.mktemp("fuzz") / "data.jsonl"
+    path.write_bytes(data)
+    try:
+        records = load_records(path)
+    except DataFileError as e:
+        assert str(e).startswith(str(path)) and "\n" not in str(e)
+    else:
+        assert len(records) >= 1
+
+
+def test_undecodable_and_empty_media_listed_before_training(tmp_path):
+    from PIL import Image
+
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "junk.mp4").write_bytes(b"this is not a video at all" * 10)
+    (tmp_path / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    write_video(tmp_path / "ok.mp4", _grey_ramp(4, 40), 4)
+
+    def sample(kind, name):
+        return {"messages": [{"role": "user", "content": [{"type": kind, "path": str(tmp_path / name)},
+                                                          {"type": "text", "text": "what"}]},
+                             {"role": "assistant", "content": "that"}]}
+
+    records = [sample("image", "good.png"), sample("video", "empty.mp4"), sample("video", "junk.mp4"),
+               sample("image", "junk.png"), sample("video", "ok.mp4")]
+    from hf_videollm.training.data import InvalidDataError
+
+    with pytest.raises(InvalidDataError) as e:
+        VideoLLMDataset(records)
+    msg = str(e.value)
+    assert "3 of 5 training samples are invalid" in msg
+    assert "sample 1: video file" in msg and "empty file (0 bytes)" in msg
+    assert "sample 2: video file" in msg and "sample 3: image file" in msg and "cannot be decoded" in msg
+    kept = VideoLLMDataset(records, skip_invalid=True)
+    assert kept.indices == [0, 4]
