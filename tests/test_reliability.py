@@ -578,3 +578,36 @@ def test_undecodable_and_empty_media_listed_before_training(tmp_path):
     assert "sample 2: video file" in msg and "sample 3: image file" in msg and "cannot be decoded" in msg
     kept = VideoLLMDataset(records, skip_invalid=True)
     assert kept.indices == [0, 4]
+
+
+def test_export_is_swapped_in_whole(tmp_path, monkeypatch):
+    """export_model writes + verifies in a staging dir: a failure (or kill) before the swap leaves the old output
+    file for file; a later export replaces it whole and removes a dead run's staging dir."""
+    from hf_videollm.training import export as export_mod
+    from hf_videollm.training.export import export_model
+
+    model, processor = build_tiny("llava")
+    src = tmp_path / "trained"
+    model.save_pretrained(src)
+    processor.save_pretrained(src)
+    out = tmp_path / "exported"
+    out.mkdir()
+    (out / "README.md").write_text("keep me")
+    (out / "model.safetensors").write_text("old weights")
+
+    def fail(path, dtype):
+        raise RuntimeError("simulated crash before the swap")
+
+    monkeypatch.setattr(export_mod, "_verify", fail)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        export_model(src, out, dtype="float32")
+    assert sorted(os.listdir(out)) == ["README.md", "model.safetensors"]
+    assert (out / "model.safetensors").read_text() == "old weights"
+    assert [p.name for p in tmp_path.iterdir() if ".exporting-" in p.name] == []
+    monkeypatch.undo()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (tmp_path / f".exported.exporting-{dead.pid}-x").mkdir()  # left by a killed export
+    export_model(src, out, dtype="float32")
+    assert (out / "README.md").read_text() == "keep me" and (out / "config.json").is_file()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".exported.")] == []

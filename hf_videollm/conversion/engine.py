@@ -1051,7 +1051,7 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>converting|replaced)-(?P<pid>\d+)-[^/]*$")
+_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>converting|exporting|replaced)-(?P<pid>\d+)-[^/]*$")
 
 
 def _clean_stale_staging(out_dir: Path) -> None:
@@ -1072,7 +1072,7 @@ def _clean_stale_staging(out_dir: Path) -> None:
             logger.warning("restored %s from %s: an earlier conversion was killed while swapping outputs", out_dir, d)
         else:
             shutil.rmtree(d, ignore_errors=True)
-            logger.warning("removed %s, left incomplete by a killed conversion into %s", d, out_dir)
+            logger.warning("removed %s, left incomplete by a killed conversion/export into %s", d, out_dir)
 
 
 def glob_escape(name: str) -> str:

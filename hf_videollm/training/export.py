@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -274,8 +276,21 @@ def export_model(checkpoint: str | Path, out: str | Path, *, dtype: str = "bfloa
         raise ValueError(f"{out} holds a PEFT adapter ({ADAPTER_CONFIG}); export into a new or empty directory")
     processor, processor_dir = _load_processor(checkpoint)
     model, base_path = _load_model(checkpoint, base, torch_dtype)
-    _save(model, processor, processor_dir, out, _metadata(checkpoint, dtype, base_path))
-    del model
-    _verify(out, torch_dtype)
+    # crash-safe: written and verified in a staging dir next to ``out``, then swapped in whole (a killed export
+    # leaves the old ``out`` or none, never a partial one; the next run removes the dead staging dir)
+    from ..conversion.engine import _clean_stale_staging, _move_into_place
+
+    out = out.expanduser().absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.exporting-{os.getpid()}-", dir=out.parent))
+    try:
+        _save(model, processor, processor_dir, staging, _metadata(checkpoint, dtype, base_path))
+        del model
+        _verify(staging, torch_dtype)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     logger.info("exported %s to %s (%s)", checkpoint, out, dtype)
     return out
