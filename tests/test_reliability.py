@@ -611,3 +611,54 @@ def test_export_is_swapped_in_whole(tmp_path, monkeypatch):
     export_model(src, out, dtype="float32")
     assert (out / "README.md").read_text() == "keep me" and (out / "config.json").is_file()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".exported.")] == []
+
+
+# ------------------------------------------------------------------------------------------ truncated files
+def _fragmented_mp4(path: Path, frames: np.ndarray, rate: int = 10) -> bytes:
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "frag_keyframe+empty_moov"}) as c:
+        s = c.add_stream("libx264", rate=rate)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.codec_context.gop_size = 5
+        for a in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def fragmented(tmp_path_factory):
+    path = tmp_path_factory.mktemp("frag") / "full.mp4"
+    return _fragmented_mp4(path, np.repeat(np.repeat(_grey_ramp(40, 6), 2, axis=1), 2, axis=2))  # 32x32
+
+
+def test_truncated_fragmented_mp4_warns_and_says_so_in_metadata(tmp_path, fragmented, caplog):
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(fragmented[: int(len(fragmented) * 0.8)])
+    with caplog.at_level("WARNING", logger="hf_videollm.media.video_read"):
+        video, meta = load_video(path, num_frames=8)
+    assert meta.corrupt_packets > 0 and "flagged" in caplog.text and "truncated" in caplog.text
+    assert meta.total_frames < 40
+    full = tmp_path / "full.mp4"
+    full.write_bytes(fragmented)
+    caplog.clear()
+    _, meta = load_video(full, num_frames=8)
+    assert meta.corrupt_packets == 0 and "flagged" not in caplog.text
+
+
+@VIDEO_FUZZ
+@given(keep=st.floats(0.05, 1.0))
+def test_truncated_video_is_refused_or_flagged(tmp_path_factory, fragmented, keep):
+    """Cut anywhere: refused with VideoDecodeError, or returned with corrupt_packets > 0, or (nothing flagged) every
+    returned frame is the frame its metadata names."""
+    path = tmp_path_factory.mktemp("cut") / "cut.mp4"
+    path.write_bytes(fragmented[: max(1, int(len(fragmented) * keep))])
+    try:
+        video, meta = load_video(path, num_frames=8)
+    except VideoDecodeError:
+        return
+    if meta.corrupt_packets == 0:
+        assert _decoded_indices(video, 6) == meta.frame_indices

@@ -124,6 +124,9 @@ class VideoMetadata:
             upright; this is the legacy ``rotate`` tag convention, i.e. ``-display_matrix_rotation % 360``.
         backend: ``"pyav"`` or ``"torchcodec"``.
         requested_timestamps: the sampling targets (seconds, same time origin as ``timestamps``).
+        corrupt_packets: packets FFmpeg flagged corrupt (truncated or damaged data, e.g. a cut-off fragmented MP4) or
+            could not decode; when > 0 a warning was logged: ``duration`` / ``total_frames`` describe the part that
+            could be read, not the original video.
     """
 
     timestamps: list[float]
@@ -136,6 +139,7 @@ class VideoMetadata:
     rotation: int
     backend: str
     requested_timestamps: list[float] = field(default_factory=list)
+    corrupt_packets: int = 0
 
 
 @dataclass
@@ -400,6 +404,7 @@ class _PyAVReader:
         self.demux_error: Exception | None = None
         self.decode_errors = 0
         self.first_decode_error: Exception | None = None
+        self.corrupt: set[tuple] = set()  # (pts, dts, pos) of packets FFmpeg flagged AV_PKT_FLAG_CORRUPT
         self.seek_origin: int | None = None
         self._out_count = 0
         self._first_dts: int | None = None
@@ -620,6 +625,8 @@ class _PyAVReader:
             except av.error.FFmpegError as exc:
                 self.demux_error = exc
                 return
+            if getattr(packet, "is_corrupt", False):  # FFmpeg's corrupt flag: e.g. a packet cut short by truncation
+                self.corrupt.add((packet.pts, packet.dts, packet.pos))
             yield packet
 
     # -- decoding ----------------------------------------------------------------------------------------------------
@@ -1034,6 +1041,12 @@ def load_video(
                 indices.append(int(fr.index))
             else:
                 indices.append(int(round(reader.pts_to_sec(fr.pts) * fps_src)) if fps_src else 0)
+        if reader.corrupt:
+            logger.warning(
+                "%s: FFmpeg flagged %d packet(s) as corrupt: the file is damaged or truncated (e.g. a cut-off "
+                "download); the %d frame(s) returned were sampled from the %.3f s (%d frames) that could be read",
+                name, len(reader.corrupt), len(targets_pts), duration, int(info.total_frames),
+            )
         if reader.decode_errors:
             logger.warning(
                 "%s: %d packet(s) could not be decoded and were skipped (first error: %s)",
@@ -1052,6 +1065,7 @@ def load_video(
             rotation=rotation,
             backend="pyav",
             requested_timestamps=[float(t) for t in requested],
+            corrupt_packets=len(reader.corrupt) + reader.decode_errors,
         )
         return video, meta
 
