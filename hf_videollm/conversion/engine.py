@@ -36,6 +36,7 @@ Conversion runs in two phases:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -50,6 +51,8 @@ from typing import Any, Union
 import torch
 
 from .sources import CheckpointSource, ConversionError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AddDelta",
@@ -855,6 +858,7 @@ def convert_checkpoint(
     allow_missing: Iterable[str] = (),
     progress: bool = True,
     metadata: Mapping[str, str] | None = None,
+    finalize: Callable[[Path], None] | None = None,
 ) -> ConversionReport:
     """Convert ``sources`` (each with its own table) into HF-style safetensors in ``out_dir``.
 
@@ -865,9 +869,13 @@ def convert_checkpoint(
     (``re.search``) of expected keys that may stay unfilled.  ``metadata`` is stored in every shard next to
     ``{"format": "pt"}``.
 
-    ``out_dir`` may exist (e.g. holding config.json): the written files are moved into it, replacing earlier
-    ``model.safetensors`` / ``model-*-of-*.safetensors`` / ``model.safetensors.index.json`` files there.
-    Raises :class:`ConversionError` listing every problem; in that case nothing is written to ``out_dir``.
+    ``out_dir`` may exist (e.g. holding config.json): its other files are kept, earlier ``model.safetensors`` /
+    ``model-*-of-*.safetensors`` / ``model.safetensors.index.json`` files are dropped.  ``finalize(staging_dir)``
+    writes the rest of the output (config, tokenizer, processor) next to the weights before anything reaches
+    ``out_dir``.  The new output is complete in a staging directory first and swapped in by renames, so a crash at
+    any moment leaves either the old or the new output, never a mix; staging directories of killed runs are cleaned
+    up (and reported) by the next run.  Raises :class:`ConversionError` listing every problem; in that case nothing
+    is written to ``out_dir``.
     """
     t0 = time.monotonic()
     sources = list(sources)
@@ -914,7 +922,8 @@ def convert_checkpoint(
         created.append(parent)
         parent = parent.parent
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-", dir=out_dir.parent))
+    _clean_stale_staging(out_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.converting-{os.getpid()}-", dir=out_dir.parent))
     problems: dict[str, list[str]] = defaultdict(list)
     writer = _ShardWriter(staging, limit, meta_out)
     pending: dict[tuple[int, str], list[torch.Tensor | None]] = {}
@@ -980,6 +989,8 @@ def convert_checkpoint(
         if problems:
             raise _problem_error(problems, header)
         files, index = writer.finish()
+        if finalize is not None:
+            finalize(staging)
         removed = _move_into_place(staging, out_dir)
     except BaseException:
         for src, _ in sources:
@@ -1030,16 +1041,78 @@ def _add_delta(delta: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     return out.to(delta.dtype)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_STAGING_RE = re.compile(r"^\.(?P<name>.+)\.(?P<kind>converting|exporting|replaced)-(?P<pid>\d+)-[^/]*$")
+
+
+def _clean_stale_staging(out_dir: Path) -> None:
+    """Directories left next to ``out_dir`` by a conversion that was killed (its pid is gone): a staging dir is
+    removed; a ``.replaced-`` dir (the previous output, moved aside just before the new one was renamed in) is
+    removed when ``out_dir`` exists, else put back as ``out_dir``. Each is reported with a warning; directories of
+    a conversion still running are left alone."""
+    for d in sorted(out_dir.parent.glob(f".{glob_escape(out_dir.name)}.*-*")):
+        m = _STAGING_RE.match(d.name)
+        if not m or m["name"] != out_dir.name or not d.is_dir():
+            continue
+        if _pid_alive(int(m["pid"])) and int(m["pid"]) != os.getpid():
+            logger.warning("%s: left by conversion process %s, which is still running; leaving it", d, m["pid"])
+            continue
+        if m["kind"] == "replaced" and not out_dir.exists() and (d / "old").is_dir():
+            os.replace(d / "old", out_dir)
+            shutil.rmtree(d, ignore_errors=True)
+            logger.warning("restored %s from %s: an earlier conversion was killed while swapping outputs", out_dir, d)
+        else:
+            shutil.rmtree(d, ignore_errors=True)
+            logger.warning("removed %s, left incomplete by a killed conversion/export into %s", d, out_dir)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    if src.is_dir():
+        shutil.copytree(src, dst, copy_function=_link_file)
+    else:
+        _link_file(src, dst)
+
+
+def _link_file(src, dst) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _move_into_place(staging: Path, out_dir: Path) -> list[str]:
+    """Swap the complete ``staging`` dir in as ``out_dir`` (files of an existing ``out_dir`` that the conversion
+    does not write are carried over, stale weight files dropped): at every moment ``out_dir`` is the old output
+    or the new one, never a mix."""
     if not out_dir.exists():
         os.replace(staging, out_dir)
         return []
     removed = []
     for f in sorted(out_dir.iterdir()):
         if _STALE.match(f.name) and f.is_file():
-            f.unlink()
             removed.append(f.name)
-    for f in sorted(staging.iterdir()):
-        os.replace(f, out_dir / f.name)
-    staging.rmdir()
+            continue
+        if not (staging / f.name).exists():
+            _link_or_copy(f, staging / f.name)
+    aside = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.replaced-{os.getpid()}-", dir=out_dir.parent))
+    os.replace(out_dir, aside / "old")  # same filesystem: atomic renames
+    try:
+        os.replace(staging, out_dir)
+    except BaseException:
+        os.replace(aside / "old", out_dir)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
     return removed

@@ -68,7 +68,19 @@ def write_converted(
     out = Path(out)
     with torch.device("meta"):
         skeleton = release.model_class(release.config)
-    report = convert_checkpoint(
+    config = release.config
+    config.architectures = [release.model_class.__name__]
+    if dtype is not None:
+        config.dtype = dtype
+
+    def finalize(staging: Path) -> None:
+        # config, generation config and processor go next to the weights before the output is swapped in
+        config.save_pretrained(staging)
+        if release.generation_config_from is not None:
+            copy_generation_config(release.generation_config_from, staging)
+        release.processor.save_pretrained(staging)
+
+    return convert_checkpoint(
         release.sources,
         expected_from_model(skeleton),
         out,
@@ -78,16 +90,8 @@ def write_converted(
         allow_missing=release.allow_missing,
         progress=progress,
         metadata={"converted_from": release.converted_from, "converter": release.converter},
+        finalize=finalize,
     )
-    config = release.config
-    config.architectures = [release.model_class.__name__]
-    if dtype is not None:
-        config.dtype = dtype
-    config.save_pretrained(out)
-    if release.generation_config_from is not None:
-        copy_generation_config(release.generation_config_from, out)
-    release.processor.save_pretrained(out)
-    return report
 
 
 # ---------------------------------------------------------------------------------------------------------------------

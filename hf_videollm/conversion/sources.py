@@ -17,6 +17,7 @@ next one is loaded).  :data:`TORCH_SHARD_STATS` counts resident shards across al
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import struct
 import zipfile
@@ -345,6 +346,13 @@ class CheckpointSource:
             per_file[fname].append(key)
         order.sort()  # HF shard names (model-00001-of-0000n...) sort into shard order
         base = index_file.parent
+        outside = [f for f in order if not isinstance(f, str) or not f or os.path.isabs(f)
+                   or ".." in Path(f).parts or ".." in Path(f.replace("\\", "/")).parts]
+        if outside:
+            raise ConversionError(
+                f"shard index {index_file} points outside its directory ({_preview(outside)}); shard file names must be "
+                f"relative paths inside {base} -- refusing to read them"
+            )
         missing = [f for f in order if not (base / f).is_file()]
         if missing:
             raise ConversionError(f"shard index {index_file} references missing shard files: {_preview(missing)}")

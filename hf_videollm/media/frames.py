@@ -39,6 +39,26 @@ def _is_video_source(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike, bytes, bytearray, Path)) or isinstance(x, io.IOBase) or hasattr(x, "read")
 
 
+def _load_frame(frame: Any, t: int) -> torch.Tensor:
+    try:
+        return load_image(frame)
+    except ImageLoadError as e:
+        raise ImageLoadError(f"frame {t}: {e}") from e
+
+
+def _stack_frames(frames: list[torch.Tensor]) -> torch.Tensor:
+    if not frames:
+        raise VideoDecodeError("the video has no frames (an empty list or array); pass at least one frame")
+    sizes = [tuple(f.shape[-2:]) for f in frames]
+    if len(set(sizes)) > 1:
+        odd = next(t for t, s in enumerate(sizes) if s != sizes[0])
+        raise VideoDecodeError(
+            f"frames have different sizes: frame 0 is {sizes[0][0]}x{sizes[0][1]} (HxW), frame {odd} is "
+            f"{sizes[odd][0]}x{sizes[odd][1]}; resize them to one size first"
+        )
+    return torch.stack(frames)
+
+
 def load_frames(
     video: Any,
     *,
@@ -61,12 +81,22 @@ def load_frames(
             frames = frames.permute(0, 3, 1, 2)
         else:
             if isinstance(video, (list, tuple)):
-                frames = torch.stack([load_image(f) for f in video])
+                frames = _stack_frames([_load_frame(f, t) for t, f in enumerate(video)])
             else:
-                arr = torch.from_numpy(np.asarray(video)) if not isinstance(video, torch.Tensor) else video
+                arr = video
+                if not isinstance(video, torch.Tensor):
+                    arr = np.asarray(video)
+                    if arr.dtype in (np.uint16, np.uint32, np.uint64):
+                        arr = arr.astype(np.int64)  # range-checked as 0..255 by load_image
+                    arr = torch.from_numpy(np.ascontiguousarray(arr))
                 if arr.ndim != 4:
-                    raise VideoDecodeError(f"a video array must be (T, H, W, C) or (T, C, H, W), got shape {tuple(arr.shape)}")
-                frames = torch.stack([load_image(f) for f in arr])
+                    hint = (
+                        " (a grey video (T, H, W)? add a channel axis: x[..., None])" if arr.ndim == 3 else ""
+                    )
+                    raise VideoDecodeError(
+                        f"a video array must be (T, H, W, C) or (T, C, H, W), got shape {tuple(arr.shape)}{hint}"
+                    )
+                frames = _stack_frames([_load_frame(f, t) for t, f in enumerate(arr)])
             if max_frames is not None and frames.shape[0] > max_frames:
                 raise VideoDecodeError(
                     f"{frames.shape[0]} frames given, more than max_frames={max_frames}; sample fewer frames or raise "

@@ -191,6 +191,11 @@ def _layout(shape: tuple[int, ...], prefer_channels_first: bool, what: str) -> s
             f"of frames load each frame separately."
         )
     first, last = shape[0] in _CHANNELS, shape[2] in _CHANNELS
+    if shape[2] == 2 and not (first and prefer_channels_first):
+        raise ImageLoadError(
+            f"{what} has shape {shape}: a last dim of 2 is grey + alpha, which is not supported (and reading it as "
+            f"(C, H, W) would be wrong); pass the grey plane x[..., 0] as (H, W), or (H, W, 3) RGB."
+        )
     if first and last:
         return "chw" if prefer_channels_first else "hwc"
     if last:
@@ -232,6 +237,12 @@ def _to_uint8(x: torch.Tensor, what: str) -> torch.Tensor:
 
 
 def _load_array(x: torch.Tensor, what: str, prefer_channels_first: bool, max_pixels: int | None) -> torch.Tensor:
+    if x.layout != torch.strided:
+        raise ImageLoadError(f"{what} is a {x.layout} tensor; pass a dense tensor (x.to_dense()).")
+    if x.device.type == "meta":
+        raise ImageLoadError(f"{what} is on the meta device and has no data; pass a tensor with real values.")
+    if x.dtype in (torch.uint16, torch.uint32, torch.uint64):
+        x = x.to(torch.int64)  # few ops support these; values are range-checked as 0..255 below
     shape = tuple(x.shape)
     layout = _layout(shape, prefer_channels_first, what)
     if layout == "hw":

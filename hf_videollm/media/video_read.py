@@ -51,6 +51,7 @@ import bisect
 import contextlib
 import logging
 import math
+import numbers
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -86,6 +87,9 @@ __all__ = [
 #: ``load_video`` without ``num_frames``/``fps`` returns every frame of the window; refuse when the result would exceed
 #: this many bytes (pass ``num_frames``, ``fps`` or ``max_frames`` instead).
 ALL_FRAMES_MAX_BYTES = 4 * 1024**3
+#: Sampling more targets than the window has frames repeats frames (fine for a fixed ``num_frames`` on a short
+#: clip); beyond this many targets such a request is refused before anything is allocated.
+MAX_REPEATED_TARGETS = 1024
 
 # Re-seek back-off (seconds) used when a seek lands after the target (broken or unusual indexes).
 _SEEK_BACKOFF_S = (1.0, 4.0, 16.0, 64.0)
@@ -120,6 +124,9 @@ class VideoMetadata:
             upright; this is the legacy ``rotate`` tag convention, i.e. ``-display_matrix_rotation % 360``.
         backend: ``"pyav"`` or ``"torchcodec"``.
         requested_timestamps: the sampling targets (seconds, same time origin as ``timestamps``).
+        corrupt_packets: packets FFmpeg flagged corrupt (truncated or damaged data, e.g. a cut-off fragmented MP4) or
+            could not decode; when > 0 a warning was logged: ``duration`` / ``total_frames`` describe the part that
+            could be read, not the original video.
     """
 
     timestamps: list[float]
@@ -132,6 +139,7 @@ class VideoMetadata:
     rotation: int
     backend: str
     requested_timestamps: list[float] = field(default_factory=list)
+    corrupt_packets: int = 0
 
 
 @dataclass
@@ -213,12 +221,14 @@ def _validate_args(name, num_frames, fps, start, end, mode, max_frames, sampling
     if num_frames is not None:
         _check_positive_int(num_frames, "num_frames", name)
     if fps is not None:
-        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+        if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not math.isfinite(fps) or fps <= 0:
             raise VideoDecodeError(f"{name}: fps must be a positive finite number, got {fps!r}.")
     if max_frames is not None:
         _check_positive_int(max_frames, "max_frames", name)
     for label, value in (("start", start), ("end", end)):
-        if value is not None and (not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0):
+        if value is not None and (
+            isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0
+        ):
             raise VideoDecodeError(f"{name}: {label} must be a finite number of seconds >= 0, got {value!r}.")
     if start is not None and end is not None and start >= end:
         raise VideoDecodeError(f"{name}: start ({start}) must be smaller than end ({end}).")
@@ -248,42 +258,74 @@ def _downsample(targets: list, max_frames: int, sampling: str) -> list:
         picks = np.round(np.linspace(0, n - 1, max_frames)).astype(int)
     else:
         picks = np.floor((np.arange(max_frames) + 0.5) * n / max_frames).astype(int)
-    return [targets[int(i)] for i in picks]
+    return [targets[int(i)] for i in picks]  # ``targets`` may be a range (indices)
+
+
+def _target_count(lo: float, hi: float, num_frames: int | None, fps: float | None, sampling: str) -> int:
+    """How many targets :func:`_sampling_targets` makes (computed without building them)."""
+    if num_frames is not None:
+        return int(num_frames)
+    span = hi - lo
+    if sampling == "linspace":
+        return max(1, math.ceil(span * fps - 1e-9))
+    return max(1, math.ceil(span * fps - 0.5 - 1e-9))
 
 
 def _sampling_targets(
-    lo: float, hi: float, num_frames: int | None, fps: float | None, sampling: str, last: float | None = None
+    lo: float, hi: float, num_frames: int | None, fps: float | None, sampling: str, last: float | None = None,
+    max_frames: int | None = None,
 ) -> list[float]:
     """Targets (seconds) inside ``[lo, hi)``; ``last`` is the start time of the last frame of the window (for
-    ``linspace``). See :func:`load_video` for the rules."""
+    ``linspace``). See :func:`load_video` for the rules. With ``max_frames`` the target list is uniformly re-sampled
+    down to ``max_frames`` (as :func:`_downsample`), computing only the kept targets."""
     span = hi - lo
     last = lo if last is None else min(max(lo, last), hi)
+    n = _target_count(lo, hi, num_frames, fps, sampling)
+    keep = range(n) if max_frames is None or n <= max_frames else _downsample(range(n), max_frames, sampling)
     if num_frames is not None:
         if sampling == "linspace":
             if num_frames == 1:
                 return [lo]
-            return [float(x) for x in np.linspace(lo, last, num_frames)]
+            step = (last - lo) / (n - 1)  # as np.linspace: start + i * step, the last one exactly ``last``
+            return [last if i == n - 1 else lo + i * step for i in keep]
         if sampling == "segment_index_midpoints":
             # frame indices from the frame count, then the middle of each chosen frame (constant frame rate)
             step = hi - last
             if step <= 0:
-                return [lo] * num_frames
-            gaps = round((last - lo) / step)
-            return [lo + (i + 0.5) * step for i in segment_index_midpoints(gaps + 1, num_frames)]
+                return [lo] * len(keep)
+            picks = segment_index_midpoints(round((last - lo) / step) + 1, n)
+            return [lo + (picks[i] + 0.5) * step for i in keep]
         if sampling == "index_midpoints":
             # midpoints of n equal segments of [first frame, last frame] rounded to the nearest frame: half a frame
             # later, the frame displayed there is the rounded one
             half = (hi - last) / 2
-            return [lo + (i + 0.5) * (last - lo) / num_frames + half for i in range(num_frames)]
-        return [lo + (i + 0.5) * span / num_frames for i in range(num_frames)]
+            return [lo + (i + 0.5) * (last - lo) / n + half for i in keep]
+        return [lo + (i + 0.5) * span / n for i in keep]
     assert fps is not None
     if sampling == "linspace":
-        n = max(1, math.ceil(span * fps - 1e-9))
-        return [lo + i / fps for i in range(n)]
-    n = math.ceil(span * fps - 0.5 - 1e-9)
-    if n < 1:
+        return [lo + i / fps for i in keep]
+    if math.ceil(span * fps - 0.5 - 1e-9) < 1:
         return [lo + span / 2]
-    return [lo + (i + 0.5) / fps for i in range(n)]
+    return [lo + (i + 0.5) / fps for i in keep]
+
+
+def _check_target_budget(
+    name: str, n_targets: int, window_frames: int, width: int, height: int, num_frames, fps
+) -> None:
+    """Refuse, before anything is allocated, a request whose output would repeat frames on a massive scale or not
+    fit in memory."""
+    asked = f"num_frames={num_frames!r}" if num_frames is not None else f"fps={fps!r}"
+    if n_targets > max(window_frames, MAX_REPEATED_TARGETS):
+        raise VideoDecodeError(
+            f"{name}: {asked} asks for {n_targets} frames but the window holds about {window_frames}; pass "
+            f"num_frames <= {max(window_frames, 1)} (or a lower fps), or cap the output with max_frames=."
+        )
+    nbytes = n_targets * width * height * 3
+    if nbytes > ALL_FRAMES_MAX_BYTES:
+        raise VideoDecodeError(
+            f"{name}: {asked} would return {n_targets} frames of {width}x{height} ({nbytes / 1024**3:.1f} GiB); pass "
+            f"fewer frames or max_frames= (or a shorter start/end window)."
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -368,6 +410,12 @@ class _PyAVReader:
         self.s = stream
         self.name = name
         self.tb: Fraction = stream.time_base or Fraction(1, AV_TIME_BASE)
+        if stream.codec_context is None:  # FFmpeg found no decoder: damaged sample description / index, odd codec
+            raise VideoDecodeError(
+                f"{name}: FFmpeg has no decoder for its video stream; the file's header or index "
+                f"is damaged or the codec is not supported. Re-encode or remux it (e.g. ffmpeg -i in.mp4 -c:v libx264 "
+                f"out.mp4)."
+            )
         self.s.codec_context.thread_type = "AUTO"
         self.info: _StreamInfo | None = None
         self._gen: Iterator[_Frame] | None = None
@@ -377,6 +425,7 @@ class _PyAVReader:
         self.demux_error: Exception | None = None
         self.decode_errors = 0
         self.first_decode_error: Exception | None = None
+        self.corrupt: set[tuple] = set()  # (pts, dts, pos) of packets FFmpeg flagged AV_PKT_FLAG_CORRUPT
         self.seek_origin: int | None = None
         self._out_count = 0
         self._first_dts: int | None = None
@@ -394,7 +443,12 @@ class _PyAVReader:
         belongs to that frame; this keeps targets on exact frame boundaries consistent across containers.
         """
         assert self.info is not None
-        return self.info.first_pts + math.floor(seconds * self.tb.denominator / self.tb.numerator + 0.5)
+        ticks = seconds * self.tb.denominator / self.tb.numerator
+        if self.info.fps and float(self.tb) * self.info.fps >= 0.5:
+            # coarse time base (AVI / Y4M: one tick per frame): stored timestamps are exact frame numbers, so a
+            # target belongs to the frame it falls in (floor); rounding would pick the next frame half the time
+            return self.info.first_pts + math.floor(ticks + 1e-6)
+        return self.info.first_pts + math.floor(ticks + 0.5)
 
     def pts_to_sec(self, pts: int) -> float:
         assert self.info is not None
@@ -592,6 +646,8 @@ class _PyAVReader:
             except av.error.FFmpegError as exc:
                 self.demux_error = exc
                 return
+            if getattr(packet, "is_corrupt", False):  # FFmpeg's corrupt flag: e.g. a packet cut short by truncation
+                self.corrupt.add((packet.pts, packet.dts, packet.pos))
             yield packet
 
     # -- decoding ----------------------------------------------------------------------------------------------------
@@ -935,6 +991,12 @@ def load_video(
     """
     name = describe_source(source)
     _validate_args(name, num_frames, fps, start, end, mode, max_frames, sampling, backend)
+    # NumPy scalars (np.float32(2.0), np.int64(8)) are accepted where a number is; use plain Python numbers below
+    num_frames = None if num_frames is None else int(num_frames)
+    max_frames = None if max_frames is None else int(max_frames)
+    fps = None if fps is None else float(fps)
+    start = None if start is None else float(start)
+    end = None if end is None else float(end)
     if backend == "auto":
         backend = "torchcodec" if (mode == "exact" and _torchcodec_available()) else "pyav"
     if backend == "torchcodec":
@@ -963,9 +1025,11 @@ def load_video(
             targets_pts = window
             requested = [reader.pts_to_sec(p) for p in window]
         else:
-            requested = _sampling_targets(lo, hi, num_frames, fps, sampling, reader.last_frame_before(hi))
-            if max_frames is not None:
-                requested = _downsample(requested, max_frames, sampling)
+            n_targets = _target_count(lo, hi, num_frames, fps, sampling)
+            window_frames = math.ceil((hi - lo) * info.fps - 1e-6) if info.fps else int(info.total_frames)
+            _check_target_budget(name, min(n_targets, max_frames or n_targets), window_frames, stream.width,
+                                 stream.height, num_frames, fps)
+            requested = _sampling_targets(lo, hi, num_frames, fps, sampling, reader.last_frame_before(hi), max_frames)
             targets_pts = [reader.sec_to_pts(t) for t in requested]
 
         order = sorted(range(len(targets_pts)), key=lambda i: targets_pts[i])
@@ -1000,6 +1064,12 @@ def load_video(
                 indices.append(int(fr.index))
             else:
                 indices.append(int(round(reader.pts_to_sec(fr.pts) * fps_src)) if fps_src else 0)
+        if reader.corrupt:
+            logger.warning(
+                "%s: FFmpeg flagged %d packet(s) as corrupt: the file is damaged or truncated (e.g. a cut-off "
+                "download); the %d frame(s) returned were sampled from the %.3f s (%d frames) that could be read",
+                name, len(reader.corrupt), len(targets_pts), duration, int(info.total_frames),
+            )
         if reader.decode_errors:
             logger.warning(
                 "%s: %d packet(s) could not be decoded and were skipped (first error: %s)",
@@ -1018,6 +1088,7 @@ def load_video(
             rotation=rotation,
             backend="pyav",
             requested_timestamps=[float(t) for t in requested],
+            corrupt_packets=len(reader.corrupt) + reader.decode_errors,
         )
         return video, meta
 
@@ -1060,9 +1131,11 @@ def _load_video_torchcodec(source, name, num_frames, fps, start, end, mode, max_
                 requested = [requested[i] for i in keep]
         else:
             last = hi - (1.0 / src_fps if src_fps else 0.0)
-            requested = _sampling_targets(lo, hi, num_frames, fps, sampling, last)
-            if max_frames is not None:
-                requested = _downsample(requested, max_frames, sampling)
+            n_targets = _target_count(lo, hi, num_frames, fps, sampling)
+            window_frames = math.ceil((hi - lo) * src_fps - 1e-6) if src_fps else total
+            _check_target_budget(name, min(n_targets, max_frames or n_targets), window_frames, int(md.width or 0),
+                                 int(md.height or 0), num_frames, fps)
+            requested = _sampling_targets(lo, hi, num_frames, fps, sampling, last, max_frames)
             batch = decoder.get_frames_played_at(seconds=[begin + t for t in requested])
     except VideoDecodeError:
         raise

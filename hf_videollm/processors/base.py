@@ -51,6 +51,8 @@ ESCAPE_CLOSE = "\ue001"
 GENERATION_OPEN = "\ue002"
 GENERATION_CLOSE = "\ue003"
 _ESCAPED = re.compile(f"{ESCAPE_OPEN}(.*?){ESCAPE_CLOSE}", re.S)
+#: every private-use character the processor uses as a marker; user-supplied chat text may not contain them.
+_MARKERS = re.compile("[\ue000-\ue003]")
 _DEFAULT_TOKENS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 
 
@@ -294,12 +296,13 @@ class VideoLLMProcessor(ProcessorMixin):
             raise TypeError(f"unexpected argument(s) {sorted(kwargs)} for {type(self).__name__}")
         if return_tensors not in ("pt", None):
             raise ProcessorInputError(f"return_tensors={return_tensors!r} is not supported; use 'pt' or None")
-        given = {
-            "image": _flatten_media(images, "image"),
-            "video": _flatten_media(videos, "video"),
-            "audio": _flatten_media(audio, "audio"),
-        }
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0):
+            raise ProcessorInputError(f"max_length must be a positive integer or None, got {max_length!r}")
+        given, groups = {}, {}
+        for modality, value in (("image", images), ("video", videos), ("audio", audio)):
+            given[modality], groups[modality] = _flatten_media(value, modality)
         samples = self._scan(text, given)
+        self._check_groups(samples, groups)
         features, tokens = self._process_media(given)
         cursor = dict.fromkeys(self.modalities, 0)
         rows = [
@@ -352,6 +355,23 @@ class VideoLLMProcessor(ProcessorMixin):
                 )
         self._attach_carried(samples, given)
         return samples
+
+    def _check_groups(self, samples: list[Sample], groups: dict[str, list[int] | None]) -> None:
+        """Media given nested per sample (``images=[[a, b], [c]]``) must match each sample's placeholders: the
+        groups say which sample each item belongs to, so a mismatch would silently give one sample another's media."""
+        for modality, sizes in groups.items():
+            if sizes is None or modality not in self.modalities:
+                continue
+            # placeholders the user typed (items carried inside another item, e.g. a video's audio, do not count)
+            counts = [sum(k == modality and t != "carried" for k, t in s.segments) for s in samples]
+            if len(sizes) != len(samples) or sizes != counts:
+                token = self.media_token(modality)
+                raise ProcessorInputError(
+                    f"{modality}s were given per sample as {len(sizes)} group(s) of sizes {sizes}, but the "
+                    f"{len(samples)} text(s) have {counts} {token} placeholder(s) per sample; give each sample's "
+                    f"{modality}s in its own list, one per {token} in that sample's text (or pass a flat list in "
+                    f"placeholder order)"
+                )
 
     def _attach_carried(self, samples: list[Sample], given: dict[str, list]) -> None:
         """Items carried by other items (:meth:`_split_item`) join their modality's list in the order their tokens
@@ -546,7 +566,12 @@ class VideoLLMProcessor(ProcessorMixin):
         template = chat_template or self.chat_template
         if template is None:
             raise ProcessorInputError(f"{type(self).__name__} has no chat template; pass chat_template=...")
-        batched = bool(conversation) and isinstance(conversation[0], (list, tuple))
+        if not isinstance(conversation, (list, tuple)) or not conversation:
+            raise ProcessorInputError(
+                f"conversation must be a non-empty list of messages (dicts with 'role' and 'content') or a list of "
+                f"such lists, got {type(conversation).__name__} {_short(conversation)}"
+            )
+        batched = isinstance(conversation[0], (list, tuple))
         conversations = conversation if batched else [conversation]
         rendered, found_media = [], {"image": [], "video": [], "audio": []}
         for conv in conversations:
@@ -562,17 +587,54 @@ class VideoLLMProcessor(ProcessorMixin):
         return self(text=rendered, **{k: v for k, v in media.items() if v is not None})
 
     def _normalise_message(self, message: dict, placeholders_in_text: bool, found: dict) -> dict:
+        if not isinstance(message, dict):
+            raise ProcessorInputError(
+                f"each chat message must be a dict like {{'role': 'user', 'content': ...}}, got "
+                f"{type(message).__name__} {_short(message)}; a conversation is a list of such dicts (a batch: a "
+                f"list of conversations)"
+            )
         role = message.get("role")
         if role not in ("system", "user", "assistant"):
             raise ProcessorInputError(f"message role must be system, user or assistant, got {role!r}")
         content = message.get("content")
-        parts = [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
-        out = []
+        if content is None:
+            parts = []
+        elif isinstance(content, str):
+            parts = [{"type": "text", "text": content}]
+        elif isinstance(content, (list, tuple)):
+            parts = list(content)
+        else:
+            raise ProcessorInputError(
+                f"{role} message content must be a string or a list of parts like {{'type': 'text', 'text': ...}}, "
+                f"got {type(content).__name__} {_short(content)}"
+            )
+        out: list[dict] = []
         for part in parts:
+            if not isinstance(part, dict):
+                raise ProcessorInputError(
+                    f"{role} message content parts must be dicts like {{'type': 'text', 'text': ...}} or "
+                    f"{{'type': 'image'}}, got {type(part).__name__} {_short(part)}"
+                )
             kind = part.get("type")
             if kind == "text":
                 txt = part.get("text", "")
-                out.append({"type": "text", "text": txt if placeholders_in_text else self.escape_text(txt)})
+                if not isinstance(txt, str):
+                    raise ProcessorInputError(
+                        f"a text part's 'text' must be a string, got {type(txt).__name__} {_short(txt)}"
+                    )
+                bad = _MARKERS.search(txt)
+                if bad:
+                    raise ProcessorInputError(
+                        f"{role} message text contains the character U+{ord(bad.group(0)):04X} at position "
+                        f"{bad.start()}; U+E000-U+E003 are reserved by the processor as markers (escaping, training "
+                        f"labels); remove them from the text"
+                    )
+                if out and out[-1]["type"] == "text":
+                    # adjacent text parts render as one string: join them before escaping, so a placeholder split
+                    # across parts ("look <ima" + "ge> here") is escaped as the text it is.
+                    out[-1]["text"] += txt
+                else:
+                    out.append({"type": "text", "text": txt})
             elif kind in ("image", "video", "audio"):
                 if kind not in self.modalities:
                     raise ProcessorInputError(f"{type(self).__name__} does not take {kind} content")
@@ -588,6 +650,10 @@ class VideoLLMProcessor(ProcessorMixin):
                 out.append({"type": kind})
             else:
                 raise ProcessorInputError(f"unknown content part type {kind!r}; use text, image, video or audio")
+        if not placeholders_in_text:
+            for part in out:
+                if part["type"] == "text":
+                    part["text"] = self.escape_text(part["text"])
         return {"role": role, "content": out}
 
     # -------------------------------------------------------------------------------------- decoding
@@ -596,6 +662,11 @@ class VideoLLMProcessor(ProcessorMixin):
 
     def decode(self, *args, **kwargs):
         return self.tokenizer.decode(*args, **kwargs)
+
+
+def _short(x, limit: int = 60) -> str:
+    r = repr(x)
+    return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
 def _pad_list(row: list[int], width: int | None, value: int, side: str) -> list[int]:
@@ -624,20 +695,26 @@ def _mask_escaped(text: str) -> str:
     return _ESCAPED.sub(lambda m: " " * len(m.group(0)), text)
 
 
-def _flatten_media(x, modality: str) -> list:
-    """Media given flat (in placeholder order) or nested per sample -> flat list.
+def _flatten_media(x, modality: str) -> tuple[list, list[int] | None]:
+    """Media given flat (in placeholder order) or nested per sample -> (flat list, group sizes or None).
 
     A video may itself be a list of frames (PIL images or (H, W, C) arrays); such a list is one video, not a
-    per-sample group.
+    per-sample group. Group sizes are returned when the media were nested per sample, so the caller can check them
+    against each sample's placeholders.
     """
+    if modality == "video" and not isinstance(x, (list, tuple)) and getattr(x, "ndim", None) == 3:
+        raise ProcessorInputError(
+            f"a video given as one array of shape {tuple(x.shape)} is ambiguous (a grey video (T, H, W) or a single "
+            f"frame?); pass a video as (T, H, W, C) -- a grey one as x[..., None] -- or a one-frame video as [frame]"
+        )
     items = _as_list(x)
     if modality == "video" and items and _is_frame(items[0]):
-        return [items]  # one video given as a list of frames
+        return [items], None  # one video given as a list of frames
     if items and all(isinstance(i, (list, tuple)) for i in items):
         if modality == "video" and all(i and _is_frame(i[0]) for i in items):
-            return items  # several videos, each a list of frames
-        return [m for group in items for m in group]
-    return items
+            return items, None  # several videos, each a list of frames
+        return [m for group in items for m in group], [len(group) for group in items]
+    return items, None
 
 
 def _is_frame(x) -> bool:

@@ -4,15 +4,19 @@ Both formats become one form, chat messages whose content is a list of parts::
 
     {"role": "user", "content": [{"type": "video", "video": "/abs/clip.mp4"}, {"type": "text", "text": "..."}]}
 
-Media paths are resolved against ``media_root`` (default: the data file's directory) but never opened here:
-decoding happens in the collator, i.e. lazily in the DataLoader workers. :func:`validate_records` checks every
+Media paths are resolved against ``media_root`` (default: the data file's directory); validation probes each file
+once (empty or undecodable files are listed with their sample index before training), full decoding happens in the
+collator, i.e. lazily in the DataLoader workers. :func:`validate_records` checks every
 sample up front (missing files, placeholder counts, empty or malformed conversations) and reports all problems
 with their indices; ``skip_invalid=True`` drops them instead of failing.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -23,7 +27,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataProblem", "InvalidDataError", "VideoLLMDataset", "load_records", "normalize_record", "validate_records"]
+__all__ = ["DataFileError", "DataProblem", "InvalidDataError", "VideoLLMDataset", "load_records", "normalize_record", "validate_records"]
 
 MEDIA_KINDS = ("image", "video", "audio")
 _LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -50,6 +54,54 @@ class InvalidDataError(ValueError):
         )
 
 
+class DataFileError(ValueError):
+    """A training data file that cannot be read: one line naming the file (and line)."""
+
+
+def _check_json_file(path: Path) -> None:
+    """Empty files, non-UTF-8 bytes, malformed JSON / JSON Lines, ``[]`` and non-object records -> one
+    :class:`DataFileError` line naming the file and line, before ``datasets`` turns them into long tracebacks."""
+    data = path.read_bytes()
+    if not data.strip():
+        raise DataFileError(f"{path}: the file is empty; expected a JSON list of records or JSON Lines (one per line)")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataFileError(
+            f"{path}: line {line}: not UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); re-save the file as UTF-8"
+        ) from None
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataFileError(f"{path}: line {e.lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+        if not value:
+            raise DataFileError(f"{path}: holds an empty list: no records")
+        for i, rec in enumerate(value):
+            if not isinstance(rec, dict):
+                raise DataFileError(f"{path}: record {i} is {type(rec).__name__}, expected an object")
+        return
+    n = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == 0 and lineno == 1:
+                try:  # a .json file holding one pretty-printed object (datasets reads dicts of columns)
+                    if isinstance(json.loads(text), dict):
+                        return
+                except json.JSONDecodeError:
+                    pass
+            raise DataFileError(f"{path}: line {lineno} column {e.colno}: invalid JSON ({e.msg})") from None
+        if not isinstance(rec, dict):
+            raise DataFileError(f"{path}: line {lineno}: a record must be a JSON object, got {type(rec).__name__}")
+        n += 1
+
+
 def load_records(paths: str | Path | Sequence[str | Path], split: str = "train"):
     """Read json / jsonl / parquet files with ``datasets`` (a list of records per JSON file is fine too)."""
     from datasets import concatenate_datasets, load_dataset
@@ -64,7 +116,15 @@ def load_records(paths: str | Path | Sequence[str | Path], split: str = "train")
         builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
         if builder is None:
             raise ValueError(f"{p}: unsupported data format {suffix!r}; use .json, .jsonl or .parquet")
-        ds = load_dataset(builder, data_files=str(p), split=split)
+        if builder == "json":
+            _check_json_file(p)
+        try:
+            ds = load_dataset(builder, data_files=str(p), split=split)
+        except Exception as e:  # noqa: BLE001 -- datasets wraps parse errors in DatasetGenerationError
+            cause = e.__cause__ or e
+            raise DataFileError(f"{p}: could not be read as {builder} ({type(cause).__name__}: {cause})") from e
+        if len(ds) == 0:
+            raise DataFileError(f"{p}: holds no records")
         ds = ds.add_column("_media_root", [str(p.parent.resolve())] * len(ds))
         parts.append(ds)
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
@@ -177,8 +237,38 @@ def _files_of(kind: str, item) -> list[tuple[str, Any]]:
     return [(kind, item)]
 
 
+@functools.lru_cache(maxsize=65536)
+def _probe_media(kind: str, path: str) -> str | None:
+    """Why the media file at ``path`` cannot be used (empty, not decodable), or None. Cheap: an image is opened and
+    verified, a video/audio file opened and its first frame decoded; nothing is kept."""
+    try:
+        if os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        if kind == "image":
+            from PIL import Image
+
+            with Image.open(path) as im:
+                im.verify()
+            return None
+        import av
+
+        with av.open(path) as container:
+            streams = container.streams.video if kind == "video" else container.streams.audio
+            if not streams:
+                return f"has no {kind} stream"
+            stream = streams[0]
+            if stream.codec_context is None:
+                return f"no decoder for its {kind} stream (damaged header or unsupported codec)"
+            for _ in container.decode(stream):
+                return None
+            return f"no decodable {kind} frame"
+    except Exception as e:  # noqa: BLE001 -- any failure to open/decode is the problem reported
+        return f"cannot be decoded ({type(e).__name__}: {e})"
+
+
 def validate_records(records, processor=None, *, check_files: bool = True) -> list[DataProblem]:
-    """Every problem of every sample, with its index (nothing is decoded)."""
+    """Every problem of every sample, with its index: malformed records, missing files, and (``check_files``)
+    media files that are empty or cannot be decoded (each probed once: opened, first frame decoded)."""
     problems: list[DataProblem] = []
     modalities = getattr(processor, "modalities", MEDIA_KINDS)
     for i, rec in enumerate(records):
@@ -203,8 +293,13 @@ def validate_records(records, processor=None, *, check_files: bool = True) -> li
             for kind_, src in (f for item in items for f in _files_of(kind, item)):
                 if src is None:
                     problems.append(DataProblem(i, f"{kind_} part without a path"))
-                elif check_files and isinstance(src, str) and "://" not in src and not Path(src).is_file():
-                    problems.append(DataProblem(i, f"{kind_} file not found: {src}"))
+                elif check_files and isinstance(src, str) and "://" not in src:
+                    if not Path(src).is_file():
+                        problems.append(DataProblem(i, f"{kind_} file not found: {src}"))
+                    else:
+                        bad = _probe_media(kind_, src)
+                        if bad:
+                            problems.append(DataProblem(i, f"{kind_} file {src}: {bad}"))
         if processor is not None:
             for m in msgs:
                 for part in m["content"]:

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -62,15 +64,26 @@ def find_training_metadata(checkpoint: str | Path) -> dict[str, Any] | None:
 
 def _check_source(checkpoint: Path) -> None:
     """Fail clearly when ``checkpoint`` holds neither a model nor an adapter (listing checkpoint-N dirs)."""
+    from .checkpoints import COMPLETE_MARKER, complete_checkpoints, is_complete_checkpoint
+
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint}: no such directory")
+    if _CHECKPOINT_RE.fullmatch(checkpoint.name) and not is_complete_checkpoint(checkpoint):
+        ok = [p.name for p in complete_checkpoints(checkpoint.parent, warn=False)]
+        raise FileNotFoundError(
+            f"{checkpoint} is incomplete (no {COMPLETE_MARKER}: the run was killed while saving it); export a "
+            f"complete checkpoint{f' ({ok})' if ok else ''} or the run directory"
+        )
     if _is_adapter(checkpoint) or _is_full_model(checkpoint):
         return
-    found = sorted(
-        (p.name for p in checkpoint.iterdir() if p.is_dir() and _CHECKPOINT_RE.fullmatch(p.name)),
+    found = [p.name for p in complete_checkpoints(checkpoint)]  # incomplete ones are skipped with a warning
+    broken = sorted(
+        (p.name for p in checkpoint.iterdir() if p.is_dir() and _CHECKPOINT_RE.fullmatch(p.name) and p.name not in found),
         key=lambda name: int(name.split("-")[1]),
     )
     hint = f"; it has Trainer checkpoints {found}: pass one of them" if found else ""
+    if broken:
+        hint += f"; incomplete checkpoints (killed while saving, not exportable): {broken}"
     raise FileNotFoundError(
         f"{checkpoint}: no model (config.json + model weights) and no PEFT adapter ({ADAPTER_CONFIG}) found{hint}"
     )
@@ -263,8 +276,21 @@ def export_model(checkpoint: str | Path, out: str | Path, *, dtype: str = "bfloa
         raise ValueError(f"{out} holds a PEFT adapter ({ADAPTER_CONFIG}); export into a new or empty directory")
     processor, processor_dir = _load_processor(checkpoint)
     model, base_path = _load_model(checkpoint, base, torch_dtype)
-    _save(model, processor, processor_dir, out, _metadata(checkpoint, dtype, base_path))
-    del model
-    _verify(out, torch_dtype)
+    # crash-safe: written and verified in a staging dir next to ``out``, then swapped in whole (a killed export
+    # leaves the old ``out`` or none, never a partial one; the next run removes the dead staging dir)
+    from ..conversion.engine import _clean_stale_staging, _move_into_place
+
+    out = out.expanduser().absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.exporting-{os.getpid()}-", dir=out.parent))
+    try:
+        _save(model, processor, processor_dir, staging, _metadata(checkpoint, dtype, base_path))
+        del model
+        _verify(staging, torch_dtype)
+        _move_into_place(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     logger.info("exported %s to %s (%s)", checkpoint, out, dtype)
     return out

@@ -252,7 +252,9 @@ def train(cfg: TrainConfig):
         part_learning_rates=part_lrs,
         sample_lengths=dataset.lengths if cfg.group_by_length else None,
     )
-    result = trainer.train(resume_from_checkpoint=cfg.resume_from_checkpoint)
+    from .checkpoints import resolve_resume
+
+    result = trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume_from_checkpoint, out))
     # Every rank takes part in the final save (ZeRO-3 / FSDP gather the weights collectively); only rank 0 writes.
     if trainer.is_fsdp_enabled:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -42,6 +44,19 @@ class VideoLLMTrainer(Trainer):
         self.part_learning_rates = dict(part_learning_rates or {})
         self.sample_lengths = sample_lengths
         super().__init__(*args, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """The Trainer's checkpoint save, then the completeness marker (see :mod:`hf_videollm.training.checkpoints`):
+        a checkpoint killed mid-save has no marker and is skipped by resume and export."""
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+            from .checkpoints import mark_complete
+
+            folder = os.path.join(self._get_output_dir(trial=trial), f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}")
+            if os.path.isdir(folder):
+                mark_complete(folder, self.state.global_step)
 
     def create_optimizer(self, model=None) -> torch.optim.Optimizer:
         if self.optimizer is not None:
