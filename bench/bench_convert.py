@@ -138,6 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--before", default=None, help="another checkout whose hf_videollm to measure too")
     p.add_argument("--workdir", default=None)
     p.add_argument("--keep", action="store_true")
+    p.add_argument("--repeats", type=int, default=2, help="runs per converter (alternating)")
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_", dir="/tmp"))
@@ -153,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         table = [f"Source: {len(shards)} pickled shards, {total / 2**30:.2f} GiB, largest {largest / 2**30:.2f} GiB.", "",
                  "| converter | peak RSS GiB | peak / largest shard | above imports GiB | above imports / largest |",
                  "|---|---:|---:|---:|---:|"]
-        for label, root, mode in runs:
-            r = measure(root, mode, src, work / "out")
-            above = r["peak"] - r["base"]
-            row = (f"| {label} | {r['peak'] / 2**30:.2f} | **{r['peak'] / largest:.2f}** | {above / 2**30:.2f} | "
-                   f"{above / largest:.2f} |")
-            print(row, flush=True)
-            table.append(row)
+        for rep in range(args.repeats):  # alternating converters, each run in its own process
+            for label, root, mode in runs:
+                r = measure(root, mode, src, work / "out")
+                above = r["peak"] - r["base"]
+                row = (f"| {label}, run {rep + 1} | {r['peak'] / 2**30:.2f} | **{r['peak'] / largest:.2f}** | "
+                       f"{above / 2**30:.2f} | {above / largest:.2f} |")
+                print(row, flush=True)
+                table.append(row)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

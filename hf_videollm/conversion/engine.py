@@ -35,6 +35,7 @@ Conversion runs in two phases:
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -1026,6 +1027,7 @@ def convert_checkpoint(
                                                            f"{type(e).__name__}: {e}")
                         del tensor
                     src.release()  # this shard is done: drop its mapping (tensors still needed keep their pages)
+                    gc.collect()  # a mapping caught in a reference cycle would otherwise stay resident into the next
                 src.release()
         for gk in pending:  # cannot happen after a clean plan, kept as a safety net
             problems[INCOMPLETE_MERGES].append(gk[1])
