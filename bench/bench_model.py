@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_preprocess import alternate, record  # noqa: E402
 
 
-def build_pair(images: int):
+def build_pair():
+    """(ours, transformers' LlavaForConditionalGeneration with the same weights, our processor)."""
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     from hf_videollm.tiny import build_tiny
@@ -61,10 +62,7 @@ def build_pair(images: int):
         raise SystemExit(f"weight mapping failed: missing {missing[:5]}, unexpected {unexpected[:5]}")
     for m in (ours, theirs):
         m.generation_config.pad_token_id = processor.tokenizer.pad_token_id
-    rng = np.random.default_rng(0)
-    pics = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(images)]
-    batch = processor(text=[" ".join([processor.image_token] * images) + " describe the picture"], images=pics)
-    return ours, theirs, batch
+    return ours, theirs, processor
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-record", action="store_true")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    ours, theirs, batch = build_pair(args.images)
+    ours, theirs, processor = build_pair()
+    rng = np.random.default_rng(0)
+    pics = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(args.images)]
+    batch = processor(text=[" ".join([processor.image_token] * args.images) + " describe the picture"], images=pics)
     ins = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
     gen = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
     with torch.no_grad():

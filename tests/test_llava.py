@@ -104,3 +104,22 @@ def test_vision_features_stop_at_the_selected_layer(layer):
     whole = deepest == n or min(i % (n + 1) for i in wanted) == 0  # the embeddings or the last layer: a whole run
     assert calls == list(range(n if whole else deepest))
     assert len(_encoder_layers(tower)) == n  # the layer list is restored
+
+
+def test_long_videos_are_encoded_in_bounded_chunks(monkeypatch):
+    """Frames go through the tower at most ``vision_batch_size`` at a time; the features equal one batched call."""
+    model, _ = build_tiny("llava")
+    model.eval()
+    size = model.config.vision_config.image_size
+    frames = torch.randn(7, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model.get_vision_features(frames)
+        batches = []
+        handle = model.vision_tower.register_forward_pre_hook(
+            lambda m, args, kwargs: batches.append(kwargs["pixel_values"].shape[0]), with_kwargs=True
+        )
+        monkeypatch.setattr(model, "vision_batch_size", 3)
+        chunked = model.get_vision_features(frames)
+        handle.remove()
+    assert batches == [3, 3, 1]
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)

@@ -464,12 +464,21 @@ class VisionTowerModel(VideoLLMPreTrainedModel):
         "language_model": ("language_model",),
     }
 
+    #: Images / frames per tower call: a long video is encoded in chunks, so activation memory stays flat in the
+    #: frame count (the tower sees each frame alone, so the features do not depend on the chunking).
+    vision_batch_size = 16
+
     def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tower features of the selected layer for ``(N, 3, H, W)`` images or frames, ``(N, P, C_vis)``."""
         pixel_values = self._cast_for(self.vision_tower, pixel_values)
-        return select_hidden_features(
-            self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
-        )
+        step = max(1, int(self.vision_batch_size))
+        chunks = [
+            select_hidden_features(
+                self.vision_tower, part, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
+            )
+            for part in pixel_values.split(step)
+        ]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     @staticmethod
     def _check_images(pixel_values: torch.Tensor) -> None:
