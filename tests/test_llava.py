@@ -107,7 +107,8 @@ def test_vision_features_stop_at_the_selected_layer(layer):
 
 
 def test_long_videos_are_encoded_in_bounded_chunks(monkeypatch):
-    """Frames go through the tower at most ``vision_batch_size`` at a time; the features equal one batched call."""
+    """Frames go through the tower at most ``vision_batch_pixels`` pixels at a time; the features equal one batched
+    call; small frames all go in one call."""
     model, _ = build_tiny("llava")
     model.eval()
     size = model.config.vision_config.image_size
@@ -118,8 +119,9 @@ def test_long_videos_are_encoded_in_bounded_chunks(monkeypatch):
         handle = model.vision_tower.register_forward_pre_hook(
             lambda m, args, kwargs: batches.append(kwargs["pixel_values"].shape[0]), with_kwargs=True
         )
-        monkeypatch.setattr(model, "vision_batch_size", 3)
+        monkeypatch.setattr(model, "vision_batch_pixels", 3 * size * size + 5)
         chunked = model.get_vision_features(frames)
         handle.remove()
     assert batches == [3, 3, 1]
+    assert model.vision_batch_pixels // (size * size) >= 7 * 16  # a tiny model's clips: one call for a whole batch
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)
