@@ -495,12 +495,22 @@ class VisionTowerModel(VideoLLMPreTrainedModel):
         "language_model": ("language_model",),
     }
 
+    #: Pixels per tower call (16 frames at 336 px): a long video is encoded in chunks, so activation memory stays
+    #: flat in the frame count, while small frames (a training batch of 32 px clips) still go in one call. The
+    #: tower sees each frame alone, so the features do not depend on the chunking.
+    vision_batch_pixels = 16 * 336 * 336
+
     def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tower features of the selected layer for ``(N, 3, H, W)`` images or frames, ``(N, P, C_vis)``."""
         pixel_values = self._cast_for(self.vision_tower, pixel_values)
-        return select_hidden_features(
-            self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
-        )
+        step = max(1, int(self.vision_batch_pixels) // max(1, pixel_values.shape[-2] * pixel_values.shape[-1]))
+        chunks = [
+            select_hidden_features(
+                self.vision_tower, part, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
+            )
+            for part in pixel_values.split(step)
+        ]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     @staticmethod
     def _check_images(pixel_values: torch.Tensor) -> None:
