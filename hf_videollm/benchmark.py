@@ -62,3 +62,35 @@ def run_bench(args: argparse.Namespace) -> int:
     print(f"{f'prefill ({prompt_len} tok)':<24}{prefill:>10.4f}{prompt_len / prefill:>18.1f} tok/s")
     print(f"{f'generate ({args.new_tokens} new)':<24}{gen:>10.4f}{args.new_tokens / decode:>18.1f} tok/s")
     return 0
+
+
+#: ``hf-videollm bench --suite``: part name -> script in the checkout's bench/ directory (each records itself).
+BENCH_SUITE = {
+    "preprocess": "bench_preprocess.py",
+    "model": "bench_model.py",
+    "convert": "bench_convert.py",
+    "load_video": "bench_load_video.py",
+}
+
+
+def run_bench_suite(parts: str, *, record: bool = True) -> int:
+    """Run the named bench/ scripts (``"all"`` or comma-separated :data:`BENCH_SUITE` names) one after the other."""
+    import subprocess
+    import sys
+
+    names = list(BENCH_SUITE) if parts.strip() == "all" else [p.strip() for p in parts.split(",") if p.strip()]
+    unknown = [n for n in names if n not in BENCH_SUITE]
+    if unknown or not names:
+        raise ValueError(f"unknown bench part(s) {unknown or parts!r}; choose 'all' or from {sorted(BENCH_SUITE)}")
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    missing = [BENCH_SUITE[n] for n in names if not (bench_dir / BENCH_SUITE[n]).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{bench_dir} lacks {missing}: the suite runs from a source checkout of hf_videollm")
+    status = 0
+    for name in names:
+        cmd = [sys.executable, str(bench_dir / BENCH_SUITE[name])]
+        if not record and name != "load_video":
+            cmd.append("--no-record")
+        print(f"== bench {name}: {' '.join(cmd[1:])}", flush=True)
+        status = max(status, subprocess.run(cmd, check=False).returncode)
+    return status

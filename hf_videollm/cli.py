@@ -147,8 +147,10 @@ def _cmd_push(args: argparse.Namespace) -> int:
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    from .benchmark import run_bench
+    from .benchmark import run_bench, run_bench_suite
 
+    if args.suite:
+        return run_bench_suite(args.suite, record=not args.no_record)
     return run_bench(args)
 
 
@@ -226,6 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--attn", default="sdpa")
     b.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     b.add_argument("--device", default="cpu")
+    b.add_argument("--suite", default=None, metavar="PARTS",
+                   help="run the bench/ scripts instead (source checkout): 'all' or comma-separated parts of "
+                        "preprocess, model, convert, load_video; each prints its table and appends it to bench/RESULTS.md")
+    b.add_argument("--no-record", action="store_true", help="with --suite: print only, do not append to bench/RESULTS.md")
     b.set_defaults(func=_cmd_bench)
     return p
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset", "videollama2_av_demo_preset"]
+__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset", "videollama2_av_demo_preset", "qwen2vl_demo_preset", "longvlm_demo_preset"]
 
 
 @dataclass(frozen=True)
@@ -98,3 +98,42 @@ def videollama2_av_demo_preset() -> DemoPreset:
     overrides["processor"] = {**overrides.get("processor", {}), "audio_seconds": 2.0, "audio_clips_per_video": 1,
                               "audio_clip_seconds": 2.0}
     return DemoPreset(**{**base.__dict__, "model_overrides": overrides, "stage": "av_joint"})
+
+
+def qwen2vl_demo_preset() -> DemoPreset:
+    """Tiny Qwen2-VL on the synthetic videos: 32 px frames, patch 4 + 2x2 merge -> 4x4 tokens per pair of frames."""
+    from .processors.chat_templates import qwen2vl_template
+
+    processor = {**_synthetic_processor(), "chat_template": qwen2vl_template(system=""), "video_min_pixels": 64,
+                 "video_max_pixels": 32 * 32, "max_visual_tokens": None}
+    return DemoPreset(
+        model_overrides=dict(
+            vision_config=dict(depth=2, embed_dim=64, num_heads=4),
+            text_config=dict(hidden_size=64, intermediate_size=128, initializer_range=0.1),
+            processor=processor,
+        ),
+        num_frames=8,
+        max_steps=1500,
+    )
+
+
+def longvlm_demo_preset() -> DemoPreset:
+    """LongVLM's token layout at demo scale: 8 frames in 4 segments of 2, each segment's 2 x 64 patch tokens merged to
+    16 (ToMe), 2 global CLS tokens first: 66 visual tokens. Not tuned (the other presets' LLM settings)."""
+    return DemoPreset(
+        model_overrides=dict(
+            image_size=32,
+            patch_size=4,  # an 8x8 patch map per frame
+            num_frames=8, num_segments=4, tokens_per_segment=16, num_global_tokens=2, merge_heads=4,
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2),
+            vision_feature_layer=-1,  # every tower layer trains
+            text_config=dict(
+                hidden_size=64, intermediate_size=128, initializer_range=0.1,
+                num_attention_heads=8, num_key_value_heads=8, head_dim=8,
+            ),
+            processor=_synthetic_processor(),
+        ),
+        num_frames=8,
+        max_steps=1500,
+        stage="stage1",  # the recipe's machinery; the demo trains every part from scratch
+    )

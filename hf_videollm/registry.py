@@ -64,7 +64,21 @@ class ModelEntry:
 
 
 def _entries() -> dict[str, ModelEntry]:
+    from .modeling.blip2 import (
+        VideoLLMBlip2Config,
+        VideoLLMBlip2ForConditionalGeneration,
+        VideoLLMBlip2Model,
+        VideoLLMInstructBlipConfig,
+        VideoLLMInstructBlipForConditionalGeneration,
+        VideoLLMInstructBlipModel,
+    )
     from .modeling.llava import VideoLLMLlavaConfig, VideoLLMLlavaForConditionalGeneration, VideoLLMLlavaModel
+    from .modeling.longvlm import VideoLLMLongVLMConfig, VideoLLMLongVLMForConditionalGeneration, VideoLLMLongVLMModel
+    from .modeling.qwen2vl import (
+        VideoLLMQwen2VLConfig,
+        VideoLLMQwen2VLForConditionalGeneration,
+        VideoLLMQwen2VLModel,
+    )
     from .modeling.videollama2 import (
         VideoLLMVideoLlama2Config,
         VideoLLMVideoLlama2ForConditionalGeneration,
@@ -75,7 +89,10 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMVideoLlama2AVForConditionalGeneration,
         VideoLLMVideoLlama2AVModel,
     )
+    from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
     from .processors.llava import VideoLLMLlavaProcessor
+    from .processors.longvlm import VideoLLMLongVLMProcessor
+    from .processors.qwen2vl import VideoLLMQwen2VLProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
 
@@ -106,6 +123,53 @@ def _entries() -> dict[str, ModelEntry]:
             readers={"original": "hf_videollm.conversion.videollama2:read_videollama2_av"},
             recipes="hf_videollm.training.recipes:VIDEOLLAMA2_AV_STAGES",
             demo="hf_videollm.demo_presets:videollama2_av_demo_preset",
+        ),
+        ModelEntry(
+            "blip2", VideoLLMBlip2Config, VideoLLMBlip2ForConditionalGeneration, VideoLLMBlip2Model,
+            VideoLLMBlip2Processor,
+            tiny="hf_videollm.tiny:tiny_blip2",
+            readers={
+                "original": "hf_videollm.conversion.blip2:read_blip2",
+                "transformers": "hf_videollm.conversion.blip2:read_blip2_hf",
+            },
+            recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+        ),
+        ModelEntry(
+            "instructblip", VideoLLMInstructBlipConfig, VideoLLMInstructBlipForConditionalGeneration,
+            VideoLLMInstructBlipModel, VideoLLMInstructBlipProcessor,
+            tiny="hf_videollm.tiny:tiny_instructblip",
+            readers={
+                "original": "hf_videollm.conversion.blip2:read_instructblip",
+                "transformers": "hf_videollm.conversion.blip2:read_instructblip_hf",
+            },
+            recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+        ),
+        # the Flan-T5 (encoder-decoder) variants: same classes, a tiny T5 so the common suite covers them
+        ModelEntry(
+            "blip2_t5", VideoLLMBlip2Config, VideoLLMBlip2ForConditionalGeneration, VideoLLMBlip2Model,
+            VideoLLMBlip2Processor, tiny="hf_videollm.tiny:tiny_blip2_t5",
+            recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+        ),
+        ModelEntry(
+            "instructblip_t5", VideoLLMInstructBlipConfig, VideoLLMInstructBlipForConditionalGeneration,
+            VideoLLMInstructBlipModel, VideoLLMInstructBlipProcessor, tiny="hf_videollm.tiny:tiny_instructblip_t5",
+            recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+        ),
+        ModelEntry(
+            "qwen2_vl", VideoLLMQwen2VLConfig, VideoLLMQwen2VLForConditionalGeneration, VideoLLMQwen2VLModel,
+            VideoLLMQwen2VLProcessor,
+            tiny="hf_videollm.tiny:tiny_qwen2vl",
+            readers={"transformers": "hf_videollm.conversion.qwen2vl:read_qwen2vl_hf"},
+            recipes="hf_videollm.training.recipes:QWEN2VL_STAGES",
+            demo="hf_videollm.demo_presets:qwen2vl_demo_preset",
+        ),
+        ModelEntry(
+            "longvlm", VideoLLMLongVLMConfig, VideoLLMLongVLMForConditionalGeneration, VideoLLMLongVLMModel,
+            VideoLLMLongVLMProcessor,
+            tiny="hf_videollm.tiny:tiny_longvlm",
+            readers={"original": "hf_videollm.conversion.longvlm:read_longvlm"},
+            recipes="hf_videollm.training.recipes:LONGVLM_STAGES",
+            demo="hf_videollm.demo_presets:longvlm_demo_preset",
         ),
     ]
     return {e.name: e for e in entries}

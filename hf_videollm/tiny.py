@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS"]
+__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS", "tiny_qwen2vl", "tiny_longvlm"]
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 BASE_WORDS = (
@@ -184,6 +184,72 @@ def tiny_videollama2_av(tokenizer, seed: int = 0, *, processor: dict | None = No
     )
 
 
+QWEN2VL_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>")
+
+
+def tiny_qwen2vl(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+    """A tiny Qwen2-VL: vision tower 2x32 (patch 4, temporal patch 2, merge 2: one token per 8x8 pixels per two
+    frames) -> Qwen2 2x64 with M-RoPE sections (2, 3, 3). The ChatML / vision markers are added to ``tokenizer`` (in
+    the LLM vocabulary); the ``<|image_pad|>`` / ``<|video_pad|>`` ids lie past it. ``overrides``: config fields
+    (nested dicts update ``vision_config`` / ``text_config``); ``processor``: processor settings."""
+    from .modeling.qwen2vl import VideoLLMQwen2VLConfig, VideoLLMQwen2VLForConditionalGeneration
+    from .processors.qwen2vl import VideoLLMQwen2VLProcessor
+
+    missing = [t for t in QWEN2VL_SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    vocab = len(tokenizer)
+    text = _tiny_text_config(tokenizer, overrides.pop("text_config", {}), "qwen2_vl_text")
+    text.setdefault("rope_parameters", {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]})
+    vision = _merge(
+        dict(model_type="qwen2_vl_vision", depth=2, embed_dim=32, hidden_size=text.get("hidden_size", 64), num_heads=2,
+             mlp_ratio=2, patch_size=4, temporal_patch_size=2, spatial_merge_size=2, in_channels=3),
+        overrides.pop("vision_config", {}),
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    cfg = dict(vision_config=vision, text_config=text, image_token_id=vocab, video_token_id=vocab + 1,
+               vision_start_token_id=ids("<|vision_start|>"), vision_end_token_id=ids("<|vision_end|>"))
+    torch.manual_seed(seed)
+    config = VideoLLMQwen2VLConfig(**_merge(cfg, overrides))
+    model = VideoLLMQwen2VLForConditionalGeneration(config)
+    vc = config.vision_config
+    factor = vc.patch_size * vc.spatial_merge_size
+    settings = dict(
+        patch_size=vc.patch_size, temporal_patch_size=vc.temporal_patch_size, merge_size=vc.spatial_merge_size,
+        min_pixels=factor * factor, max_pixels=32 * 32, video_min_pixels=factor * factor, video_max_pixels=24 * 24,
+        video_fps=2.0, min_frames=2, max_frames=16, max_visual_tokens=256, tokenization="chunks",
+        image_token_id=config.image_token_id, video_token_id=config.video_token_id,
+    )
+    settings.update(processor or {})
+    return _finish(model, tokenizer), VideoLLMQwen2VLProcessor(tokenizer, **settings)
+
+
+def tiny_longvlm(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+    """A tiny LongVLM: CLIP 2x32 (28 px, 2x2 patches) -> 4 frames in 2 segments of 8 patch tokens merged to 3, plus 2
+    global tokens (8 visual tokens per video) -> Linear -> LLaMA 2x64. CLIP runs up to 8 frames per call (the batch's
+    frames in one call). ``overrides`` update the config; ``processor``: processor settings."""
+    from .modeling.longvlm import VideoLLMLongVLMConfig, VideoLLMLongVLMForConditionalGeneration
+    from .processors.longvlm import VideoLLMLongVLMProcessor
+
+    image_size = overrides.pop("image_size", 28)
+    patch_size = overrides.pop("patch_size", 14)
+    cfg = dict(
+        vision_config=_tiny_clip(image_size, patch_size),
+        text_config=_tiny_text_config(tokenizer, overrides.pop("text_config", {}), "llama"),
+        video_token_id=len(tokenizer),
+        num_frames=4, num_segments=2, tokens_per_segment=3, num_global_tokens=2, vision_chunk_frames=8,
+    )
+    torch.manual_seed(seed)
+    config = VideoLLMLongVLMConfig(**_merge(cfg, overrides))
+    model = VideoLLMLongVLMForConditionalGeneration(config)
+    settings = {
+        "image_size": image_size, "patch_size": patch_size, "video_token_id": config.video_token_id, "frame_size": None,
+        **{k: getattr(config, k) for k in VideoLLMLongVLMProcessor.model_settings},
+        **(processor or {}),
+    }
+    return _finish(model, tokenizer), VideoLLMLongVLMProcessor(tokenizer, **settings)
+
+
 def build_tiny(name: str, seed: int = 0, tokenizer=None, **overrides):
     """Build a tiny random model and its processor by registry name (``hf_videollm.registry.MODELS``)."""
     from .registry import get_entry
@@ -211,3 +277,109 @@ def tiny_media(modality: str, seed: int = 0, *, frames: int = 4, height: int | N
         tone = np.sin(2 * np.pi * (220 + 40 * (seed % 7)) * t) * 0.3
         return {"array": (tone + rng.normal(0, 0.01, rate)).astype(np.float32), "sampling_rate": rate}
     raise ValueError(f"unknown modality {modality!r}")
+
+
+# ---------------------------------------------------------------------------------------------------- BLIP-2 family
+def tiny_qformer_tokenizer(extra_words: Iterable[str] = ()):
+    """A tiny offline BERT-style WordPiece tokenizer for the Q-Former (``[CLS] text [SEP]``, lower-cased, ``[DEC]``
+    as BOS, as LAVIS' ``init_tokenizer``)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    words: list[str] = []
+    seen = set(specials)
+    for w in [*BASE_WORDS, *extra_words, *PUNCT, *"abcdefghijklmnopqrstuvwxyz", *"0123456789"]:
+        for piece in re.findall(r"\w+|[^\w\s]", w.lower()):
+            if piece not in seen:
+                seen.add(piece)
+                words.append(piece)
+    vocab = {tok: i for i, tok in enumerate([*specials, *words])}
+    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
+    )
+    out = PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        mask_token="[MASK]", truncation_side="left",
+    )
+    out.add_special_tokens({"bos_token": "[DEC]"})
+    return out
+
+
+def _tiny_blip2(tokenizer, seed, overrides, processor, *, instruct: bool, llm: str):
+    from .modeling.blip2 import (
+        VideoLLMBlip2Config,
+        VideoLLMBlip2ForConditionalGeneration,
+        VideoLLMInstructBlipConfig,
+        VideoLLMInstructBlipForConditionalGeneration,
+    )
+    from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
+
+    if llm not in ("opt", "t5", "llama"):
+        raise ValueError(f"llm must be 'opt', 't5' or 'llama', got {llm!r}")
+    image_size = overrides.pop("image_size", 28)
+    num_query_tokens = overrides.pop("num_query_tokens", 4)
+    text = {
+        "opt": dict(model_type="opt", hidden_size=64, ffn_dim=128, num_hidden_layers=2, num_attention_heads=4,
+                    word_embed_proj_dim=64, max_position_embeddings=512, tie_word_embeddings=False),
+        "t5": dict(model_type="t5", d_model=64, d_ff=128, d_kv=16, num_layers=2, num_heads=4,
+                   feed_forward_proj="gated-gelu", decoder_start_token_id=tokenizer.pad_token_id,
+                   relative_attention_num_buckets=8, relative_attention_max_distance=20),
+        "llama": {},
+    }[llm]
+    text_config = _tiny_text_config(tokenizer, _merge(text, overrides.pop("text_config", {})), "llama")
+    vocab = len(tokenizer)
+    qformer = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                   encoder_hidden_size=32, max_position_embeddings=64, cross_attention_frequency=2)
+    qtok = tiny_qformer_tokenizer() if instruct else None
+    if instruct:
+        qformer["vocab_size"] = len(qtok)
+    else:
+        qformer["use_qformer_text_input"] = False
+    cfg = dict(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=14, initializer_range=0.02),
+        qformer_config=qformer,
+        text_config=text_config,
+        num_query_tokens=num_query_tokens,
+        image_token_id=vocab,
+        video_token_id=vocab + 1,
+    )
+    config_cls, model_cls = ((VideoLLMInstructBlipConfig, VideoLLMInstructBlipForConditionalGeneration) if instruct
+                             else (VideoLLMBlip2Config, VideoLLMBlip2ForConditionalGeneration))
+    torch.manual_seed(seed)
+    config = config_cls(**_merge(cfg, overrides))
+    model = model_cls(config)
+    settings = dict(
+        num_query_tokens=num_query_tokens, image_token_id=config.image_token_id,
+        video_token_id=config.video_token_id, lm="seq2seq" if llm == "t5" else "causal",
+        answer_end={"t5": "", "opt": "\n", "llama": "</s>"}[llm],
+        num_frames=2,
+    )
+    settings = {"image_size": image_size, **settings, **(processor or {})}
+    proc = (VideoLLMInstructBlipProcessor(tokenizer, qtok, **settings) if instruct
+            else VideoLLMBlip2Processor(tokenizer, **settings))
+    return _finish(model, tokenizer), proc
+
+
+def tiny_blip2(tokenizer, seed: int = 0, *, llm: str = "opt", processor: dict | None = None, **overrides):
+    """A tiny BLIP-2: ViT 2x32 -> Q-Former 2x32 (4 queries) -> OPT 2x64 (``llm="t5"``: Flan-T5-style 2x64,
+    encoder-decoder). ``overrides``: config fields (nested dicts update the sub-configs); ``processor``: settings."""
+    return _tiny_blip2(tokenizer, seed, overrides, processor, instruct=False, llm=llm)
+
+
+def tiny_blip2_t5(tokenizer, seed: int = 0, **kwargs):
+    return tiny_blip2(tokenizer, seed, llm="t5", **kwargs)
+
+
+def tiny_instructblip(tokenizer, seed: int = 0, *, llm: str = "llama", processor: dict | None = None, **overrides):
+    """A tiny InstructBLIP: as :func:`tiny_blip2` with a Q-Former that reads the instruction (tiny BERT tokenizer)
+    and a LLaMA (Vicuna) 2x64 LLM (``llm="t5"``: Flan-T5-style)."""
+    return _tiny_blip2(tokenizer, seed, overrides, processor, instruct=True, llm=llm)
+
+
+def tiny_instructblip_t5(tokenizer, seed: int = 0, **kwargs):
+    return tiny_instructblip(tokenizer, seed, llm="t5", **kwargs)

@@ -96,3 +96,14 @@ def test_videollama2_lora_train_export_chat(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["chat", "exported", "--image", "1.png", "--prompt", "what color", "--max-new-tokens", "2"]) == 0
     assert capsys.readouterr().out == _reply_by_hand(tmp_path / "exported", "what color", 2, image="1.png") + "\n"
+
+
+def test_bench_suite_names_its_parts_and_they_exist(capsys):
+    from pathlib import Path
+
+    from hf_videollm.benchmark import BENCH_SUITE
+
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    assert all((bench / script).is_file() for script in BENCH_SUITE.values())
+    assert main(["bench", "--suite", "preprocess,nope"]) == 2
+    assert "unknown bench part(s) ['nope']" in capsys.readouterr().err

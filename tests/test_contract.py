@@ -415,3 +415,32 @@ def test_seq2seq_first_answer_token_scores_match_generate(seq2seq):
                                 return_dict_in_generate=True).scores[0]
         ours = next_token_logits(model, batch)
     torch.testing.assert_close(ours, scores.float())
+
+
+# ----------------------------------------------------------------------------------------------- alternative inputs
+def test_alternative_inputs_are_declared_and_validated():
+    """``InputSpec(alternative_to=...)``: an encoder input that can replace another of its modality (precomputed
+    features instead of pixels) turns the branch on by itself; wrong declarations fail at definition time."""
+    video = (Modality("video", ("vision_tower",)),)
+    spec = ModelInputs(
+        modalities=video,
+        inputs=(
+            InputSpec("pixel_values_videos", modality="video"),
+            InputSpec("video_features", modality="video", alternative_to="pixel_values_videos"),
+        ),
+    )
+    assert spec.branch_inputs("video") == ("pixel_values_videos", "video_features")
+    assert spec.alternative_groups("video") == {"pixel_values_videos": ("video_features",)}
+    assert spec.encoder_inputs("video") == ("pixel_values_videos", "video_features")
+    with pytest.raises(ValueError, match="primary encoder input"):
+        ModelInputs(modalities=video, inputs=(
+            InputSpec("pixel_values_videos", modality="video"),
+            InputSpec("video_features", modality="video", alternative_to="missing"),
+        ))
+    with pytest.raises(ValueError, match="first encoder input"):
+        ModelInputs(modalities=video, inputs=(
+            InputSpec("video_features", modality="video", alternative_to="pixel_values_videos"),
+            InputSpec("pixel_values_videos", modality="video"),
+        ))
+    with pytest.raises(ValueError, match="only an encoder input"):
+        InputSpec("x", modality="video", encoder=False, alternative_to="pixel_values_videos")

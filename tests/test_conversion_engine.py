@@ -793,3 +793,45 @@ def test_transform_lookup_in_extra_source(tmp_path):
     convert_checkpoint([(CheckpointSource.open(tmp_path / "m.safetensors"), table)], {"scale": torch.Size([3])},
                        tmp_path / "out", extra_sources={"ref": other}, progress=False)
     assert torch.equal(_load_out(tmp_path / "out")["scale"], torch.tensor([2.0, 4.0, 6.0]))
+
+
+def test_shard_writer_streams_each_tensor_and_keeps_none(tmp_path):
+    """Tensors go to disk when added (the writer keeps no reference, so a source shard's mapping can go once it is
+    done); shards split at the limit, headers are 8-byte aligned, every dtype and empty tensors read back exactly."""
+    import weakref
+
+    from safetensors import safe_open
+
+    from hf_videollm.conversion.engine import _ShardWriter
+
+    g = torch.Generator().manual_seed(0)
+    tensors = {
+        "a": torch.randn(64, 32, generator=g),
+        "b": torch.randn(16, generator=g).to(torch.bfloat16),
+        "c.empty": torch.zeros(0, 4),
+        "d": torch.randint(0, 9, (5, 3), generator=g),
+        "e": torch.rand(7, generator=g) > 0.5,
+        "f": torch.randn(40, 40, generator=g).T,  # not contiguous
+    }
+    w = _ShardWriter(tmp_path, 10_000, {"format": "pt", "who": "test"})
+    for name, t in tensors.items():
+        probe = t.clone()
+        ref = weakref.ref(probe)
+        w.add(name, probe)
+        del probe
+        assert ref() is None, f"{name} is still referenced after add"
+    with pytest.raises(ConversionError, match="written twice"):
+        w.add("a", tensors["a"])
+    files, index = w.finish()
+    assert len(files) > 1 and index is not None
+    weight_map = json.loads(index.read_text())["weight_map"]
+    assert set(weight_map) == set(tensors)
+    for f in files:
+        header_len = int.from_bytes(f.read_bytes()[:8], "little")
+        assert header_len % 8 == 0
+        with safe_open(str(f), framework="pt") as h:
+            assert h.metadata() == {"format": "pt", "who": "test"}
+            for k in h.keys():
+                got = h.get_tensor(k)
+                assert got.dtype == tensors[k].dtype and torch.equal(got, tensors[k]), k
+    assert not list(tmp_path.glob("*.tmp"))

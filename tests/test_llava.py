@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from hf_videollm.modeling.llava import llava_tokens_per_frame
@@ -76,3 +77,51 @@ def test_device_map_splits_cpu_and_disk_without_cutting_a_no_split_block(tmp_pat
     with torch.no_grad():
         torch.testing.assert_close(loaded(**batch).logits, model(**batch).logits)
 
+
+
+@pytest.mark.parametrize("layer", [-2, 0, 1, -1, [-2, 1], [0, -3], [-3, -2]])
+def test_vision_features_stop_at_the_selected_layer(layer):
+    """The tower runs only up to the deepest selected hidden state (hooks), with the same values as transformers'
+    full ``output_hidden_states`` run; the layers after it are never called."""
+    from hf_videollm.modeling.vision import _encoder_layers, select_hidden_features
+
+    model, _ = build_tiny("llava")
+    tower = model.vision_tower.eval()
+    layers = _encoder_layers(tower)
+    n = len(layers)
+    pixels = torch.randn(2, 3, tower.config.image_size, tower.config.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        full = tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+        wanted = [layer] if isinstance(layer, int) else layer
+        expected = torch.cat([full[i] for i in wanted], dim=-1)[:, 1:]
+        calls = []
+        hooks = [m.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, m in enumerate(layers)]
+        got = select_hidden_features(tower, pixels, layer, "default")
+        for h in hooks:
+            h.remove()
+    assert torch.equal(got, expected)
+    deepest = max(i % (n + 1) for i in wanted)
+    whole = deepest == n or min(i % (n + 1) for i in wanted) == 0  # the embeddings or the last layer: a whole run
+    assert calls == list(range(n if whole else deepest))
+    assert len(_encoder_layers(tower)) == n  # the layer list is restored
+
+
+def test_long_videos_are_encoded_in_bounded_chunks(monkeypatch):
+    """Frames go through the tower at most ``vision_batch_pixels`` pixels at a time; the features equal one batched
+    call; small frames all go in one call."""
+    model, _ = build_tiny("llava")
+    model.eval()
+    size = model.config.vision_config.image_size
+    frames = torch.randn(7, 3, size, size, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = model.get_vision_features(frames)
+        batches = []
+        handle = model.vision_tower.register_forward_pre_hook(
+            lambda m, args, kwargs: batches.append(kwargs["pixel_values"].shape[0]), with_kwargs=True
+        )
+        monkeypatch.setattr(model, "vision_batch_pixels", 3 * size * size + 5)
+        chunked = model.get_vision_features(frames)
+        handle.remove()
+    assert batches == [3, 3, 1]
+    assert type(model).vision_batch_pixels // (size * size) >= 7 * 16  # a tiny model's clips: one call for a whole batch
+    torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-5)

@@ -727,3 +727,73 @@ def test_resize_shortest_edge_and_full_clip_chain_match_pil_reference():
         out = tf(torch.from_numpy(arr).permute(2, 0, 1))
         assert resize_shortest_edge(torch.from_numpy(arr).permute(2, 0, 1), 32).shape[-2:] == (nh, nw)
         assert _max_diff(out, torch.from_numpy(np.ascontiguousarray(ref))) <= 1e-6, (h, w)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# uint8 fast path (Pillow on worker threads + lookup-table normalisation) == the torch reference path
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(size=32, crop_size=32),
+        dict(size=32, crop_size=32, pad_to_square=True),
+        dict(size=(24, 40), resize_mode="exact", resample="bilinear"),
+        dict(size=20, crop_size=(16, 12), resample="lanczos", mean=None, std=None),
+        dict(size=16, crop_size=64),  # crop larger than the image: zero padding (the torch path)
+        dict(size=25, resample="nearest", rescale_factor=None),
+        dict(size=(37, 53), resize_mode="exact", resample="box", pad_to_square=True, fill=(1, 2, 3)),
+    ],
+)
+@pytest.mark.parametrize("layout", ["chw", "hwc_view", "single"])
+def test_image_transform_fast_path_matches_torch_path(monkeypatch, kwargs, layout):
+    import hf_videollm.media.transforms as T
+
+    g = torch.Generator().manual_seed(3)
+    hwc = torch.randint(0, 256, (3, 45, 71, 3), generator=g, dtype=torch.uint8)
+    img = hwc.permute(0, 3, 1, 2)
+    if layout == "chw":
+        img = img.contiguous()
+    elif layout == "single":
+        img = img[1].contiguous()
+    tf = T.ImageTransform(**kwargs)
+    torch.set_num_threads(2)  # several worker threads even under OMP_NUM_THREADS=1
+    try:
+        fast = tf(img)
+    finally:
+        torch.set_num_threads(1)
+    calls = []
+    monkeypatch.setattr(T, "_pillow_path_applies", lambda *a: calls.append(a) and False)
+    ref = tf(img)
+    assert calls, "the reference run must take the torch path"
+    assert fast.dtype == ref.dtype == torch.float32 and fast.shape == ref.shape
+    assert torch.equal(fast, ref)
+
+
+def test_image_transform_fast_path_grey_and_four_channels(monkeypatch):
+    import hf_videollm.media.transforms as T
+
+    g = torch.Generator().manual_seed(4)
+    for c in (1, 4):
+        img = torch.randint(0, 256, (2, c, 30, 50), generator=g, dtype=torch.uint8)
+        tf = T.ImageTransform(24, crop_size=20, mean=(0.5,) * c, std=(0.25,) * c)
+        fast = tf(img)
+        with monkeypatch.context() as m:
+            m.setattr(T, "_pillow_path_applies", lambda *a: False)
+            assert torch.equal(fast, tf(img))
+
+
+def test_load_frames_uint8_video_is_a_view_with_the_same_frames():
+    from hf_videollm.media.frames import load_frames
+
+    g = torch.Generator().manual_seed(5)
+    thwc = torch.randint(0, 256, (4, 10, 12, 3), generator=g, dtype=torch.uint8)
+    frames = load_frames(thwc, index=0, num_frames=None, fps=None, max_frames=8)
+    assert frames.shape == (4, 3, 10, 12) and frames.data_ptr() == thwc.data_ptr()
+    per_frame = load_frames(list(thwc.numpy()), index=0, num_frames=None, fps=None, max_frames=8)
+    assert torch.equal(frames, per_frame)
+    tchw = thwc.permute(0, 3, 1, 2).contiguous()
+    assert torch.equal(load_frames(tchw, index=0, num_frames=None, fps=None, max_frames=8), per_frame)
+    with pytest.raises(Exception, match="max_frames"):
+        load_frames(thwc, index=0, num_frames=None, fps=None, max_frames=2)

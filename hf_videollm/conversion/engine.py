@@ -35,6 +35,7 @@ Conversion runs in two phases:
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -781,47 +782,80 @@ def _plan(
 _STALE = re.compile(r"^(model\.safetensors|model\.safetensors\.index\.json|model-\d{5}-of-\d{5}\.safetensors)$")
 
 
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+for _name, _code in (("float8_e4m3fn", "F8_E4M3"), ("float8_e5m2", "F8_E5M2"), ("uint16", "U16"),
+                     ("uint32", "U32"), ("uint64", "U64")):
+    if hasattr(torch, _name):
+        _SAFETENSORS_DTYPES[getattr(torch, _name)] = _code
+
+
 class _ShardWriter:
-    """Buffers output tensors and flushes them to temporary safetensors shards of at most ``limit`` bytes."""
+    """Streams output tensors into safetensors shards of at most ``limit`` bytes.
+
+    Each tensor's bytes go to the current shard's data file as soon as it is added (nothing is buffered, so a
+    memory-mapped source page is touched once and its mapping can go when its shard is done); at a shard boundary the
+    header is written and the data appended to it with ``copy_file_range`` (kernel-side, no user-space buffer).
+    Peak memory is about one tensor (plus the source mapping being read) instead of a whole output shard.
+    """
 
     def __init__(self, directory: Path, limit: int, metadata: dict[str, str]):
         self.dir = directory
         self.limit = limit
         self.metadata = metadata
-        self.buf: dict[str, torch.Tensor] = {}
-        self.buf_bytes = 0
-        self.storages: set[int] = set()
+        self.entries: dict[str, dict[str, Any]] = {}
+        self.seen: set[str] = set()
+        self.buf_bytes = 0  # bytes of the current shard
+        self.data: Any = None  # open data file of the current shard
         self.shards: list[tuple[Path, list[str]]] = []
         self.total_bytes = 0
 
     def add(self, name: str, t: torch.Tensor) -> None:
-        t = t.contiguous()
-        st = t.untyped_storage()
+        if t.dtype not in _SAFETENSORS_DTYPES:
+            raise ConversionError(f"{name}: dtype {t.dtype} cannot be stored in safetensors")
+        if name in self.seen:
+            raise ConversionError(f"{name} written twice")
+        self.seen.add(name)
         nbytes = t.numel() * t.element_size()
-        # safetensors refuses tensors that share memory: clone views and aliases so each owns its storage
-        if t.numel() == 0 or t.storage_offset() != 0 or st.nbytes() != nbytes or st.data_ptr() in self.storages:
-            t = t.clone()
-            st = t.untyped_storage()
-        if self.buf and self.buf_bytes + nbytes > self.limit:
+        if self.entries and self.buf_bytes + nbytes > self.limit:
             self.flush()
-        self.buf[name] = t
-        if t.numel():
-            self.storages.add(st.data_ptr())
+        if self.data is None:
+            self.data = open(self.dir / f".shard-{len(self.shards) + 1:05d}.data.tmp", "wb")
+        if nbytes:
+            flat = t.detach().reshape(-1)
+            if not flat.is_contiguous():
+                flat = flat.contiguous()
+            self.data.write(memoryview(flat.view(torch.uint8).numpy()))
+        self.entries[name] = {"dtype": _SAFETENSORS_DTYPES[t.dtype], "shape": list(t.shape),
+                              "data_offsets": [self.buf_bytes, self.buf_bytes + nbytes]}
         self.buf_bytes += nbytes
         self.total_bytes += nbytes
 
     def flush(self) -> None:
-        from safetensors.torch import save_file
-
+        if self.data is None:
+            self.data = open(self.dir / f".shard-{len(self.shards) + 1:05d}.data.tmp", "wb")
+        data_path = Path(self.data.name)
+        self.data.close()
+        self.data = None
+        header = {"__metadata__": dict(self.metadata), **self.entries}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)  # data starts 8-byte aligned, as safetensors writes it
         path = self.dir / f".shard-{len(self.shards) + 1:05d}.safetensors.tmp"
-        save_file(self.buf, str(path), metadata=self.metadata)
-        self.shards.append((path, list(self.buf)))
-        self.buf = {}
+        with open(path, "wb") as out, open(data_path, "rb") as src:
+            out.write(len(raw).to_bytes(8, "little"))
+            out.write(raw)
+            out.flush()
+            _append_file(src, out, self.buf_bytes)
+        data_path.unlink()
+        self.shards.append((path, list(self.entries)))
+        self.entries = {}
         self.buf_bytes = 0
-        self.storages = set()
 
     def finish(self) -> tuple[list[Path], Path | None]:
-        if self.buf or not self.shards:
+        if self.entries or not self.shards:
             self.flush()
         n = len(self.shards)
         if n == 1:
@@ -840,6 +874,24 @@ class _ShardWriter:
         index.write_text(json.dumps({"metadata": {"total_size": self.total_bytes},
                                      "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n")
         return files, index
+
+
+def _append_file(src: Any, out: Any, nbytes: int) -> None:
+    """Append ``nbytes`` of ``src`` to ``out`` in the kernel where possible (no user-space copy of the data)."""
+    done = 0
+    if hasattr(os, "copy_file_range"):
+        try:
+            while done < nbytes:
+                n = os.copy_file_range(src.fileno(), out.fileno(), nbytes - done)
+                if n == 0:
+                    break
+                done += n
+        except OSError:
+            pass
+    if done < nbytes:
+        src.seek(done)
+        out.seek(0, os.SEEK_END)
+        shutil.copyfileobj(src, out, 16 << 20)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -983,6 +1035,8 @@ def convert_checkpoint(
                             problems[RULE_FAILURES].append(f"{item.key} ({describe_rule(rule)}): "
                                                            f"{type(e).__name__}: {e}")
                         del tensor
+                    src.release()  # this shard is done: drop its mapping (tensors still needed keep their pages)
+                    gc.collect()  # a mapping caught in a reference cycle would otherwise stay resident into the next
                 src.release()
         for gk in pending:  # cannot happen after a clean plan, kept as a safety net
             problems[INCOMPLETE_MERGES].append(gk[1])

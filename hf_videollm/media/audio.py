@@ -39,6 +39,15 @@ __all__ = [
 _AUDIO_SEEK_MIN_S = 10.0
 
 
+def _first_audio_stream(container, name: str):
+    if not container.streams.audio:
+        raise AudioDecodeError(
+            f"{name}: contains no audio stream (streams found: {streams_summary(container)}); pass a file with "
+            "an audio track."
+        )
+    return container.streams.audio[0]
+
+
 def load_audio(
     source: str | os.PathLike | bytes | Any,
     sampling_rate: int | None = 16000,
@@ -64,12 +73,7 @@ def load_audio(
         raise AudioDecodeError(f"{name}: start ({start}) must be smaller than end ({end}).")
 
     with open_container(source, AudioDecodeError) as (container, name):
-        if not container.streams.audio:
-            raise AudioDecodeError(
-                f"{name}: contains no audio stream (streams found: {streams_summary(container)}); pass a file with "
-                "an audio track."
-            )
-        stream = container.streams.audio[0]
+        stream = _first_audio_stream(container, name)
         if sampling_rate is None:
             sampling_rate = int(stream.rate or stream.codec_context.sample_rate or 0)
             if sampling_rate <= 0:
@@ -309,12 +313,7 @@ def clip_sample_waveform(
 def audio_duration(source: str | os.PathLike) -> float | None:
     """Seconds of the first audio stream of a file, from its metadata (no decoding); ``None`` when unknown."""
     with open_container(source, AudioDecodeError) as (container, name):
-        if not container.streams.audio:
-            raise AudioDecodeError(
-                f"{name}: contains no audio stream (streams found: {streams_summary(container)}); pass a file with "
-                "an audio track."
-            )
-        stream = container.streams.audio[0]
+        stream = _first_audio_stream(container, name)
         if stream.duration and stream.time_base:
             return float(stream.duration * stream.time_base)
         if container.duration:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from .container import VideoDecodeError
-from .image_io import ImageLoadError, check_aspect_ratio, load_image
+from .image_io import DEFAULT_MAX_PIXELS, ImageLoadError, _check_pixels, check_aspect_ratio, load_image
 from .video_read import load_video
 
 __all__ = ["load_images", "load_frames"]
@@ -59,6 +59,21 @@ def _stack_frames(frames: list[torch.Tensor]) -> torch.Tensor:
     return torch.stack(frames)
 
 
+def _uint8_video_view(arr: torch.Tensor) -> torch.Tensor | None:
+    """An unambiguous uint8 RGB ``(T, H, W, 3)`` / ``(T, 3, H, W)`` tensor as ``(T, 3, H, W)`` without copying it
+    (what decoded frames are); ``None`` for anything else (per-frame :func:`load_image` checks and converts it)."""
+    if arr.dtype != torch.uint8 or arr.device.type != "cpu":
+        return None
+    if arr.shape[-1] == 3 and arr.shape[1] != 3 and arr.shape[1] > 0 and arr.shape[2] > 0:
+        frames = arr.permute(0, 3, 1, 2)
+    elif arr.shape[1] == 3 and arr.shape[-1] != 3 and arr.shape[2] > 0 and arr.shape[3] > 0:
+        frames = arr
+    else:
+        return None
+    _check_pixels(f"video frame of shape {tuple(arr.shape[1:])}", frames.shape[2], frames.shape[3], DEFAULT_MAX_PIXELS)
+    return frames
+
+
 def load_frames(
     video: Any,
     *,
@@ -69,7 +84,8 @@ def load_frames(
     max_aspect_ratio: float | None = None,
     sampling: str = "uniform",
 ) -> torch.Tensor:
-    """A video (file source, ``(T, H, W, C)``/``(T, C, H, W)`` array or tensor, or list of frames) -> uint8 ``(T, 3, H, W)``.
+    """A video (file source, ``(T, H, W, C)``/``(T, C, H, W)`` array or tensor, or list of frames) -> uint8 ``(T, 3, H, W)``
+    (possibly a view of channels-last memory: call ``.contiguous()`` where a layout matters).
 
     File sources are sampled by timestamp with :func:`load_video` (``num_frames`` or ``fps``); frames given
     directly are used as they are (the caller sampled them), but more than ``max_frames`` is an error rather
@@ -96,7 +112,9 @@ def load_frames(
                     raise VideoDecodeError(
                         f"a video array must be (T, H, W, C) or (T, C, H, W), got shape {tuple(arr.shape)}{hint}"
                     )
-                frames = _stack_frames([_load_frame(f, t) for t, f in enumerate(arr)])
+                frames = _uint8_video_view(arr)
+                if frames is None:
+                    frames = _stack_frames([_load_frame(f, t) for t, f in enumerate(arr)])
             if max_frames is not None and frames.shape[0] > max_frames:
                 raise VideoDecodeError(
                     f"{frames.shape[0]} frames given, more than max_frames={max_frames}; sample fewer frames or raise "
@@ -108,4 +126,6 @@ def load_frames(
             check_aspect_ratio(frames.shape[-2], frames.shape[-1], max_aspect_ratio)
     except (VideoDecodeError, ImageLoadError) as e:
         raise type(e)(f"video {index}: {e}") from e
-    return frames.contiguous()
+    # Decoded frames stay a channels-last view (no copy): the transforms take any strides, and the Pillow fast path
+    # resizes (T, H, W, C) memory as one RGB image per frame.
+    return frames

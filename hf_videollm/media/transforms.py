@@ -661,6 +661,10 @@ class ImageTransform:
             )
         if img.ndim not in (3, 4):
             raise ValueError(f"expected (C, H, W) or (N, C, H, W), got shape {tuple(img.shape)}")
+        if _pillow_path_applies(img, self.resample, self.resize_mode):
+            fast = self._call_pillow(img)
+            if fast is not None:
+                return fast
         if self.pad_to_square:
             img = pad_to_square(img, self.fill)
         if self.resize_mode == "shortest_edge":
@@ -673,6 +677,72 @@ class ImageTransform:
         if self.mean is not None:
             out = normalize(out, self.mean, self.std)
         return out
+
+    def _finish(self, img: torch.Tensor) -> torch.Tensor:
+        """Rescale + normalise (uint8 -> float32), the reference arithmetic."""
+        out = rescale(img, self.rescale_factor) if self.rescale_factor is not None else img.to(torch.float32)
+        if self.mean is not None:
+            out = normalize(out, self.mean, self.std)
+        return out
+
+    def _lookup_table(self, channels: int) -> np.ndarray:
+        """``(C, 256)`` float32: :meth:`_finish` of every uint8 value per channel (same element-wise ops, so equal)."""
+        levels = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 256).expand(channels, 1, 256).contiguous()
+        return self._finish(levels).reshape(channels, 256).numpy()
+
+    def _call_pillow(self, img: torch.Tensor) -> torch.Tensor | None:
+        """uint8 fast path, bit-identical to the torch path: Pillow (the reference the torch path mirrors) resizes each
+        channel plane as an "L" image on worker threads (it releases the GIL); pad-to-square, the crop and rescale +
+        normalise (a 256-entry lookup per channel: the same element-wise ops on every uint8 value) run there too.
+        Returns ``None`` when the crop is larger than the resized image (the torch path zero-pads)."""
+        frames = img if img.ndim == 4 else img.unsqueeze(0)
+        n, c, in_h, in_w = frames.shape
+        side = max(in_h, in_w)
+        ph, pw = (side, side) if self.pad_to_square else (in_h, in_w)
+        size = shortest_edge_size(ph, pw, self.size) if self.resize_mode == "shortest_edge" else self.size
+        crop = self.crop_size
+        if crop is not None and (crop[0] > size[0] or crop[1] > size[1]):
+            return None
+        top, left = (0, 0) if crop is None else ((size[0] - crop[0]) // 2, (size[1] - crop[1]) // 2)
+        oh, ow = size if crop is None else crop
+        lut = self._lookup_table(c)
+        out = np.empty((n, c, oh, ow), dtype=np.float32)
+        pad = None
+        if self.pad_to_square and in_h != in_w:
+            pad = ((side - in_h) // 2, (side - in_w) // 2, self.fill)
+        fill = None if pad is None else np.array([pad[2][k] if len(pad[2]) > 1 else pad[2][0] for k in range(c)], np.uint8)
+        hwc = frames.permute(0, 2, 3, 1)
+        if c == 3 and hwc.is_contiguous():  # decoded frames are (T, H, W, C) underneath: one RGB image per frame
+            src = hwc.numpy()
+
+            def item(i: int) -> None:
+                x = src[i]
+                if pad is not None:
+                    canvas = np.empty((side, side, c), dtype=np.uint8)
+                    canvas[...] = fill
+                    canvas[pad[0] : pad[0] + in_h, pad[1] : pad[1] + in_w] = x
+                    x = canvas
+                res = _pillow_resize(x, size, self.resample)[top : top + oh, left : left + ow]
+                for k in range(c):
+                    np.take(lut[k], res[..., k], out=out[i, k])
+
+            items = [(i,) for i in range(n)]
+        else:  # channels-first planes: each an "L" image (Pillow resamples RGB channels exactly as L planes)
+            src = frames.numpy()
+
+            def item(i: int, k: int) -> None:
+                x = src[i, k]
+                if pad is not None:
+                    canvas = np.full((side, side), fill[k], dtype=np.uint8)
+                    canvas[pad[0] : pad[0] + in_h, pad[1] : pad[1] + in_w] = x
+                    x = canvas
+                res = _pillow_resize(x, size, self.resample)
+                np.take(lut[k], res[top : top + oh, left : left + ow], out=out[i, k])
+
+            items = [(i, k) for i in range(n) for k in range(c)]
+        _run_parallel(item, items)
+        result = torch.from_numpy(out)
+        return result if img.ndim == 4 else result[0]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable dict (tuples as lists); :meth:`from_dict` inverts it."""
@@ -694,6 +764,59 @@ class ImageTransform:
     @classmethod
     def from_clip_preprocessor_config(cls, config: dict[str, Any], **overrides: Any) -> ImageTransform:
         return from_clip_preprocessor_config(config, **overrides)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pillow on worker threads (the uint8 fast path of ImageTransform)
+# ----------------------------------------------------------------------------------------------------------------------
+
+_PILLOW_FILTERS = ("bicubic", "bilinear", "box", "hamming", "lanczos", "nearest")
+_PILLOW_CODES = {name: code for code, name in PIL_RESAMPLE_CODES.items()}
+_POOL: Any = None
+
+
+def _pillow_path_applies(img: torch.Tensor, resample: str, resize_mode: str) -> bool:
+    # Pillow resamples an "L" plane with the same fixed-point code the torch path mirrors (and RGB channels exactly as
+    # L planes), and the torch path's default pass order *is* the installed Pillow's, so both give the same bytes.
+    return (
+        img.dtype == torch.uint8
+        and img.device.type == "cpu"
+        and img.ndim in (3, 4)
+        and img.shape[-3] in (1, 3)
+        and resample in _PILLOW_FILTERS
+        and resize_mode in ("shortest_edge", "exact")
+    )
+
+
+def _pillow_resize(plane: np.ndarray, size: tuple[int, int], resample: str) -> np.ndarray:
+    """Resize one uint8 ``(H, W)`` plane (mode "L") or ``(H, W, 3)`` image (mode "RGB") to ``size = (h, w)`` with Pillow."""
+    from PIL import Image
+
+    if plane.shape[:2] == tuple(size):
+        return plane
+    pil = Image.fromarray(np.ascontiguousarray(plane), "L" if plane.ndim == 2 else "RGB")
+    return np.asarray(pil.resize((size[1], size[0]), _PILLOW_CODES[resample]))
+
+
+def _run_parallel(fn: Any, items: list[tuple]) -> None:
+    """``fn(*item)`` for every item, on up to ``torch.get_num_threads()`` (<= 8) worker threads."""
+    global _POOL
+    workers = max(1, min(torch.get_num_threads(), len(items), 8))
+    if workers == 1:
+        for item in items:
+            fn(*item)
+        return
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hf_videollm_resize")
+
+    def share(k: int) -> None:  # one task per worker: items k, k + workers, ...
+        for item in items[k::workers]:
+            fn(*item)
+
+    for fut in [_POOL.submit(share, k) for k in range(workers)]:
+        fut.result()
 
 
 def from_clip_preprocessor_config(

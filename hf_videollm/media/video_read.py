@@ -191,7 +191,21 @@ def _pick_video_stream(container, name: str):
 
 
 #: Frame sampling rules of :func:`load_video`.
-SAMPLING_RULES = ("uniform", "linspace", "index_midpoints")
+SAMPLING_RULES = ("uniform", "linspace", "index_midpoints", "segment_index_midpoints")
+
+
+def segment_index_midpoints(total: int, num_frames: int) -> list[int]:
+    """Frame indices of the ``"segment_index_midpoints"`` rule (Video-ChatGPT / LongVLM ``get_seq_frames``):
+    ``k = min(total, num_frames)`` segments of ``seg = (total - 1) / k`` frames, index
+    ``(round(seg * i) + round(seg * (i + 1))) // 2`` (Python rounding, half to even); when the video has fewer frames
+    than ``num_frames`` the ``k`` indices are repeated by nearest-neighbour resampling to ``num_frames``
+    (``F.interpolate(size=num_frames)``, what LongVLM's ``save_features.py`` intends)."""
+    k = min(total, num_frames)
+    seg = (total - 1) / k
+    idx = [(round(seg * i) + round(seg * (i + 1))) // 2 for i in range(k)]
+    if k == num_frames:
+        return idx
+    return [idx[(i * k) // num_frames] for i in range(num_frames)]
 
 
 def _check_positive_int(value: Any, what: str, name: str) -> None:
@@ -274,6 +288,13 @@ def _sampling_targets(
                 return [lo]
             step = (last - lo) / (n - 1)  # as np.linspace: start + i * step, the last one exactly ``last``
             return [last if i == n - 1 else lo + i * step for i in keep]
+        if sampling == "segment_index_midpoints":
+            # frame indices from the frame count, then the middle of each chosen frame (constant frame rate)
+            step = hi - last
+            if step <= 0:
+                return [lo] * len(keep)
+            picks = segment_index_midpoints(round((last - lo) / step) + 1, n)
+            return [lo + (picks[i] + 0.5) * step for i in keep]
         if sampling == "index_midpoints":
             # midpoints of n equal segments of [first frame, last frame] rounded to the nearest frame: half a frame
             # later, the frame displayed there is the rounded one
@@ -965,7 +986,9 @@ def load_video(
             while ``< end``). The last frame time is exact after a packet scan, else estimated as ``end - 1 / fps``.
             ``"index_midpoints"``: midpoints of ``n`` equal segments from the first to the last frame of the window,
             rounded to the nearest frame: for constant frame rate ``round((i + 0.5) * (frames - 1) / n)`` on indices
-            (VideoLLaMA 2's ``frame_sample``); with ``fps`` the same as ``"uniform"``.
+            (VideoLLaMA 2's ``frame_sample``); with ``fps`` the same as ``"uniform"``. ``"segment_index_midpoints"``:
+            Video-ChatGPT / LongVLM ``get_seq_frames`` on frame indices (:func:`segment_index_midpoints`), always
+            ``n`` frames (a shorter video repeats frames); with ``fps`` the same as ``"uniform"``.
         backend: ``"pyav"``, ``"torchcodec"`` (error if not installed) or ``"auto"`` (torchcodec when importable and
             ``mode="exact"``, else pyav).
 

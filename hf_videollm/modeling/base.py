@@ -217,11 +217,19 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         for modality in spec.modality_names:
             names = spec.encoder_inputs(modality)
             args = {n: inputs[n] for n in names if inputs.get(n) is not None}
-            if names[0] not in args:
+            switches = spec.branch_inputs(modality)
+            if not any(n in args for n in switches):
                 stray = [n for n in args if not spec[n].layout]
                 if stray:
                     raise ValueError(f"{', '.join(stray)} given without {names[0]}; pass {names[0]} to use the {modality} branch")
                 continue
+            for primary, alternatives in spec.alternative_groups(modality).items():
+                given = [n for n in alternatives if n in args]
+                if primary in args and given:
+                    raise ValueError(
+                        f"{primary} and {', '.join(given)} both given for the {modality} branch: "
+                        f"{', '.join(given)} replace {primary}; pass one or the other"
+                    )
             features[modality] = as_item_list(getattr(self, f"get_{modality}_features")(**args))
         return features
 
@@ -262,8 +270,11 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         token_ids = self.media_token_ids
         placeholders = media_mask(input_ids, token_ids)
         # Placeholder ids may lie outside the LLM vocabulary (they are never embedded): embed a valid id instead.
-        safe_ids = input_ids.masked_fill(placeholders, 0) if placeholders.any() else input_ids
+        any_placeholder = bool(placeholders.any())
+        safe_ids = input_ids.masked_fill(placeholders, 0) if any_placeholder else input_ids
         embeds = self.get_input_embeddings()(safe_ids)
+        if not any_placeholder and not any(as_item_list(f) for f in (media_features or {}).values()):
+            return embeds  # text only (e.g. a decoding step): nothing to merge or check
         return merge_media_embeddings(
             input_ids, embeds, dict(media_features or {}), token_ids,
             attention_mask=attention_mask, token_names=self._placeholder_names(),
@@ -390,6 +401,26 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         # signature lookup finds (e.g. grids) and encode nothing.
         return model_kwargs
 
+    def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
+        """transformers 5.24 builds 1-D position ids from the attention mask before the loop and advances them by
+        one per generated token. A model whose positions come from its layout gets the prompt's own positions
+        (:meth:`compute_position_ids`, from this call's inputs) instead; advancing them by one is right for the
+        generated text tokens. A prompt whose last token is a media placeholder (the next position jumps past the
+        item) gets ``None``: its positions are computed from the whole sequence at every step
+        (:meth:`prepare_inputs_for_generation`)."""
+        if not self.positions_from_layout:
+            return super()._prepare_position_ids_for_generation(inputs_tensor, model_kwargs)
+        ids = model_kwargs.get("input_ids", inputs_tensor)
+        mask = model_kwargs.get("attention_mask")
+        if ids is None or ids.ndim != 2 or ids.is_floating_point() or ids.shape[1] == 0:
+            return None
+        if mask is not None and not bool(mask[:, -1].bool().all()):
+            return None  # right padding: the last column is not the last token of every row
+        if any(bool((ids[:, -1] == tid).any()) for tid in self.media_token_ids.values()):
+            return None
+        layout = {n: model_kwargs.get(n) for n in self.input_spec.layout_inputs}
+        return self.compute_position_ids(ids, mask, **layout)
+
     def prepare_inputs_for_generation(self, input_ids, *args, attention_mask=None, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(input_ids, *args, attention_mask=attention_mask, **kwargs)
         if self.positions_from_layout and kwargs.get("position_ids") is None:
@@ -464,12 +495,22 @@ class VisionTowerModel(VideoLLMPreTrainedModel):
         "language_model": ("language_model",),
     }
 
+    #: Pixels per tower call (16 frames at 336 px): a long video is encoded in chunks, so activation memory stays
+    #: flat in the frame count, while small frames (a training batch of 32 px clips) still go in one call. The
+    #: tower sees each frame alone, so the features do not depend on the chunking.
+    vision_batch_pixels = 16 * 336 * 336
+
     def get_vision_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Tower features of the selected layer for ``(N, 3, H, W)`` images or frames, ``(N, P, C_vis)``."""
         pixel_values = self._cast_for(self.vision_tower, pixel_values)
-        return select_hidden_features(
-            self.vision_tower, pixel_values, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
-        )
+        step = max(1, int(self.vision_batch_pixels) // max(1, pixel_values.shape[-2] * pixel_values.shape[-1]))
+        chunks = [
+            select_hidden_features(
+                self.vision_tower, part, self.config.vision_feature_layer, self.config.vision_feature_select_strategy
+            )
+            for part in pixel_values.split(step)
+        ]
+        return chunks[0] if len(chunks) == 1 else torch.cat(chunks)
 
     @staticmethod
     def _check_images(pixel_values: torch.Tensor) -> None:

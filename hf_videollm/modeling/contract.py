@@ -54,6 +54,9 @@ class InputSpec:
         collate: how items/samples are batched: ``"stack"`` (equal shapes are stacked, otherwise a list of tensors),
             ``"packed"`` (concatenated along dim 0; ``rows_from`` names the per-item grid input whose row product is
             each item's row count), ``"pad"`` (token sequences right-padded along the last dim with ``pad_value``).
+        alternative_to: another encoder input of the same modality that this one can replace (e.g. precomputed
+            features instead of pixels): its presence also turns the modality's branch on, and giving both is an
+            error. The modality's first encoder input must not itself be an alternative.
     """
 
     name: str
@@ -65,8 +68,11 @@ class InputSpec:
     collate: str = "stack"
     rows_from: str | None = None
     pad_value: int | float = 0
+    alternative_to: str | None = None
 
     def __post_init__(self) -> None:
+        if self.alternative_to is not None and not self.encoder:
+            raise ValueError(f"InputSpec {self.name}: only an encoder input can be an alternative to another input")
         if self.per not in _PER:
             raise ValueError(f"InputSpec {self.name}: per must be one of {_PER}, got {self.per!r}")
         if self.per == "item" and self.modality is None:
@@ -133,9 +139,19 @@ class ModelInputs:
                 raise ValueError(f"input {spec.name} names modality {spec.modality!r}, not one of {sorted(known)}")
             if spec.rows_from is not None and spec.rows_from not in by_name:
                 raise ValueError(f"input {spec.name}: rows_from={spec.rows_from!r} is not a declared input")
+            if spec.alternative_to is not None:
+                other = by_name.get(spec.alternative_to)
+                if other is None or not other.encoder or other.modality != spec.modality or other.alternative_to:
+                    raise ValueError(
+                        f"input {spec.name}: alternative_to={spec.alternative_to!r} must name a primary encoder input "
+                        f"of the {spec.modality} modality"
+                    )
         for m in self.modalities:
-            if not any(s.encoder and s.modality == m.name for s in self.inputs):
+            encoders = [s for s in self.inputs if s.encoder and s.modality == m.name]
+            if not encoders:
                 raise ValueError(f"modality {m.name!r} has no encoder input")
+            if encoders[0].alternative_to is not None:
+                raise ValueError(f"modality {m.name!r}: its first encoder input {encoders[0].name} is an alternative")
         object.__setattr__(self, "_by_name", by_name)
 
     # ------------------------------------------------------------------------------------------------- lookups
@@ -159,6 +175,19 @@ class ModelInputs:
     def encoder_inputs(self, modality: str) -> tuple[str, ...]:
         """Arguments of ``get_<modality>_features``; the first one switches the branch on."""
         return tuple(s.name for s in self.inputs if s.encoder and s.modality == modality)
+
+    def branch_inputs(self, modality: str) -> tuple[str, ...]:
+        """Encoder inputs whose presence turns ``modality``'s branch on: the first one and its alternatives."""
+        names = self.encoder_inputs(modality)
+        return (names[0], *(s.name for s in self.inputs if s.alternative_to == names[0]))
+
+    def alternative_groups(self, modality: str) -> dict[str, tuple[str, ...]]:
+        """``{primary input: its alternatives}`` for ``modality`` (only primaries that have alternatives)."""
+        groups: dict[str, list[str]] = {}
+        for s in self.inputs:
+            if s.modality == modality and s.alternative_to is not None:
+                groups.setdefault(s.alternative_to, []).append(s.name)
+        return {k: tuple(v) for k, v in groups.items()}
 
     @property
     def layout_inputs(self) -> tuple[str, ...]:

@@ -39,15 +39,66 @@ def select_hidden_features(
     """
     if strategy not in _DROP_CLS | _KEEP_ALL:
         raise ValueError(f"unknown vision feature strategy {strategy!r}; use 'default' (drop CLS) or 'full'")
-    out = tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
-    hidden = out.hidden_states
-    if isinstance(feature_layer, int):
-        feats = hidden[feature_layer]
-    else:
-        feats = torch.cat([hidden[i] for i in feature_layer], dim=-1)
+    wanted = [feature_layer] if isinstance(feature_layer, int) else list(feature_layer)
+    hidden = _run_to_layers(tower, pixel_values, wanted)
+    if hidden is None:  # a tower whose layer list is not found: run it whole
+        out = tower(pixel_values=pixel_values, output_hidden_states=True, return_dict=True)
+        hidden = out.hidden_states
+    feats = hidden[wanted[0]] if len(wanted) == 1 else torch.cat([hidden[i] for i in wanted], dim=-1)
     if strategy in _DROP_CLS:
         feats = feats[:, 1:]
     return feats
+
+
+def _encoder(tower: nn.Module) -> nn.Module | None:
+    for owner in (getattr(tower, "vision_model", None), tower):
+        encoder = getattr(owner, "encoder", None)
+        if isinstance(getattr(encoder, "layers", None), nn.ModuleList) and len(encoder.layers):
+            return encoder
+    return None
+
+
+def _encoder_layers(tower: nn.Module) -> nn.ModuleList | None:
+    encoder = _encoder(tower)
+    return None if encoder is None else encoder.layers
+
+
+def _run_to_layers(tower: nn.Module, pixel_values: torch.Tensor, wanted: list[int]) -> dict[int, torch.Tensor] | None:
+    """``{index: hidden_states[index]}`` for the ``wanted`` indices (negative ones as in ``hidden_states``), running
+    the tower only up to the deepest of them and keeping no other hidden state; ``None`` when the whole run is needed
+    (the last layer or the embeddings selected) or the tower's layer list is not found.
+
+    ``hidden_states[k]`` is the output of encoder layer ``k - 1``: caught with hooks on those layers while the
+    encoder's layer list is cut after the deepest one for this call (the tower's forward runs as usual otherwise:
+    same modules, same arithmetic, its own hooks fire)."""
+    encoder = _encoder(tower)
+    if encoder is None:
+        return None
+    layers = encoder.layers
+    n = len(layers)
+    if any(not -(n + 1) <= w <= n for w in wanted):
+        raise IndexError(f"vision feature layer out of range for a {n}-layer tower: {wanted}")
+    index = {w: w % (n + 1) for w in wanted}
+    deepest = max(index.values())
+    if deepest == n or min(index.values()) == 0:
+        return None
+    caught: dict[int, torch.Tensor] = {}
+
+    def hook(k: int):
+        def fn(module, args, output):
+            caught[k] = output[0] if isinstance(output, (tuple, list)) else output
+
+        return fn
+
+    handles = [layers[k - 1].register_forward_hook(hook(k)) for k in sorted(set(index.values()))]
+    try:
+        encoder._modules["layers"] = nn.ModuleList(list(layers)[:deepest])
+        tower(pixel_values=pixel_values, output_hidden_states=False, return_dict=True)
+    finally:
+        encoder._modules["layers"] = layers
+        for h in handles:
+            h.remove()
+    return {w: caught[k] for w, k in index.items()}
 
 
 def unused_tower_prefixes(tower_config, feature_layer: int | list[int], prefix: str = "vision_tower.") -> list[str]:

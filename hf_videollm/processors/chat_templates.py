@@ -12,6 +12,7 @@ from importlib import resources
 
 __all__ = [
     "LLAVA_V1_SYSTEM", "VICUNA_V1_1_SYSTEM", "QWEN2_SYSTEM", "vicuna_v1_template", "llama2_template", "chatml_template",
+    "qwen2vl_template",
 ]
 
 #: ``conv_llava_v1`` (LLaVA v1.5 inference) system prompt.
@@ -62,3 +63,18 @@ def chatml_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", vi
     return _preamble(default_system=system, image_token=image_token, video_token=video_token, audio_token=audio_token) + _body(
         "chatml.jinja"
     )
+
+
+def blip2_template(image_token: str = "<image>", video_token: str = "<video>", *, answer_prefix: str = " ",
+                   answer_end: str = "\n") -> str:
+    """BLIP-2 / InstructBLIP: no chat format -- ``{prompt}{answer_prefix}{answer}{answer_end}`` (LAVIS training:
+    OPT ends answers with ``"\\n"``, Vicuna with ``"</s>"``; Flan-T5: the answer is the decoder sequence)."""
+    return _preamble(
+        image_token=image_token, video_token=video_token, answer_prefix=answer_prefix, answer_end=answer_end
+    ) + _body("blip2.jinja")
+
+
+def qwen2vl_template(system: str = QWEN2_SYSTEM, image_token: str = "<|image_pad|>", video_token: str = "<|video_pad|>") -> str:
+    """Qwen2-VL's ChatML: each image / video as ``<|vision_start|>{placeholder}<|vision_end|>`` (no newline after it),
+    ``<|im_start|>system\\n{system}<|im_end|>\\n`` first when the conversation has no system turn."""
+    return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("qwen2vl.jinja")

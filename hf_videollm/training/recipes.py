@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES", "LONGVLM_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,64 @@ VIDEOLLAMA2_AV_STAGES: dict[str, Stage] = {
         lora=True, lora_r=128, lora_alpha=256, modules_to_save_parts=("connector", "audio_projector"),
         part_learning_rates={"connector": 2e-5, "audio_projector": 2e-5},
         original_global_batch_size=128, original_epochs=1,
+    ),
+}
+
+#: BLIP-2 / InstructBLIP (LAVIS ``pretrain_stage2.yaml``, InstructBLIP paper): ViT and LLM frozen throughout.
+BLIP2_STAGES: dict[str, Stage] = {
+    "stage2": Stage(
+        "stage2", ("ln_vision", "qformer", "connector"), 1e-4,
+        "vision-to-language generative pre-training (pretrain_stage2.yaml): Q-Former + query tokens + ln_vision + "
+        "projection, ViT and LLM frozen; linear warm-up (2000 steps) then cosine to 1e-5, AdamW wd 0.05",
+        original_global_batch_size=1024, original_epochs=10, weight_decay=0.05,
+    ),
+    "instruct": Stage(
+        "instruct", ("ln_vision", "qformer", "connector"), 1e-5,
+        "InstructBLIP instruction tuning: the Q-Former reads the instruction; Q-Former + query tokens + ln_vision + "
+        "projection, ViT and LLM frozen; warm-up 1000 steps then cosine to 0, AdamW wd 0.05 (paper; batch 128-192)",
+        original_global_batch_size=128, weight_decay=0.05,
+    ),
+    "lora": Stage(
+        "lora", ("ln_vision", "qformer", "connector"), 1e-4,
+        "not in the original (no LoRA in LAVIS): stage 2 / instruction tuning plus LoRA r16 on the LLM, the bridge "
+        "trained fully",
+        lora=True, modules_to_save_parts=("ln_vision", "qformer", "connector"), weight_decay=0.05,
+    ),
+}
+
+# Qwen2-VL report (arXiv 2409.12191, section 2.2): stage 1 trains the ViT (with its merger) on image-text pairs, the
+# LLM frozen; stage 2 unfreezes everything on mixed multimodal data; stage 3 freezes the ViT and tunes the LLM on
+# ChatML instruction data. The report gives no learning rates or batch sizes: the rates here are ours (common values
+# for each kind of stage), the data, parts and order are the report's.
+QWEN2VL_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("vision_tower", "connector"), 1e-4,
+        "ViT + merger on image-text pairs (captions, OCR, classification), LLM frozen (learning rate not published)",
+    ),
+    "stage2": Stage(
+        "stage2", ("vision_tower", "connector", "language_model"), 2e-5,
+        "every part on interleaved image-text, VQA, video dialogue and grounding data (learning rate not published)",
+    ),
+    "stage3": Stage(
+        "stage3", ("language_model",), 1e-5,
+        "instruction tuning in ChatML (multi-image, video, agent, grounding dialogues), ViT and merger frozen "
+        "(learning rate not published)",
+    ),
+    "lora": Stage(
+        "lora", (), 1e-4,
+        "stage 3 with LoRA r64/alpha128 on every LLM linear layer (full module paths: the vision blocks also have "
+        "Linear layers), ViT and merger frozen",
+        lora=True, lora_r=64, lora_alpha=128,
+    ),
+}
+
+LONGVLM_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("connector",), 2e-5,
+        "LongVLM's single stage (run.sh, tune_mm_mlp_adapter): the projector only, CLIP and the LLaVA-7B LLM frozen, "
+        "on Video-ChatGPT-100K-style video instructions; 3 epochs, 8 x 4 GPUs, lr 2e-5, cosine, warmup 0.03 (the "
+        "original also lets the 3 new embedding rows learn; here the embeddings stay frozen)",
+        original_global_batch_size=32, original_epochs=3,
     ),
 }
 

@@ -1,0 +1,320 @@
+"""Qwen2-VL processor without torchvision: native resolution (``smart_resize``), packed patches, fps-sampled video with
+its timing, a per-sample visual-token budget.
+
+* Images: resized (bicubic, bit-exact Pillow) to multiples of ``patch_size * merge_size`` with the area in
+  ``[min_pixels, max_pixels]`` (aspect kept; more than ``max_aspect_ratio``:1 is refused), rescaled, normalised
+  (CLIP mean/std), repeated over the temporal patch and flattened into ``(t*h*w, 3*temporal_patch*patch*patch)`` rows
+  in merge-window order -- the layout of transformers' ``Qwen2VLImageProcessor``.
+* Videos from files: frames sampled by timestamp at ``video_fps`` (between ``min_frames`` and ``max_frames``; the
+  count rounded to the temporal patch), each frame in ``[video_min_pixels, video_max_pixels]``. The true timestamps
+  of the frames kept give ``video_second_per_grid`` (seconds one temporal grid step covers), which the model turns
+  into temporal positions when its config sets ``tokens_per_second``. Frames given as arrays are taken as sampled at
+  ``video_fps``.
+* Budget: ``max_visual_tokens`` per sample. When a sample's items need more, every item's pixel cap is scaled down
+  together (not below its minimum), then videos keep fewer frames (not below ``min_frames``); what was chosen is
+  logged. Text is never cut; a sample that cannot fit is refused with the numbers.
+* Placeholders: ``<|image_pad|>`` / ``<|video_pad|>`` expand to ``t*h*w / merge**2`` ids; the chat template wraps
+  each in ``<|vision_start|>...<|vision_end|>``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..media.frames import _is_video_source, load_frames, load_images
+from ..media.image_io import ImageLoadError, check_aspect_ratio
+from ..media.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resize, smart_resize
+from ..media.video_read import load_video
+from ..modeling.qwen2vl import QWEN2VL_INPUTS
+from .base import ProcessorInputError, Sample, VideoLLMProcessor
+from .chat_templates import qwen2vl_template
+
+__all__ = ["VideoLLMQwen2VLProcessor", "patchify"]
+
+logger = logging.getLogger(__name__)
+
+#: frame rate assumed for videos given as frame arrays when ``video_fps`` is None (their timing is not known)
+ARRAY_FPS = 2.0
+
+
+def patchify(frames: torch.Tensor, patch_size: int, temporal_patch_size: int, merge_size: int, *,
+             channels_last: bool = False) -> tuple[torch.Tensor, list[int]]:
+    """``(T, C, H, W)`` (or ``(T, H, W, C)`` with ``channels_last``) float frames, ``T`` a multiple of the temporal
+    patch -> ``(t*h*w, C*tp*p*p)`` rows in merge-window order (row-major over ``(t, h/m, w/m, m, m)``, each row laid out
+    ``(C, tp, p, p)``) and the grid ``[t, h, w]`` -- transformers' Qwen2-VL layout."""
+    p, tp, m = patch_size, temporal_patch_size, merge_size
+    if channels_last:
+        T, H, W, C = frames.shape
+        t, gh, gw = T // tp, H // p, W // p
+        x = frames.reshape(t, tp, gh // m, m, p, gw // m, m, p, C).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    else:
+        T, C, H, W = frames.shape
+        t, gh, gw = T // tp, H // p, W // p
+        x = frames.reshape(t, tp, C, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    return x.reshape(t * gh * gw, C * tp * p * p), [t, gh, gw]
+
+
+def _pil_resize(frames: torch.Tensor, height: int, width: int, resample: str) -> torch.Tensor:
+    """uint8 ``(T, H, W, 3)`` -> ``(T, height, width, 3)`` with Pillow itself (what transformers' PIL path runs;
+    :func:`~hf_videollm.media.transforms.resize` gives the same bytes, Pillow's SIMD code is faster)."""
+    from PIL import Image
+
+    from ..media.transforms import resolve_resample
+
+    codes = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+    name = resolve_resample(resample)
+    if name not in codes:
+        return resize(frames.permute(0, 3, 1, 2), (height, width), name).permute(0, 2, 3, 1)
+    out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
+    for i, f in enumerate(frames.numpy()):
+        out[i] = np.asarray(Image.fromarray(f).resize((width, height), codes[name]))
+    return torch.from_numpy(out)
+
+
+@dataclass
+class _Item:
+    modality: str
+    frames: torch.Tensor  # uint8 (T, H, W, 3), contiguous; an image has T = 1
+    timestamps: list[float] | None  # videos: seconds of each frame
+    cap: int  # max pixels per frame
+    floor: int  # min pixels per frame
+    keep: int  # frames kept (videos)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return int(self.frames.shape[1]), int(self.frames.shape[2])
+
+
+class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
+    """Turns text + images/videos into Qwen2-VL inputs (``pixel_values`` + ``image_grid_thw``, ``pixel_values_videos``
+    + ``video_grid_thw`` + ``video_second_per_grid``)."""
+
+    input_spec = QWEN2VL_INPUTS
+    settings = {
+        "patch_size": 14,
+        "temporal_patch_size": 2,
+        "merge_size": 2,
+        "min_pixels": 56 * 56,  # images (transformers' Qwen2VLImageProcessor size.shortest_edge)
+        "max_pixels": 28 * 28 * 1280,  # images (size.longest_edge)
+        "video_min_pixels": 128 * 28 * 28,  # per frame (Qwen2VLVideoProcessor)
+        "video_max_pixels": 768 * 28 * 28,
+        "video_fps": 2.0,  # frames sampled per second of video (None: every frame, up to max_frames)
+        "num_frames": None,  # a fixed frame count per video instead of video_fps
+        "min_frames": 4,
+        "max_frames": 768,
+        "resample": "bicubic",
+        "image_mean": list(OPENAI_CLIP_MEAN),
+        "image_std": list(OPENAI_CLIP_STD),
+        "rescale_factor": 1 / 255,
+        "max_aspect_ratio": 200.0,
+        "max_image_pixels": 178_956_970,
+        "max_visual_tokens": 16384,  # per sample; None: no budget
+        "image_token": "<|image_pad|>",
+        "video_token": "<|video_pad|>",
+        "image_token_id": 151655,
+        "video_token_id": 151656,
+        "tokenization": "whole",
+    }
+
+    def default_chat_template(self) -> str:
+        return qwen2vl_template(image_token=self.image_token, video_token=self.video_token)
+
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        if self.min_pixels > self.max_pixels or self.video_min_pixels > self.video_max_pixels:
+            raise ValueError(
+                f"min_pixels must not exceed max_pixels (images: {self.min_pixels} > {self.max_pixels}? videos: "
+                f"{self.video_min_pixels} > {self.video_max_pixels}?)"
+            )
+        if self.min_frames < 1 or self.max_frames < self.min_frames:
+            raise ValueError(f"need 1 <= min_frames <= max_frames, got {self.min_frames}, {self.max_frames}")
+        self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
+
+    @property
+    def factor(self) -> int:
+        return self.patch_size * self.merge_size
+
+    # ---------------------------------------------------------------------------------------------- sizes
+    def item_tokens(self, height: int, width: int, frames: int = 1, *, min_pixels: int | None = None,
+                    max_pixels: int | None = None) -> int:
+        """Tokens of an image (``frames=1``) or of a video of ``frames`` frames of ``height x width``."""
+        h, w = smart_resize(height, width, self.factor, min_pixels or self.min_pixels, max_pixels or self.max_pixels,
+                            max_ratio=self.max_aspect_ratio)
+        t = math.ceil(frames / self.temporal_patch_size)
+        return t * (h // self.patch_size) * (w // self.patch_size) // self.merge_size**2
+
+    def _tokens(self, it: _Item, cap: int | None = None, keep: int | None = None) -> int:
+        h, w = it.size
+        frames = 1 if it.modality == "image" else (keep if keep is not None else it.keep)
+        return self.item_tokens(h, w, frames, min_pixels=it.floor, max_pixels=max(it.floor, cap if cap is not None else it.cap))
+
+    # ---------------------------------------------------------------------------------------------- loading
+    def _load_video(self, video: Any, index: int) -> tuple[torch.Tensor, list[float]]:
+        """uint8 ``(T, H, W, 3)`` frames sampled at ``video_fps`` (count in ``[min_frames, max_frames]``, a multiple
+        of the temporal patch) and their timestamps in seconds."""
+        tp = self.temporal_patch_size
+        if not _is_video_source(video):
+            frames = load_frames(video, index=index, num_frames=None, fps=None, max_frames=self.max_frames,
+                                 max_aspect_ratio=self.max_aspect_ratio)
+            return frames.permute(0, 2, 3, 1).contiguous(), [i / (self.video_fps or ARRAY_FPS) for i in range(frames.shape[0])]
+        try:
+            if self.num_frames is not None:
+                count = max(tp, round(self.num_frames / tp) * tp)
+                frames, meta = load_video(video, num_frames=count, max_frames=self.max_frames)
+            else:
+                frames, meta = load_video(video, fps=self.video_fps, max_frames=self.max_frames)
+            if self.num_frames is None and frames.shape[0] < self.min_frames and meta.total_frames > frames.shape[0]:
+                frames, meta = load_video(video, num_frames=min(self.min_frames, meta.total_frames))
+            check_aspect_ratio(frames.shape[1], frames.shape[2], self.max_aspect_ratio)
+        except (ValueError, ImageLoadError) as e:
+            raise type(e)(f"video {index}: {e}") from e
+        stamps = list(meta.timestamps)
+        n = frames.shape[0]
+        if n > tp and n % tp:  # round the count down to the temporal patch, frames spread over the whole clip
+            keep = np.linspace(0, n - 1, n - n % tp).round().astype(int).tolist()
+            frames, stamps = frames[keep], [stamps[i] for i in keep]
+        return frames.contiguous(), stamps
+
+    def _load(self, given: dict[str, list]) -> dict[str, list[_Item]]:
+        items: dict[str, list[_Item]] = {"image": [], "video": []}
+        for img in load_images(given.get("image", []), self.max_image_pixels, self.max_aspect_ratio):
+            items["image"].append(_Item("image", img.permute(1, 2, 0).contiguous()[None], None, self.max_pixels, self.min_pixels, 1))
+        for i, video in enumerate(given.get("video", [])):
+            frames, stamps = self._load_video(video, i)
+            items["video"].append(_Item("video", frames, stamps, self.video_max_pixels, self.video_min_pixels, frames.shape[0]))
+        return items
+
+    # ---------------------------------------------------------------------------------------------- budget
+    def _fit(self, items: list[_Item], budget: int | None, sample: int) -> None:
+        """Lower the items' resolution, then the videos' frame counts, until the sample fits ``budget`` tokens."""
+        if budget is None or not items:
+            return
+        need = sum(self._tokens(it) for it in items)
+        if need <= budget:
+            return
+
+        def at_scale(s: float) -> int:
+            return sum(self._tokens(it, cap=int(it.cap * s)) for it in items)
+
+        if at_scale(0.0) <= budget:
+            lo, hi = 0.0, 1.0
+            for _ in range(40):
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if at_scale(mid) <= budget else (lo, mid)
+            for it in items:
+                it.cap = max(it.floor, int(it.cap * lo))
+            logger.info("sample %d: %d visual tokens over max_visual_tokens=%d; pixel caps scaled by %.3f -> %d tokens",
+                        sample, need, budget, lo, sum(self._tokens(it) for it in items))
+            return
+        for it in items:
+            it.cap = it.floor
+        videos = [it for it in items if it.modality == "video"]
+        tp = self.temporal_patch_size
+
+        def frames_at(it: _Item, f: float) -> int:
+            least = min(it.frames.shape[0], max(tp, math.ceil(self.min_frames / tp) * tp))
+            return max(least, int(it.frames.shape[0] * f) // tp * tp)
+
+        def at_frames(f: float) -> int:
+            return sum(self._tokens(it, keep=frames_at(it, f) if it.modality == "video" else None) for it in items)
+
+        if not videos or at_frames(0.0) > budget:
+            raise ProcessorInputError(
+                f"sample {sample} needs at least {at_frames(0.0)} visual tokens (every item at its minimum resolution, "
+                f"videos at {self.min_frames} frames), over the budget max_visual_tokens={budget}; pass fewer "
+                f"images/videos, lower min_pixels / video_min_pixels / min_frames, or raise max_visual_tokens"
+            )
+        lo, hi = 0.0, 1.0
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if at_frames(mid) <= budget else (lo, mid)
+        for it in videos:
+            keep = frames_at(it, lo)
+            idx = np.linspace(0, it.frames.shape[0] - 1, keep).round().astype(int).tolist()
+            it.frames, it.timestamps, it.keep = it.frames[idx], [it.timestamps[i] for i in idx], keep
+        logger.info(
+            "sample %d: %d visual tokens over max_visual_tokens=%d; minimum resolution and %s frames -> %d tokens",
+            sample, need, budget, [it.keep for it in videos], sum(self._tokens(it) for it in items),
+        )
+
+    # ---------------------------------------------------------------------------------------------- pixels
+    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-channel ``(scale, shift)``: ``(v * rescale_factor - mean) / std == v * scale + shift``."""
+        std = torch.tensor(self.image_std, dtype=torch.float64)
+        scale = (self.rescale_factor / std).float()
+        shift = (-torch.tensor(self.image_mean, dtype=torch.float64) / std).float()
+        return scale, shift
+
+    def _pixels(self, it: _Item) -> tuple[torch.Tensor, list[int]]:
+        H, W = it.size
+        h, w = smart_resize(H, W, self.factor, it.floor, max(it.floor, it.cap), max_ratio=self.max_aspect_ratio)
+        frames = it.frames
+        if (h, w) != (H, W):
+            frames = _pil_resize(frames, h, w, self.resample)
+        tp = self.temporal_patch_size
+        if pad := -frames.shape[0] % tp:  # images: repeated over the temporal patch; videos: last frame repeated
+            frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
+        rows, grid = patchify(frames, self.patch_size, tp, self.merge_size, channels_last=True)  # uint8 copy
+        # rescale + normalize in one float32 pass over the rows (each row is laid out (C, tp, p, p))
+        scale, shift = self._affine()
+        out = torch.empty(rows.shape, dtype=torch.float32).view(rows.shape[0], 3, -1)
+        torch.mul(rows.view(rows.shape[0], 3, -1), scale[:, None], out=out)
+        out.add_(shift[:, None])
+        return out.view(rows.shape), grid
+
+    def _second_per_grid(self, it: _Item) -> float:
+        ts = it.timestamps or []
+        if len(ts) > 1 and ts[-1] > ts[0]:
+            return self.temporal_patch_size * (ts[-1] - ts[0]) / (len(ts) - 1)
+        return self.temporal_patch_size / (self.video_fps or ARRAY_FPS)
+
+    def _encode(self, items: dict[str, list[_Item]]) -> tuple[dict[str, Any], dict[str, list[int]]]:
+        data: dict[str, Any] = {}
+        tokens: dict[str, list[int]] = {}
+        for modality, pix, grid in (("image", "pixel_values", "image_grid_thw"),
+                                    ("video", "pixel_values_videos", "video_grid_thw")):
+            if not items[modality]:
+                continue
+            rows, grids = zip(*(self._pixels(it) for it in items[modality]))
+            data[pix] = rows[0] if len(rows) == 1 else torch.cat(rows)
+            data[grid] = torch.tensor(grids, dtype=torch.long)
+            tokens[modality] = [t * h * w // self.merge_size**2 for t, h, w in grids]
+            if modality == "video":
+                data["video_second_per_grid"] = torch.tensor([self._second_per_grid(it) for it in items["video"]])
+        return data, tokens
+
+    # ---------------------------------------------------------------------------------------------- stages
+    def _scan(self, text, given) -> list[Sample]:
+        samples = super()._scan(text, given)
+        self.__dict__["_samples"] = samples  # read by _process_media of the same call (the budget is per sample)
+        return samples
+
+    def _process_media(self, given: dict[str, list]) -> tuple[dict[str, Any], dict[str, list]]:
+        samples = self.__dict__.pop("_samples", None)
+        items = self._load(given)
+        if samples is None:
+            groups = [[it for m in ("image", "video") for it in items[m]]]
+        else:
+            groups = [[items[m][i] for m in ("image", "video") for i in s.items.get(m, [])] for s in samples]
+        for b, group in enumerate(groups):
+            self._fit(group, self.max_visual_tokens, b)
+        return self._encode(items)
+
+    def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
+        """Images processed as one sample (budget shared)."""
+        items = self._load({"image": images})
+        self._fit(items["image"], self.max_visual_tokens, 0)
+        data, tokens = self._encode(items)
+        return data, tokens.get("image", [])
+
+    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list[int]]:
+        items = self._load({"video": videos})
+        self._fit(items["video"], self.max_visual_tokens, 0)
+        data, tokens = self._encode(items)
+        return data, tokens.get("video", [])
