@@ -662,3 +662,32 @@ def test_truncated_video_is_refused_or_flagged(tmp_path_factory, fragmented, kee
         return
     if meta.corrupt_packets == 0:
         assert _decoded_indices(video, 6) == meta.frame_indices
+
+
+@pytest.fixture(scope="module")
+def faststart(tmp_path_factory):
+    import av
+
+    path = tmp_path_factory.mktemp("faststart") / "full.mp4"
+    frames = np.repeat(np.repeat(_grey_ramp(40, 6), 2, axis=1), 2, axis=2)
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as c:  # index first: it promises all 40 frames
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 32, 32, "yuv420p"
+        s.codec_context.gop_size = 5
+        for a in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("keep", [0.8, 0.95])
+@pytest.mark.parametrize("kwargs", [{"num_frames": 8}, {"num_frames": 8, "mode": "keyframe"}, {"fps": 2.0}])
+def test_indexed_mp4_missing_its_last_frames_is_refused_in_every_mode(tmp_path, faststart, keep, kwargs):
+    """Exact and keyframe mode agree: an index promising frames that are not there is refused (keyframe mode
+    returned frame 0 for the later targets before)."""
+    path = tmp_path / "cut.mp4"
+    path.write_bytes(faststart[: int(len(faststart) * keep)])
+    with pytest.raises(VideoDecodeError, match="ends at .* but its header declares 4.00s"):
+        load_video(path, **kwargs)

@@ -826,8 +826,16 @@ class _PyAVReader:
         self._seek_raw(seek_to)
         fr = self._decode_one()
         if fr is None and seek_to != info.first_pts:
-            self._seek_raw(info.first_pts)
-            fr = self._decode_one()
+            # nothing decodable from a keyframe the index promises: the data there is missing (a truncated file).
+            # Refuse as exact mode does, instead of silently returning the first frame for a later target.
+            if not self._key_cache:
+                self._seek_raw(info.first_pts)
+                first = self._decode_one()
+                if first is None:
+                    raise self._no_frames_error()
+                self._key_cache[info.first_pts] = first
+            readable = max(self.pts_to_sec(f.pts) for f in self._key_cache.values())
+            raise self._truncated_error(readable, float(info.duration_pts * self.tb))
         if fr is None:
             raise self._no_frames_error()
         self._key_cache[seek_to] = fr
