@@ -231,6 +231,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"hf-videollm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 -- network / Hub / OS errors end as one line; anything else is a bug
+        line = _network_error_line(e)
+        if line is None:
+            raise
+        print(f"hf-videollm {args.command}: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _network_error_line(e: BaseException) -> str | None:
+    """One line for an OS, network or Hub error (with what to do), or None for anything else."""
+    modules = {c.__module__.split(".")[0] for c in type(e).__mro__}
+    network = modules & {"httpx", "httpx2", "requests", "urllib3", "huggingface_hub"} or isinstance(
+        e, (ConnectionError, TimeoutError))
+    if not network and not isinstance(e, OSError):
+        return None
+    text = " ".join(str(e).split()) or type(e).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    if network:
+        return (f"{type(e).__name__}: {text} -- check the network connection, the repo id and access "
+                "(`hf auth login`), or set HF_HUB_OFFLINE=1 to use only the local cache")
+    return f"{type(e).__name__}: {text}"
 
 
 if __name__ == "__main__":

@@ -69,3 +69,57 @@ def test_videollama2_lora_train_export_chat(tmp_path, capsys, monkeypatch):
     capsys.readouterr()
     assert main(["chat", "exported", "--image", "1.png", "--prompt", "what color", "--max-new-tokens", "2"]) == 0
     assert capsys.readouterr().out.strip()
+
+
+def _tiny_data(tmp_path):
+    import json
+
+    rows = []
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "conversations": [{"from": "human", "value": "<image>\nwhat color"},
+                                                            {"from": "gpt", "value": "red"}]})
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+
+def test_resume_from_checkpoint_true_resumes_from_the_latest(tmp_path, monkeypatch):
+    """`--resume-from-checkpoint true` (as the README writes it) means the latest checkpoint-N in --output-dir."""
+    from transformers import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_data(tmp_path)
+    common = ["train", "--model", "tiny:llava", "--data", "d.jsonl", "--output-dir", "run", "--stage", "lora",
+              "--per-device-train-batch-size", "2", "--save-steps", "1"]
+    assert main([*common, "--max-steps", "2"]) == 0
+    loaded = []
+    real = Trainer._load_from_checkpoint
+    monkeypatch.setattr(Trainer, "_load_from_checkpoint",
+                        lambda self, path, *a, **k: (loaded.append(path), real(self, path, *a, **k))[1])
+    assert main([*common, "--max-steps", "3", "--resume-from-checkpoint", "true"]) == 0
+    assert [p.replace("\\", "/").rstrip("/").split("/")[-1] for p in loaded] == ["checkpoint-2"]
+
+
+def test_network_and_os_errors_end_as_one_line(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    from hf_videollm.tiny import build_tiny
+
+    model, processor = build_tiny("llava")
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    capsys.readouterr()
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co' ([Errno -3] Temporary failure in name resolution)")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
+    assert main(["push", str(tmp_path / "m"), "me/m", "--token", "hf_fake"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "huggingface.co" in err and "HF_HUB_OFFLINE" in err
+
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied", "x")))
+    assert main(["push", str(tmp_path / "m"), "me/m", "--token", "hf_fake"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Permission denied" in err
