@@ -101,6 +101,21 @@ def _train_fields():
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _stages_epilog() -> str:
+    """``--stage`` names of every registered model with one line each, from the registry's recipes."""
+    from .registry import MODELS
+
+    lines = ["stages (--stage), per model (--model NAME or tiny:NAME):"]
+    for name, entry in MODELS.items():
+        lines.append(f"  {name}:")
+        for stage_name, stage in entry.get_recipes().items():
+            lines.append(f"    {stage_name:<10} {stage.description}")
+    return "\n".join(lines)
+
+
+_CHOICES = {"dtype": ["float32", "bfloat16", "float16"], "mode": ["full", "lora", "qlora"]}
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--per-device-train-batch-size``...); a config file gives the rest."""
     import json
@@ -119,6 +134,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=name, type=float, default=None)
         elif hint.startswith("int"):
             p.add_argument(flag, dest=name, type=int, default=None)
+        elif name in _CHOICES:
+            p.add_argument(flag, dest=name, default=None, choices=_CHOICES[name])
         else:
             p.add_argument(flag, dest=name, default=None)
     del typing
@@ -187,10 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--fps", type=float, default=None)
     ch.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ch.add_argument("--load-in-4bit", action="store_true", help="quantize the language model with bitsandbytes")
-    ch.add_argument("--attn", default=None, choices=[None, "eager", "sdpa", "flash_attention_2"])
+    ch.add_argument("--attn", default=None, choices=["eager", "sdpa", "flash_attention_2"],
+                    help="attention implementation (default: the model's)")
     ch.set_defaults(func=_cmd_chat)
 
-    t = sub.add_parser("train", help="fine-tune with the model's stage recipe (full, LoRA or QLoRA) on Trainer/Accelerate")
+    t = sub.add_parser("train", help="fine-tune with the model's stage recipe (full, LoRA or QLoRA) on Trainer/Accelerate",
+                       epilog=_stages_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--config", default=None, help="JSON or YAML file with TrainConfig fields (flags override it)")
     _add_train_flags(t)
     t.set_defaults(func=_cmd_train)

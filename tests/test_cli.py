@@ -123,3 +123,30 @@ def test_network_and_os_errors_end_as_one_line(tmp_path, capsys, monkeypatch):
     assert main(["push", str(tmp_path / "m"), "me/m", "--token", "hf_fake"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "Permission denied" in err
+
+
+def test_help_lists_stages_and_only_valid_choices(capsys):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from hf_videollm.registry import MODELS
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name, entry in MODELS.items():
+        assert f"  {name}:" in out
+        for stage_name, stage in entry.get_recipes().items():
+            assert f"{stage_name:<10} {stage.description}" in out
+    assert "{float32,bfloat16,float16}" in out  # --dtype
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    assert "{eager,sdpa,flash_attention_2}" in capsys.readouterr().out  # --attn: no None among the choices
+    # a fresh process: help of every command prints no third-party warnings on stderr
+    for cmd in ([], ["train"]):
+        res = subprocess.run([sys.executable, "-m", "hf_videollm.cli", *cmd, "--help"], capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0 and res.stdout.strip() and res.stderr.strip() == "", (cmd, res.stderr[-2000:])
