@@ -104,6 +104,21 @@ def _train_fields():
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
+def _stages_epilog() -> str:
+    """``--stage`` names of every registered model with one line each, from the registry's recipes."""
+    from .registry import MODELS
+
+    lines = ["stages (--stage), per model (--model NAME or tiny:NAME):"]
+    for name, entry in MODELS.items():
+        lines.append(f"  {name}:")
+        for stage_name, stage in entry.get_recipes().items():
+            lines.append(f"    {stage_name:<10} {stage.description}")
+    return "\n".join(lines)
+
+
+_CHOICES = {"dtype": ["float32", "bfloat16", "float16"], "mode": ["full", "lora", "qlora"]}
+
+
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--per-device-train-batch-size``...); a config file gives the rest."""
     import json
@@ -122,6 +137,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=name, type=float, default=None)
         elif hint.startswith("int"):
             p.add_argument(flag, dest=name, type=int, default=None)
+        elif name in _CHOICES:
+            p.add_argument(flag, dest=name, default=None, choices=_CHOICES[name])
         else:
             p.add_argument(flag, dest=name, default=None)
     del typing
@@ -196,10 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--fps", type=float, default=None)
     ch.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     ch.add_argument("--load-in-4bit", action="store_true", help="quantize the language model with bitsandbytes")
-    ch.add_argument("--attn", default=None, choices=[None, "eager", "sdpa", "flash_attention_2"])
+    ch.add_argument("--attn", default=None, choices=["eager", "sdpa", "flash_attention_2"],
+                    help="attention implementation (default: the model's)")
     ch.set_defaults(func=_cmd_chat)
 
-    t = sub.add_parser("train", help="fine-tune with the model's stage recipe (full, LoRA or QLoRA) on Trainer/Accelerate")
+    t = sub.add_parser("train", help="fine-tune with the model's stage recipe (full, LoRA or QLoRA) on Trainer/Accelerate",
+                       epilog=_stages_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--config", default=None, help="JSON or YAML file with TrainConfig fields (flags override it)")
     _add_train_flags(t)
     t.set_defaults(func=_cmd_train)
@@ -244,6 +263,28 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"hf-videollm {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # noqa: BLE001 -- network / Hub / OS errors end as one line; anything else is a bug
+        line = _network_error_line(e)
+        if line is None:
+            raise
+        print(f"hf-videollm {args.command}: error: {line}", file=sys.stderr)
+        return 2
+
+
+def _network_error_line(e: BaseException) -> str | None:
+    """One line for an OS, network or Hub error (with what to do), or None for anything else."""
+    modules = {c.__module__.split(".")[0] for c in type(e).__mro__}
+    network = modules & {"httpx", "httpx2", "requests", "urllib3", "huggingface_hub"} or isinstance(
+        e, (ConnectionError, TimeoutError))
+    if not network and not isinstance(e, OSError):
+        return None
+    text = " ".join(str(e).split()) or type(e).__name__
+    if len(text) > 300:
+        text = text[:297] + "..."
+    if network:
+        return (f"{type(e).__name__}: {text} -- check the network connection, the repo id and access "
+                "(`hf auth login`), or set HF_HUB_OFFLINE=1 to use only the local cache")
+    return f"{type(e).__name__}: {text}"
 
 
 if __name__ == "__main__":

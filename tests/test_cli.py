@@ -107,3 +107,84 @@ def test_bench_suite_names_its_parts_and_they_exist(capsys):
     assert all((bench / script).is_file() for script in BENCH_SUITE.values())
     assert main(["bench", "--suite", "preprocess,nope"]) == 2
     assert "unknown bench part(s) ['nope']" in capsys.readouterr().err
+
+
+def _tiny_data(tmp_path):
+    import json
+
+    rows = []
+    for i in range(2):
+        Image.fromarray(np.full((32, 32, 3), 60 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"image": f"{i}.png", "conversations": [{"from": "human", "value": "<image>\nwhat color"},
+                                                            {"from": "gpt", "value": "red"}]})
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+
+
+def test_resume_from_checkpoint_true_resumes_from_the_latest(tmp_path, monkeypatch):
+    """`--resume-from-checkpoint true` (as the README writes it) means the latest checkpoint-N in --output-dir."""
+    from transformers import Trainer
+
+    monkeypatch.chdir(tmp_path)
+    _tiny_data(tmp_path)
+    common = ["train", "--model", "tiny:llava", "--data", "d.jsonl", "--output-dir", "run", "--stage", "lora",
+              "--per-device-train-batch-size", "2", "--save-steps", "1"]
+    assert main([*common, "--max-steps", "2"]) == 0
+    loaded = []
+    real = Trainer._load_from_checkpoint
+    monkeypatch.setattr(Trainer, "_load_from_checkpoint",
+                        lambda self, path, *a, **k: (loaded.append(path), real(self, path, *a, **k))[1])
+    assert main([*common, "--max-steps", "3", "--resume-from-checkpoint", "true"]) == 0
+    assert [p.replace("\\", "/").rstrip("/").split("/")[-1] for p in loaded] == ["checkpoint-2"]
+
+
+def test_network_and_os_errors_end_as_one_line(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+
+    from hf_videollm.tiny import build_tiny
+
+    model, processor = build_tiny("llava")
+    model.save_pretrained(tmp_path / "m")
+    processor.save_pretrained(tmp_path / "m")
+    capsys.readouterr()
+
+    def offline(self, *args, **kwargs):
+        raise ConnectionError("Failed to resolve 'huggingface.co' ([Errno -3] Temporary failure in name resolution)")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo", offline)
+    assert main(["push", str(tmp_path / "m"), "me/m", "--token", "hf_fake"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "huggingface.co" in err and "HF_HUB_OFFLINE" in err
+
+    (tmp_path / "locked").mkdir()
+    monkeypatch.setattr(huggingface_hub.HfApi, "create_repo",
+                        lambda self, *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied", "x")))
+    assert main(["push", str(tmp_path / "m"), "me/m", "--token", "hf_fake"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Permission denied" in err
+
+
+def test_help_lists_stages_and_only_valid_choices(capsys):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from hf_videollm.registry import MODELS
+
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for name, entry in MODELS.items():
+        assert f"  {name}:" in out
+        for stage_name, stage in entry.get_recipes().items():
+            assert f"{stage_name:<10} {stage.description}" in out
+    assert "{float32,bfloat16,float16}" in out  # --dtype
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    assert "{eager,sdpa,flash_attention_2}" in capsys.readouterr().out  # --attn: no None among the choices
+    # a fresh process: help of every command prints no third-party warnings on stderr
+    for cmd in ([], ["train"]):
+        res = subprocess.run([sys.executable, "-m", "hf_videollm.cli", *cmd, "--help"], capture_output=True,
+                             text=True, timeout=120)
+        assert res.returncode == 0 and res.stdout.strip() and res.stderr.strip() == "", (cmd, res.stderr[-2000:])

@@ -225,6 +225,29 @@ def test_model_card_from_training_metadata(lora_export32):
     assert "USER: <video>\nWhat happens in this video? ASSISTANT:" in card
     assert "import hf_videollm" in card and 'from_pretrained("me/tiny-llava-lora"' in card and ".generate(" in card
     assert "VideoLLMLlavaForConditionalGeneration" in card and "`videollm_llava`" in card
+    assert "trust_remote_code=True" in card  # both ways: with the package, and with transformers alone
+
+
+def test_export_writes_remote_code(lora_export32):
+    config = json.loads((lora_export32 / "config.json").read_text())
+    assert config["auto_map"]["AutoModelForImageTextToText"] == (
+        "modeling_videollm_llava.VideoLLMLlavaForConditionalGeneration")
+    assert json.loads((lora_export32 / "processor_config.json").read_text())["auto_map"]["AutoProcessor"] == (
+        "modeling_videollm_llava.VideoLLMLlavaProcessor")
+    assert (lora_export32 / "modeling_videollm_llava.py").is_file()
+
+
+def test_push_restores_missing_remote_code(lora_export32, tmp_path, hub_calls):
+    model_dir = tmp_path / "old"
+    shutil.copytree(lora_export32, model_dir)
+    for f in model_dir.glob("*videollm_*.py"):
+        f.unlink()
+    config = json.loads((model_dir / "config.json").read_text())
+    config.pop("auto_map")
+    (model_dir / "config.json").write_text(json.dumps(config))
+    push_to_hub(model_dir, "me/old", token="hf_fake")
+    assert (model_dir / "modeling_videollm_llava.py").is_file()
+    assert "auto_map" in json.loads((model_dir / "config.json").read_text())
 
 
 def test_model_card_hub_base_model(lora_export32, tmp_path):
@@ -298,6 +321,10 @@ def test_push_to_hub(lora_export32, tmp_path, hub_calls):
     assert "lora" in upload["commit_message"]
     sent = _uploaded(model_dir, upload["ignore_patterns"])
     assert not sent & set(junk)
+    # the model's code goes with it, and config.json names it (transformers alone, trust_remote_code=True)
+    assert {"modeling_videollm_llava.py", "videollm_modeling_llava.py", "videollm_processors_llava.py"} <= sent
+    assert json.loads((model_dir / "config.json").read_text())["auto_map"]["AutoConfig"] == (
+        "modeling_videollm_llava.VideoLLMLlavaConfig")
     assert {"README.md", "config.json", "model.safetensors", "processor_config.json", "chat_template.jinja",
             "hf_videollm_training.json", "tokenizer.json"} <= sent
 

@@ -145,6 +145,21 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
                 kwargs["key_mapping"] = {rf"^language_model\.{prefix}\.": "language_model."}
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers', plus the model's code beside the weights and ``auto_map`` in ``config.json``, so the
+        checkpoint loads with transformers alone (``trust_remote_code=True``; :mod:`hf_videollm.remote_code`)."""
+        try:  # absent where this module runs as remote code (transformers alone)
+            from hf_videollm.remote_code import auto_map, entry_for, write_remote_code
+        except ImportError:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        entry = entry_for(self)
+        if entry is not None:
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **auto_map(entry)}
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        if entry is not None and (kwargs.get("is_main_process", True)):
+            write_remote_code(save_directory, entry)
+        return out
+
     def post_init(self) -> None:
         super().post_init()
         # transformers aggregates children's no-split classes; keep the ones that exist in this model (a vision-only

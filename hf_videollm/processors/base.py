@@ -139,6 +139,20 @@ class VideoLLMProcessor(ProcessorMixin):
     def modalities(self) -> tuple[str, ...]:
         return self.input_spec.modality_names
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """As transformers', plus the model's code and ``auto_map`` so ``AutoProcessor`` loads it with
+        ``trust_remote_code=True`` where hf_videollm is not installed (:mod:`hf_videollm.remote_code`)."""
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        try:  # absent where this module runs as remote code (transformers alone): the folder it came from has the code
+            from hf_videollm.remote_code import add_processor_auto_map, entry_for, write_remote_code
+        except ImportError:
+            return out
+        entry = entry_for(self)
+        if entry is not None:
+            write_remote_code(save_directory, entry)
+            add_processor_auto_map(save_directory, entry)
+        return out
+
     # -------------------------------------------------------------------------------------- token bookkeeping
     def media_token(self, modality: str) -> str:
         return getattr(self, f"{modality}_token")

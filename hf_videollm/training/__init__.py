@@ -1,13 +1,34 @@
 """Fine-tuning with transformers' Trainer on Accelerate: data, collator, stage recipes, LoRA/QLoRA, export, push."""
 
-from .collator import VideoLLMCollator
-from .data import InvalidDataError, VideoLLMDataset, load_records, normalize_record, validate_records
-from .export import export_model
-from .hub import model_card, push_to_hub
-from .lora import default_lora_config, language_model_lora_targets
+import importlib
+
+# Light (torch + recipes): imported now, which also binds `train` to the function, not the submodule of that name.
 from .recipes import RECIPES, Stage, get_stage
 from .train import TrainConfig, load_train_config, train
-from .trainer import VideoLLMTrainer
+
+# Lazy (PEP 562): `hf-videollm --help` and `import hf_videollm.training.recipes` do not pay for Trainer / PEFT.
+_WHERE = {
+    "VideoLLMCollator": "collator",
+    "InvalidDataError": "data", "VideoLLMDataset": "data", "load_records": "data", "normalize_record": "data",
+    "validate_records": "data",
+    "export_model": "export",
+    "model_card": "hub", "push_to_hub": "hub",
+    "default_lora_config": "lora", "language_model_lora_targets": "lora",
+    "VideoLLMTrainer": "trainer",
+}
+
+
+def __getattr__(name):
+    if name in _WHERE:
+        value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted({*globals(), *_WHERE})
+
 
 __all__ = [
     "RECIPES",

@@ -1,4 +1,6 @@
-"""Training data: LLaVA-style ``conversations`` and OpenAI-style ``messages``, read with ``datasets``.
+"""Training data: LLaVA-style ``conversations``, OpenAI-style ``messages`` and the ms-swift / LLaMA-Factory layout
+(string contents with ``<image>``/``<video>``/``<audio>`` tags + top-level ``images``/``videos``/``audios``), read with
+``datasets``.
 
 Both formats become one form, chat messages whose content is a list of parts::
 
@@ -145,23 +147,92 @@ def _as_list(x) -> list:
     return list(x) if isinstance(x, (list, tuple)) else [x]
 
 
+#: top-level media fields: LLaVA (``image``: a path or list) and ms-swift / LLaMA-Factory (``images`` / ``videos`` /
+#: ``audios`` lists, matched in order to the ``<image>`` / ``<video>`` / ``<audio>`` tags in string contents).
+_MEDIA_FIELDS = {"image": ("image", "images"), "video": ("video", "videos"), "audio": ("audio", "audios")}
+
+
+def _record_media(record: dict, root) -> dict[str, tuple[str, list]]:
+    """kind -> (field name, resolved paths) of the record's top-level media lists."""
+    out = {}
+    for kind, fields in _MEDIA_FIELDS.items():
+        present = [f for f in fields if record.get(f) is not None and _as_list(record.get(f))]
+        if len(present) > 1:
+            raise ValueError(f"both {present[0]!r} and {present[1]!r} are set; use one {kind} field")
+        field = present[0] if present else fields[-1]
+        out[kind] = (field, [_resolve(x, root) for x in _as_list(record.get(field))])
+    return out
+
+
 def normalize_record(record: dict, media_root: str | None = None) -> list[dict]:
-    """One record (LLaVA ``conversations`` or OpenAI ``messages``) -> chat messages with content parts."""
+    """One record -> chat messages with content parts.
+
+    Accepted: LLaVA ``conversations`` (``from``/``value``) with ``image`` / ``video``; OpenAI-style ``messages`` whose
+    content is a list of parts; and the ms-swift / LLaMA-Factory layout, ``messages`` or ``conversations`` whose
+    string contents hold ``<image>`` / ``<video>`` / ``<audio>`` tags, with top-level ``images`` / ``videos`` /
+    ``audios`` lists (the n-th tag of a kind takes the n-th file). Tags without a file, or files without a tag in a
+    record whose text has tags of that kind, are errors naming the field -- never a silent drop.
+    """
     root = record.get("_media_root") if media_root is None else media_root
+    media = _record_media(record, root)
+    used = dict.fromkeys(MEDIA_KINDS, 0)
     if record.get("messages") is not None:
-        return _normalize_messages(record["messages"], root)
-    if record.get("conversations") is not None:
-        return _normalize_llava(record, root)
-    raise ValueError("record has neither 'messages' nor 'conversations'")
+        out = _normalize_messages(record["messages"], root, media, used)
+    elif record.get("conversations") is not None:
+        out = _normalize_turns(record["conversations"], media, used)
+    else:
+        raise ValueError("record has neither 'messages' nor 'conversations'")
+    # Media without a tag go to the start of the first user turn (LLaVA's preprocess_multimodal).
+    first_user = next((m for m in out if m["role"] == "user"), None)
+    for kind in MEDIA_KINDS:
+        field, paths = media[kind]
+        rest = paths[used[kind] :]
+        if not rest:
+            continue
+        if used[kind]:
+            raise ValueError(f"{len(paths)} files in {field!r} but {used[kind]} {_MARKERS[kind]} markers in the text")
+        if first_user is None:
+            raise ValueError(f"{field!r} has files but there is no user turn to attach them to")
+        first_user["content"] = [{"type": kind, kind: p} for p in rest] + first_user["content"]
+    if record.get("with_audio"):  # a record-level flag (VideoLLaMA 2 --va data): every video is heard with its audio
+        for m in out:
+            for part in m["content"]:
+                if part["type"] == "video":
+                    part.setdefault("with_audio", True)
+    return out
 
 
-def _normalize_messages(messages, root) -> list[dict]:
+def _split_tags(text: str, media: dict, used: dict) -> list[dict]:
+    """A string with ``<image>``-style tags -> content parts, taking files from the record's media lists in order."""
+    marker_re = re.compile("|".join(re.escape(v) for v in _MARKERS.values()))
+    parts, pos = [], 0
+    for m in marker_re.finditer(text):
+        if m.start() > pos:
+            parts.append({"type": "text", "text": text[pos : m.start()]})
+        kind = next(k for k, v in _MARKERS.items() if v == m.group(0))
+        field, paths = media[kind]
+        if used[kind] >= len(paths):
+            raise ValueError(
+                f"more {_MARKERS[kind]} markers in the text than files in {field!r} ({len(paths)}): add the file to "
+                f"{field!r} or remove the marker"
+            )
+        parts.append({"type": kind, kind: paths[used[kind]]})
+        used[kind] += 1
+        pos = m.end()
+        if pos < len(text) and text[pos] == "\n":
+            pos += 1  # "<image>\n" is the tag's own line break in LLaVA / swift data
+    if pos < len(text) or not parts:
+        parts.append({"type": "text", "text": text[pos:]})
+    return parts
+
+
+def _normalize_messages(messages, root, media, used) -> list[dict]:
     out = []
     for m in messages:
         role = m.get("role")
         content = m.get("content")
         if isinstance(content, str):
-            parts = [{"type": "text", "text": content}]
+            parts = _split_tags(content, media, used)
         else:
             parts = []
             for part in content or []:
@@ -181,40 +252,14 @@ def _normalize_messages(messages, root) -> list[dict]:
     return out
 
 
-def _normalize_llava(record: dict, root) -> list[dict]:
-    media = {k: [_resolve(x, root) for x in _as_list(record.get(k))] for k in MEDIA_KINDS}
-    video_options = {"with_audio": True} if record.get("with_audio") else {}  # audio-visual samples (VideoLLaMA 2 --va)
-    used = dict.fromkeys(MEDIA_KINDS, 0)
-    marker_re = re.compile("|".join(re.escape(v) for v in _MARKERS.values()))
+def _normalize_turns(turns, media, used) -> list[dict]:
     out = []
-    for turn in record["conversations"]:
+    for turn in turns:
         role = _LLAVA_ROLES.get(turn.get("from", turn.get("role")))
         if role is None:
-            raise ValueError(f"unknown conversation role {turn.get('from')!r}; use human/gpt")
-        text = turn.get("value") or ""
-        parts, pos = [], 0
-        for m in marker_re.finditer(text):
-            if m.start() > pos:
-                parts.append({"type": "text", "text": text[pos : m.start()]})
-            kind = next(k for k, v in _MARKERS.items() if v == m.group(0))
-            if used[kind] >= len(media[kind]):
-                raise ValueError(f"more {_MARKERS[kind]} markers than {kind} files in the record")
-            parts.append({"type": kind, kind: media[kind][used[kind]], **(video_options if kind == "video" else {})})
-            used[kind] += 1
-            pos = m.end()
-            if pos < len(text) and text[pos] == "\n":
-                pos += 1  # "<image>\n" is the marker's own line break in LLaVA data
-        if pos < len(text):
-            parts.append({"type": "text", "text": text[pos:]})
-        out.append({"role": role, "content": parts})
-    # Media without a marker go to the start of the first user turn (LLaVA's preprocess_multimodal).
-    first_user = next((m for m in out if m["role"] == "user"), None)
-    for kind in MEDIA_KINDS:
-        rest = media[kind][used[kind] :]
-        if rest and first_user is not None:
-            first_user["content"] = [
-                {"type": kind, kind: p, **(video_options if kind == "video" else {})} for p in rest
-            ] + first_user["content"]
+            raise ValueError(f"unknown conversation role {turn.get('from', turn.get('role'))!r}; use human/gpt")
+        text = turn.get("value", turn.get("content")) or ""
+        out.append({"role": role, "content": _split_tags(text, media, used)})
     return out
 
 

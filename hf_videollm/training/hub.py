@@ -195,7 +195,18 @@ inputs = processor.apply_chat_template(messages, add_generation_prompt=True, tok
 with torch.no_grad():
     out = model.generate(**inputs, max_new_tokens=128, do_sample=False)
 print(processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))'''
-    return ["## Usage", "", "`pip install hf-videollm`, then:", "", _fence(code, "python")]
+    remote = f'''from transformers import AutoModelForImageTextToText, AutoProcessor
+
+model = AutoModelForImageTextToText.from_pretrained("{repo}", trust_remote_code=True)
+processor = AutoProcessor.from_pretrained("{repo}", trust_remote_code=True)'''
+    return [
+        "## Usage", "",
+        "**With hf_videollm** (`pip install hf-videollm`; its native classes):", "", _fence(code, "python"), "",
+        "**With transformers alone**: the model's code is saved beside the weights (`modeling_videollm_*.py` and the "
+        "`videollm_*.py` modules it imports, generated from hf_videollm), so without the package:", "",
+        _fence(remote, "python"), "",
+        "(with hf_videollm installed, the same call uses the package's own classes).",
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ API
@@ -270,12 +281,17 @@ def push_to_hub(
 
     Writes README.md with :func:`model_card` first -- an existing README is kept if it is hand-written, unless
     ``overwrite_card=True`` (stub cards left by the Trainer / PEFT and earlier generated cards are refreshed).
-    Creates the repo if needed and uploads everything but :data:`UPLOAD_IGNORE_PATTERNS`.
+    Creates the repo if needed and uploads everything but :data:`UPLOAD_IGNORE_PATTERNS`. The model's code and
+    ``auto_map`` are (re)written first (:func:`hf_videollm.remote_code.ensure_remote_code`), so the pushed repo
+    loads with transformers alone (``trust_remote_code=True``).
     """
     from huggingface_hub import HfApi
 
     model_dir = Path(model_dir)
     _check_model_dir(model_dir)
+    from ..remote_code import ensure_remote_code
+
+    ensure_remote_code(model_dir)  # loads with transformers alone (trust_remote_code=True)
     _write_card(model_dir, repo_id, overwrite_card)
     meta = _read_json(model_dir / TRAINING_METADATA) or {}
     stage = (meta.get("stage") or {}).get("name")

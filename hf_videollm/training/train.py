@@ -71,6 +71,13 @@ class TrainConfig:
     extra_training_args: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.resume_from_checkpoint, str):
+            # "true" (as the CLI / YAML write it) resumes from the latest checkpoint-N in output_dir; "false" starts fresh
+            flag = self.resume_from_checkpoint.strip().lower()
+            if flag in ("true", "yes", "1", "latest"):
+                self.resume_from_checkpoint = True
+            elif flag in ("false", "no", "0", "none", ""):
+                self.resume_from_checkpoint = None
         if isinstance(self.data, (str, Path)):
             self.data = [str(self.data)]
         if self.mode not in (None, "full", "lora", "qlora"):
