@@ -354,19 +354,25 @@ def _convert_and_kill(tmp_path: Path, out: Path, seed: int) -> Path:
     script = tmp_path / "convert_release.py"
     script.write_text(_RELEASE)
     marker = tmp_path / f"hang-{seed}"
+    _run_and_kill(script, [out, seed], marker, "the conversion never reached the processor")
+    return Path(marker.read_text())
+
+
+def _run_and_kill(script: Path, args: list, marker: Path, never: str, timeout: float = 300) -> None:
+    """Run ``script args... marker`` in a subprocess until it writes ``marker`` (it then hangs where the test wants
+    it), and SIGKILL it there."""
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(out), str(seed), str(marker)], env=env,
+    proc = subprocess.Popen([sys.executable, str(script), *map(str, args), str(marker)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + timeout
         while not marker.exists():
             assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "the conversion never reached the processor"
+            assert time.monotonic() < deadline, never
             time.sleep(0.05)
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    return Path(marker.read_text())
 
 
 def _load_script(tmp_path):
@@ -474,18 +480,7 @@ def test_kill_9_during_checkpoint_save_is_skipped_by_resume_and_export(tmp_path,
     run, marker = tmp_path / "run", tmp_path / "hang"
     script = tmp_path / "train_killed.py"
     script.write_text(_TRAIN_KILLED_IN_SAVE)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, str(script), str(data), str(run), str(marker)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 300
-        while not marker.exists():
-            assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    _run_and_kill(script, [data, run], marker, "the run never reached checkpoint-4's save")
     done, broken = run / "checkpoint-2", run / "checkpoint-4"
     assert (done / COMPLETE_MARKER).is_file() and (broken / "model.safetensors").is_file()
     assert not (broken / COMPLETE_MARKER).exists()  # looks loadable, but is not complete
@@ -500,6 +495,60 @@ def test_kill_9_during_checkpoint_save_is_skipped_by_resume_and_export(tmp_path,
     train(TrainConfig(model="tiny:llava", data=[str(data)], output_dir=str(run), stage="stage2", max_steps=6,
                       save_steps=2, per_device_train_batch_size=2, learning_rate=1e-3, resume_from_checkpoint=True))
     assert (run / "model.safetensors").is_file() and (run / "checkpoint-6" / COMPLETE_MARKER).is_file()
+
+
+_TRAIN_KILLED_IN_FINAL_SAVE = textwrap.dedent('''
+    import os, sys, time
+    from pathlib import Path
+    from hf_videollm.training import TrainConfig, train
+    from hf_videollm.training import checkpoints
+
+    replace = os.replace
+    def hang_after_the_weights(src, dst):
+        replace(src, dst)
+        if Path(dst).name == "model.safetensors" and Path(dst).parent == Path(sys.argv[2]):
+            Path(sys.argv[3]).write_text(str(dst))  # new weights in place, old config/processor/metadata around them
+            time.sleep(600)
+    checkpoints.os.replace = hang_after_the_weights
+    train(TrainConfig(model="tiny:llava", data=[sys.argv[1]], output_dir=sys.argv[2], stage="stage2", max_steps=4,
+                      save_steps=2, per_device_train_batch_size=2, learning_rate=1e-3, resume_from_checkpoint=True))
+''')
+
+
+def test_kill_9_during_the_final_save_is_refused_by_every_loader(tmp_path):
+    """The run's final model is published under a sentinel: killed half-way, the run dir (new weights, the previous
+    run's config and metadata) is refused by export, push and from_pretrained, naming the complete checkpoints; the
+    next run finishes it."""
+    from transformers import AutoModelForImageTextToText
+
+    from hf_videollm.training import TrainConfig, train
+    from hf_videollm.training.checkpoints import COMPLETE_MARKER, FINAL_INCOMPLETE
+    from hf_videollm.training.export import export_model
+    from hf_videollm.training.hub import push_to_hub
+
+    data = _dataset(tmp_path)
+    run, marker = tmp_path / "run", tmp_path / "hang"
+    cfg = dict(model="tiny:llava", data=[str(data)], output_dir=str(run), stage="stage2", save_steps=2,
+               per_device_train_batch_size=2, learning_rate=1e-3)
+    train(TrainConfig(max_steps=2, **cfg))  # a complete earlier final save
+    assert (run / "model.safetensors").is_file() and not (run / FINAL_INCOMPLETE).exists()
+    script = tmp_path / "train_killed_final.py"
+    script.write_text(_TRAIN_KILLED_IN_FINAL_SAVE)
+    _run_and_kill(script, [data, run], marker, "the run never reached its final save")
+    assert (run / FINAL_INCOMPLETE).is_file() and (run / "checkpoint-4" / COMPLETE_MARKER).is_file()
+    named = r"final save was interrupted.*checkpoint-2, .*checkpoint-4\)"
+    with pytest.raises(OSError, match=named):
+        export_model(run, tmp_path / "export")
+    with pytest.raises(OSError, match=named):
+        push_to_hub(run, "user/never-pushed")
+    with pytest.raises(OSError, match=named):
+        AutoModelForImageTextToText.from_pretrained(run)
+    export_model(run / "checkpoint-4", tmp_path / "export")  # the complete checkpoint named in the message works
+    # the next run (resuming from checkpoint-4) publishes a complete final model again
+    train(TrainConfig(max_steps=6, resume_from_checkpoint=True, **cfg))
+    assert not (run / FINAL_INCOMPLETE).exists() and not (run / ".final-save").exists()
+    assert json.loads((run / "hf_videollm_training.json").read_text())["hyperparameters"]["max_steps"] == 6
+    AutoModelForImageTextToText.from_pretrained(run)
 
 
 # ------------------------------------------------------------------------------------------ training data

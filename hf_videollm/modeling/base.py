@@ -22,6 +22,7 @@ lists and ``device_map`` work on full module paths.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -132,6 +133,13 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        try:  # absent where this module runs as remote code (transformers alone)
+            from hf_videollm.training.checkpoints import check_final_complete
+        except ImportError:
+            pass
+        else:
+            if os.path.isdir(str(pretrained_model_name_or_path)):
+                check_final_complete(pretrained_model_name_or_path)  # a run dir whose final save was killed
         if not cls.with_lm_head and "key_mapping" not in kwargs:
             # A checkpoint saved with the LM head holds the decoder under the head class's prefix (LLaMA:
             # ``language_model.model.layers``, GPT-2: ``language_model.transformer.h``); the bare language model

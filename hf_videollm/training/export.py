@@ -64,10 +64,11 @@ def find_training_metadata(checkpoint: str | Path) -> dict[str, Any] | None:
 
 def _check_source(checkpoint: Path) -> None:
     """Fail clearly when ``checkpoint`` holds neither a model nor an adapter (listing checkpoint-N dirs)."""
-    from .checkpoints import COMPLETE_MARKER, complete_checkpoints, is_complete_checkpoint
+    from .checkpoints import COMPLETE_MARKER, check_final_complete, complete_checkpoints, is_complete_checkpoint
 
     if not checkpoint.is_dir():
         raise FileNotFoundError(f"{checkpoint}: no such directory")
+    check_final_complete(checkpoint)
     if _CHECKPOINT_RE.fullmatch(checkpoint.name) and not is_complete_checkpoint(checkpoint):
         ok = [p.name for p in complete_checkpoints(checkpoint.parent, warn=False)]
         raise FileNotFoundError(

@@ -242,8 +242,11 @@ def model_card(model_dir: str | Path, *, repo_id: str | None = None) -> str:
 
 
 def _check_model_dir(model_dir: Path) -> None:
+    from .checkpoints import check_final_complete
+
     if not model_dir.is_dir():
         raise FileNotFoundError(f"{model_dir}: no such directory")
+    check_final_complete(model_dir)
     if not (model_dir / "config.json").is_file():
         hint = (
             " (it holds a PEFT adapter: merge it first with hf_videollm.training.export.export_model / "

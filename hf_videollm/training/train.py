@@ -259,15 +259,17 @@ def train(cfg: TrainConfig):
         part_learning_rates=part_lrs,
         sample_lengths=dataset.lengths if cfg.group_by_length else None,
     )
-    from .checkpoints import resolve_resume
+    from .checkpoints import final_staging_dir, publish_final, resolve_resume
 
     result = trainer.train(resume_from_checkpoint=resolve_resume(cfg.resume_from_checkpoint, out))
     # Every rank takes part in the final save (ZeRO-3 / FSDP gather the weights collectively); only rank 0 writes.
     if trainer.is_fsdp_enabled:
         trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(out))
+    # crash-safe: the whole final save goes to a staging dir, then is published under a sentinel (checkpoints.py)
+    staging = final_staging_dir(out) if trainer.is_world_process_zero() else out / ".final-save"
+    trainer.save_model(str(staging))
     if trainer.is_world_process_zero():
-        processor.save_pretrained(out)
+        processor.save_pretrained(staging)
         meta = {
             "base_model": str(Path(base_source).resolve()) if Path(base_source).exists() else base_source,
             "model_family": cfg.model_family,
@@ -290,5 +292,6 @@ def train(cfg: TrainConfig):
             },
             "train_loss": result.training_loss,
         }
-        (out / TRAINING_METADATA).write_text(json.dumps(meta, indent=2, default=str))
+        (staging / TRAINING_METADATA).write_text(json.dumps(meta, indent=2, default=str))
+        publish_final(staging, out, last=TRAINING_METADATA)
     return trainer
