@@ -309,6 +309,30 @@ def test_3d_array_as_a_video_is_ambiguous(llava):
         llava(text="<video> what", videos=np.zeros((3, 32, 32), np.uint8))
 
 
+
+@FUZZ
+@given(
+    t=st.integers(1, 20), h=st.integers(2, 12), w=st.integers(2, 12), torch_tensor=st.booleans(),
+    entry=st.sampled_from(["videos=[x]", "videos=[[x]]", "chat template"]),
+)
+def test_grey_video_wrapped_in_a_list_is_refused_in_every_entry_point(llava, t, h, w, torch_tensor, entry):
+    """A grey video (T, H, W) in a list is never read as one (C, H, W) frame of T channels (which T = 1, 3, 4 used
+    to be) nor fails with a bare frame-layout error: every entry point says how to pass it. (H, W, C) frames in a
+    list stay accepted."""
+    x = np.arange(t * h * w, dtype=np.uint8).reshape(t, h, w)
+    if torch_tensor:
+        x = torch.from_numpy(x)
+    if w in (1, 3, 4):  # (T, H, C): a legitimate one-frame video in channels-last layout
+        return
+    with pytest.raises((VideoDecodeError, ProcessorInputError), match=r"ambiguous.*x\[\.\.\., None\]"):
+        if entry == "videos=[x]":
+            llava(text="<video> what", videos=[x])
+        elif entry == "videos=[[x]]":
+            llava(text=["<video> what"], videos=[[x]])
+        else:
+            msgs = [{"role": "user", "content": [{"type": "video", "video": [x]}, {"type": "text", "text": "what"}]}]
+            llava.apply_chat_template(msgs, tokenize=True, return_dict=True)
+
 # ------------------------------------------------------------------------------------------ crash-safe conversion
 import json  # noqa: E402
 import signal  # noqa: E402

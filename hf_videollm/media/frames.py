@@ -46,6 +46,22 @@ def _load_frame(frame: Any, t: int) -> torch.Tensor:
         raise ImageLoadError(f"frame {t}: {e}") from e
 
 
+def _refuse_grey_video_as_one_frame(frames: list | tuple) -> None:
+    """A video given as a list holding ONE 3-D array that is not ``(H, W, C)``: a whole grey video ``(T, H, W)``
+    wrapped in a list (``videos=[x]``) would otherwise be read as a single ``(C, H, W)`` frame of T channels, or
+    fail with a frame-layout error that does not say why."""
+    if len(frames) != 1 or isinstance(frames[0], (list, tuple)) or getattr(frames[0], "ndim", None) != 3:
+        return
+    shape = tuple(frames[0].shape)
+    if shape[-1] in (1, 3, 4):
+        return  # (H, W, C): one frame, unambiguous
+    raise VideoDecodeError(
+        f"a video given as a list holding one array of shape {shape} is ambiguous: one (C, H, W) frame, or a whole "
+        f"grey video (T, H, W)? Pass a grey video as x[..., None] (T, H, W, 1) without the list, and a one-frame "
+        f"video as a (1, C, H, W) array or a list of one (H, W, C) frame / PIL image"
+    )
+
+
 def _stack_frames(frames: list[torch.Tensor]) -> torch.Tensor:
     if not frames:
         raise VideoDecodeError("the video has no frames (an empty list or array); pass at least one frame")
@@ -97,6 +113,7 @@ def load_frames(
             frames = frames.permute(0, 3, 1, 2)
         else:
             if isinstance(video, (list, tuple)):
+                _refuse_grey_video_as_one_frame(video)
                 frames = _stack_frames([_load_frame(f, t) for t, f in enumerate(video)])
             else:
                 arr = video
