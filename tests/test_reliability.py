@@ -148,9 +148,9 @@ import numpy as np  # noqa: E402
 from hf_videollm.media.video_read import VideoDecodeError, load_video  # noqa: E402
 from hf_videollm.media.video_write import write_video  # noqa: E402
 
-# MKV is left out: its 1 ms timestamps shift the duration by up to 1 ms, which can flip an exact tie of
-# index_midpoints (a midpoint exactly between two frames) -- a known limit, see the reliability notes.
-CONTAINERS = {"mp4": None, "avi": "mpeg4", "y4m": "rawvideo"}
+# AVI / Y4M: one tick per frame; MKV / WebM: timestamps rounded to 1 ms (the duration too), which used to flip exact
+# ties between two frames; MP4 / MOV: fine time bases.
+CONTAINERS = {"mp4": None, "avi": "mpeg4", "y4m": "rawvideo", "mkv": None, "webm": None, "mov": None}
 VIDEO_FUZZ = settings(
     max_examples=max(4, EXAMPLES // 3), derandomize=True, deadline=None, database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
@@ -177,10 +177,10 @@ def _videollama2_frame_sample(total: int, n: int) -> list[int]:
 
 @VIDEO_FUZZ
 @given(total=st.integers(2, 30), n=st.integers(1, 12), rate=st.sampled_from([5, 10, 24, 25, 30, Fraction(30000, 1001)]),
-       sampling=st.sampled_from(["uniform", "linspace", "index_midpoints"]))
-def test_one_tick_per_frame_containers_give_the_mp4_frames(tmp_path_factory, total, n, rate, sampling):
-    """AVI / Y4M (time base = one tick per frame) return the same frames as MP4 for the same content, and
-    ``index_midpoints`` is VideoLLaMA 2's own sampling in every container."""
+       sampling=st.sampled_from(["uniform", "linspace", "index_midpoints", "segment_index_midpoints"]))
+def test_every_container_gives_the_mp4_frames(tmp_path_factory, total, n, rate, sampling):
+    """AVI / Y4M (time base = one tick per frame) and MKV / WebM (1 ms timestamps) return the same frames as MP4 for
+    the same content, and ``index_midpoints`` is VideoLLaMA 2's own sampling in every container."""
     step = 255 // total
     frames = _grey_ramp(total, step)
     folder = tmp_path_factory.mktemp("containers")
@@ -191,7 +191,7 @@ def test_one_tick_per_frame_containers_give_the_mp4_frames(tmp_path_factory, tot
         video, meta = load_video(path, num_frames=n, sampling=sampling)
         got[ext] = _decoded_indices(video, step)
         assert got[ext] == meta.frame_indices, ext
-    assert got["avi"] == got["mp4"] == got["y4m"]
+    assert all(got[ext] == got["mp4"] for ext in CONTAINERS), got
     if sampling == "index_midpoints":
         assert got["mp4"] == _videollama2_frame_sample(total, n)
 

@@ -36,8 +36,10 @@ Other PyAV / FFmpeg behaviour worth knowing:
 * Matroska/WebM have no per-stream duration; the per-track ``DURATION`` tag (and ``container.duration``) is the
   absolute end time, i.e. it includes the start offset, while MP4's ``stream.duration`` is relative to the first
   frame. ``metadata.duration`` is always first-frame start to last-frame end.
-* Timestamps are stored rounded (Matroska: 1 ms), so a target converts to the *nearest* tick; targets that fall on
-  an exact frame boundary then select the same frame in every container.
+* Timestamps are stored rounded (Matroska / WebM: 1 ms; the duration too), so a target converts to the *nearest*
+  tick. Where every frame's timestamp is known (a scanned stream), the index rules (``index_midpoints``,
+  ``segment_index_midpoints``; ``uniform`` / ``linspace`` at a constant frame rate) pick frames by index, so an exact
+  tie between two frames selects the same frame in every container.
 * PyAV exposes the display matrix only on decoded frames (``frame.rotation``, counter-clockwise degrees); the legacy
   ``rotate`` stream tag is used as fallback. Mirroring (flips) in the display matrix is not applied.
 * Corrupt packets are skipped (counted and logged); a stream with no decodable frame, or data that ends well before
@@ -206,6 +208,43 @@ def segment_index_midpoints(total: int, num_frames: int) -> list[int]:
     if k == num_frames:
         return idx
     return [idx[(i * k) // num_frames] for i in range(num_frames)]
+
+
+def index_midpoints(total: int, num_frames: int) -> list[int]:
+    """Frame indices of the ``"index_midpoints"`` rule (VideoLLaMA 2's ``frame_sample``): rounded midpoints of
+    ``num_frames`` equal segments of ``[0, total - 1]``, ``round((i + 0.5) * (total - 1) / num_frames)`` (half up)."""
+    seg = (total - 1) / num_frames
+    return [int(math.floor((i + 0.5) * seg + 0.5 + 1e-6)) for i in range(num_frames)]
+
+
+def _uniform_indices(total: int, num_frames: int) -> list[int]:
+    """``"uniform"`` at a constant frame rate: the frame shown at the middle of each of ``num_frames`` equal time
+    segments (a midpoint on a frame boundary selects the later frame, as the time rule does)."""
+    return [int(math.floor((i + 0.5) * total / num_frames + 1e-9)) for i in range(num_frames)]
+
+
+def _linspace_indices(total: int, num_frames: int) -> list[int]:
+    """``"linspace"`` at a constant frame rate: ``np.linspace(0, total - 1, num_frames).astype(int)``."""
+    if num_frames == 1:
+        return [0]
+    return [int(math.floor(i * (total - 1) / (num_frames - 1) + 1e-9)) for i in range(num_frames)]
+
+
+#: rules defined on frame indices (any frame rate) / on time, equal to these index rules at a constant frame rate
+_INDEX_RULES = {"index_midpoints": index_midpoints, "segment_index_midpoints": segment_index_midpoints}
+_CFR_INDEX_RULES = {"uniform": _uniform_indices, "linspace": _linspace_indices}
+
+
+def _index_rule(sampling: str, frame_pts: list[int]):
+    """The index rule that selects the frames of ``sampling`` from these (scanned) frame timestamps, or ``None``
+    when the rule is defined on time and the frame rate is not constant (within one tick of rounding)."""
+    if sampling in _INDEX_RULES:
+        return _INDEX_RULES[sampling]
+    if sampling in _CFR_INDEX_RULES and len(frame_pts) > 1:
+        gaps = np.diff(np.asarray(frame_pts, dtype=np.int64))
+        if int(gaps.max()) - int(gaps.min()) <= 1:
+            return _CFR_INDEX_RULES[sampling]
+    return None
 
 
 def _check_positive_int(value: Any, what: str, name: str) -> None:
@@ -1037,8 +1076,24 @@ def load_video(
             window_frames = math.ceil((hi - lo) * info.fps - 1e-6) if info.fps else int(info.total_frames)
             _check_target_budget(name, min(n_targets, max_frames or n_targets), window_frames, stream.width,
                                  stream.height, num_frames, fps)
-            requested = _sampling_targets(lo, hi, num_frames, fps, sampling, reader.last_frame_before(hi), max_frames)
-            targets_pts = [reader.sec_to_pts(t) for t in requested]
+            window: list[int] = []
+            rule = None
+            if info.all_pts is not None and num_frames is not None:
+                lo_pts, hi_pts = reader.sec_to_pts(lo), reader.sec_to_pts(hi)
+                window = [p for p in info.all_pts if lo_pts <= p < hi_pts] or [info.all_pts[0]]
+                rule = _index_rule(sampling, window)
+            if rule is not None:
+                # every frame's timestamp is known (scanned): pick by index, exactly as the rule says, so containers
+                # that store rounded timestamps (Matroska / WebM: 1 ms) cannot flip a tie between two frames
+                picks = rule(len(window), num_frames)
+                if max_frames is not None and len(picks) > max_frames:
+                    picks = _downsample(picks, max_frames, sampling)
+                targets_pts = [window[k] for k in picks]
+                requested = [reader.pts_to_sec(p) for p in targets_pts]
+            else:
+                requested = _sampling_targets(lo, hi, num_frames, fps, sampling, reader.last_frame_before(hi),
+                                              max_frames)
+                targets_pts = [reader.sec_to_pts(t) for t in requested]
 
         order = sorted(range(len(targets_pts)), key=lambda i: targets_pts[i])
         picked: list[_Frame | None] = [None] * len(targets_pts)
