@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset", "videollama2_av_demo_preset", "qwen2vl_demo_preset", "longvlm_demo_preset"]
+__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset", "videollama2_av_demo_preset", "qwen2vl_demo_preset", "blip2_demo_preset", "instructblip_demo_preset", "longvlm_demo_preset"]
 
 
 @dataclass(frozen=True)
@@ -137,3 +137,24 @@ def longvlm_demo_preset() -> DemoPreset:
         max_steps=1500,
         stage="stage1",  # the recipe's machinery; the demo trains every part from scratch
     )
+
+
+def blip2_demo_preset() -> DemoPreset:
+    """Tiny BLIP-2 on the synthetic videos: each 32 px frame (8x8 patches of 4 px) through the ViT and the Q-Former (4
+    queries), the frames' query tokens in time order before the prompt -> OPT. The BLIP-2 prompt format (no chat
+    template), the synthetic videos' pixel statistics. Not tuned (the common preset settings)."""
+    return DemoPreset(
+        model_overrides=dict(
+            image_size=32,
+            vision_config=dict(patch_size=4),
+            processor={k: v for k, v in _synthetic_processor().items() if k != "chat_template"},
+        ),
+        num_frames=8,
+        max_steps=1500,
+    )
+
+
+def instructblip_demo_preset() -> DemoPreset:
+    """As :func:`blip2_demo_preset`, with InstructBLIP's Q-Former reading the question (tiny BERT tokenizer) and a
+    LLaMA (Vicuna-style) LLM."""
+    return blip2_demo_preset()

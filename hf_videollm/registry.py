@@ -133,6 +133,7 @@ def _entries() -> dict[str, ModelEntry]:
                 "transformers": "hf_videollm.conversion.blip2:read_blip2_hf",
             },
             recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+            demo="hf_videollm.demo_presets:blip2_demo_preset",
         ),
         ModelEntry(
             "instructblip", VideoLLMInstructBlipConfig, VideoLLMInstructBlipForConditionalGeneration,
@@ -143,6 +144,7 @@ def _entries() -> dict[str, ModelEntry]:
                 "transformers": "hf_videollm.conversion.blip2:read_instructblip_hf",
             },
             recipes="hf_videollm.training.recipes:BLIP2_STAGES",
+            demo="hf_videollm.demo_presets:instructblip_demo_preset",
         ),
         # the Flan-T5 (encoder-decoder) variants: same classes, a tiny T5 so the common suite covers them
         ModelEntry(

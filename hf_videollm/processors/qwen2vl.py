@@ -181,6 +181,12 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
             frames, stamps = frames[keep], [stamps[i] for i in keep]
         return frames.contiguous(), stamps
 
+    def sample_frames(self, video: Any, index: int = 0) -> torch.Tensor:
+        """The frames this processor feeds the model for ``video``: uint8 ``(T, 3, H, W)``, before resizing (as
+        :meth:`hf_videollm.processors.pixels.FramePixelsMixin.sample_frames`; the demo's evaluation and single-frame
+        baseline use it)."""
+        return self._load_video(video, index)[0].permute(0, 3, 1, 2)
+
     def _load(self, given: dict[str, list]) -> dict[str, list[_Item]]:
         items: dict[str, list[_Item]] = {"image": [], "video": []}
         for img in load_images(given.get("image", []), self.max_image_pixels, self.max_aspect_ratio):
