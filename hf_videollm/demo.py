@@ -66,9 +66,10 @@ class BenchSettings:
     video_size: int = 32
     video_frames: int = 16
     seed: int = 0
-    # processes that generate the videos (spawned: a script calling run_benchmark with more than 1 needs the usual
-    # ``if __name__ == "__main__":`` guard); 1 by default, why: bench/RESULTS.md ("Data generation in worker processes")
-    data_workers: int = 1
+    # processes that generate the videos of a split of at least 1000 videos (spawned: a script calling run_benchmark
+    # needs the usual ``if __name__ == "__main__":`` guard); smaller splits are generated in this process, where the
+    # workers' start-up would cost more than it saves (bench/RESULTS.md, "Data generation in worker processes")
+    data_workers: int = 2
     # models that hear (an "audio" modality): every video gets an audio track and the model hears it (the video's
     # tokens then its audio's in the slot); False = the no-audio baseline (the same model, audio never given)
     audio: bool | None = None
@@ -317,6 +318,11 @@ def _build_base(settings: BenchSettings, out: Path):
     return sum(p.numel() for p in model.parameters()), model.part_names()
 
 
+def _data_workers(settings: BenchSettings, per_kind: dict[str, int] | int) -> int:
+    videos = sum(per_kind.values()) if isinstance(per_kind, dict) else per_kind * len(settings.kinds)
+    return min(settings.data_workers, os.cpu_count() or 1) if videos >= 1000 else 1
+
+
 def run_benchmark(settings: BenchSettings) -> dict:
     """Generate data, train the tiny model, evaluate it; returns the report (model saved in ``workdir/model``)."""
     import transformers
@@ -337,7 +343,7 @@ def run_benchmark(settings: BenchSettings) -> dict:
     for split, n in (("train", settings.train_per_kind), ("test", settings.test_per_kind)):
         paths[split] = S.generate_dataset(
             data, split=split, samples_per_kind=n, kinds=settings.kinds, seed=settings.seed,
-            size=settings.video_size, num_frames=settings.video_frames, workers=min(settings.data_workers, os.cpu_count() or 1),
+            size=settings.video_size, num_frames=settings.video_frames, workers=_data_workers(settings, n),
             audio=True if settings.audio else None,
         )
         if settings.audio:
