@@ -183,8 +183,27 @@ def test_help_lists_stages_and_only_valid_choices(capsys):
     with pytest.raises(SystemExit):
         main(["chat", "--help"])
     assert "{eager,sdpa,flash_attention_2}" in capsys.readouterr().out  # --attn: no None among the choices
-    # a fresh process: help of every command prints no third-party warnings on stderr
-    for cmd in ([], ["train"]):
-        res = subprocess.run([sys.executable, "-m", "hf_videollm.cli", *cmd, "--help"], capture_output=True,
-                             text=True, timeout=120)
-        assert res.returncode == 0 and res.stdout.strip() and res.stderr.strip() == "", (cmd, res.stderr[-2000:])
+    # a fresh process: help of every command prints no third-party warnings on stderr, and imports neither torch nor
+    # transformers nor the package's models (what made it take 7-18 s)
+    from hf_videollm_cli import build_parser
+
+    commands = [[]] + [[c] for c in build_parser()._subparsers._group_actions[0].choices]
+    probe = ("import sys\nfrom hf_videollm_cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit as e:\n"
+             "    assert e.code == 0, e.code\nheavy = sorted(m for m in ('torch', 'transformers', 'hf_videollm') if m in "
+             "sys.modules)\nprint('HEAVY', heavy)")
+    for cmd in commands:
+        res = subprocess.run([sys.executable, "-c", probe, *cmd, "--help"], capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0 and "usage: hf-videollm" in res.stdout, (cmd, res.stderr[-2000:])
+        assert res.stdout.strip().endswith("HEAVY []") and res.stderr.strip() == "", (cmd, res.stdout[-300:], res.stderr[-2000:])
+    assert len(commands) == 9  # the CLI's eight commands and the top level
+
+
+def test_cli_metadata_equals_the_registry():
+    """The CLI parser's static copy of the registry's stages and TrainConfig's fields (hf_videollm_cli/_meta.py) is
+    what the live package says; when this fails, regenerate it: python -c "from hf_videollm.cli import
+    write_cli_metadata; write_cli_metadata()"."""
+    from hf_videollm.cli import cli_metadata
+    from hf_videollm_cli import _meta
+
+    stages, fields = cli_metadata()
+    assert _meta.STAGES == stages and _meta.TRAIN_FIELDS == fields
