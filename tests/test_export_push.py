@@ -220,6 +220,9 @@ def test_model_card_from_training_metadata(lora_export32):
     assert "base_model" not in fm  # a local path is no Hub base model
     assert "Stage: `lora`" in card and "stage 2 with LoRA" in card and "Mode: LoRA" in card
     assert "`colors.jsonl` (4 samples)" in card and "Final train loss:" in card and "| learning_rate | 0.005 |" in card
+    # a LoRA run names what LoRA trained and what trained fully beside it, each with its learning rate
+    assert "LoRA-trained: `language_model` (its Linear layers; r=128, alpha=256, dropout 0.05) at learning rate 0.005" in card
+    assert "Trained fully next to LoRA: `connector` at learning rate 2e-05" in card
     assert "Frames per video: 4" in card and "Image size: 28" in card
     assert (lora_export32 / "chat_template.jinja").read_text().rstrip("\n") in card
     assert "USER: <video>\nWhat happens in this video? ASSISTANT:" in card

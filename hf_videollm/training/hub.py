@@ -125,6 +125,15 @@ def _training_section(meta: dict[str, Any]) -> list[str]:
         f"- Data: {', '.join(f'`{d}`' for d in data) or 'n/a'} ({meta.get('num_samples', '?')} samples"
         + (f", {dropped} dropped by the collator)" if dropped else ")"),
     ]
+    lora = meta.get("lora")
+    if lora:
+        lines.append(
+            f"- LoRA-trained: {', '.join(f'`{p}`' for p in lora['adapted_parts'])} (its Linear layers; r={lora['r']}, "
+            f"alpha={lora['alpha']}, dropout {lora['dropout']}) at learning rate {lora['learning_rate']:g}"
+        )
+        full = lora.get("fully_trained_learning_rates") or {}
+        if full:
+            lines.append("- Trained fully next to LoRA: " + ", ".join(f"`{p}` at learning rate {v:g}" for p, v in full.items()))
     if meta.get("train_loss") is not None:
         lines.append(f"- Final train loss: {meta['train_loss']:.4f}")
     hyper = meta.get("hyperparameters") or {}

@@ -144,6 +144,19 @@ def load_model_for_training(cfg: TrainConfig, stage: Stage, mode: str):
     return model, processor, source
 
 
+def lora_settings(stage: Stage, cfg: TrainConfig) -> dict[str, Any]:
+    """What a LoRA / QLoRA run of ``stage`` attaches: rank, alpha, dropout, the parts LoRA adapts and the parts
+    trained fully next to it (saved with the adapter). One source for :func:`apply_stage` and the run's metadata."""
+    parts = list(cfg.trainable_parts or stage.trainable_parts)
+    return {
+        "r": cfg.lora_r or stage.lora_r,
+        "alpha": cfg.lora_alpha or stage.lora_alpha,
+        "dropout": stage.lora_dropout if cfg.lora_dropout is None else cfg.lora_dropout,
+        "adapted_parts": ["language_model", "vision_tower"] if cfg.lora_vision_tower else ["language_model"],
+        "fully_trained_parts": [p for p in parts if p != "language_model"] or list(stage.modules_to_save_parts),
+    }
+
+
 def apply_stage(model, stage: Stage, cfg: TrainConfig, mode: str):
     """Freeze/unfreeze parts, attach LoRA where the mode asks; returns the (possibly PEFT-wrapped) model."""
     parts = list(cfg.trainable_parts or stage.trainable_parts)
@@ -156,14 +169,10 @@ def apply_stage(model, stage: Stage, cfg: TrainConfig, mode: str):
 
     if mode == "qlora":
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
-    save_parts = [p for p in parts if p != "language_model"] or list(stage.modules_to_save_parts)
-    modules_to_save = [path for p in save_parts for path in model._parts[p]] or None
+    lora = lora_settings(stage, cfg)
+    modules_to_save = [path for p in lora["fully_trained_parts"] for path in model._parts[p]] or None
     lora_config = default_lora_config(
-        model,
-        r=cfg.lora_r or stage.lora_r,
-        alpha=cfg.lora_alpha or stage.lora_alpha,
-        dropout=stage.lora_dropout if cfg.lora_dropout is None else cfg.lora_dropout,
-        vision_tower=cfg.lora_vision_tower,
+        model, r=lora["r"], alpha=lora["alpha"], dropout=lora["dropout"], vision_tower=cfg.lora_vision_tower,
         modules_to_save=modules_to_save,
     )
     return peft.get_peft_model(model, lora_config)
@@ -275,6 +284,10 @@ def train(cfg: TrainConfig):
             "model_family": cfg.model_family,
             "stage": dataclasses.asdict(stage),
             "mode": mode,
+            "lora": None if mode == "full" else {
+                **(lora := lora_settings(stage, cfg)), "learning_rate": lr,
+                "fully_trained_learning_rates": {p: part_lrs.get(p, lr) for p in lora["fully_trained_parts"]},
+            },
             "data": [Path(d).name for d in cfg.data],
             "num_samples": len(dataset),
             "dropped_samples": collator.dropped,
