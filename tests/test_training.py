@@ -77,6 +77,25 @@ def test_both_record_formats_normalize_to_the_same_messages(tmp_path):
     assert a[0]["content"][1]["text"] == "what color is the square"  # "<image>\n" consumed with its newline
 
 
+def test_validation_of_repeated_rows_reports_each_index_and_checks_once(tmp_path, tiny_llava, monkeypatch):
+    """A schedule that repeats rows (the demo's: 76,800 rows over 5,000 samples) is checked once per distinct row,
+    and every repeat of a bad row is still reported with its own index."""
+    from hf_videollm.training import data as data_mod
+
+    _, processor = tiny_llava
+    bad = {"image": "img/missing.png", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}
+    good = {"image": "img/0.png", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}
+    path = _dataset(tmp_path, n=1, extra=[good, bad, good, bad, bad, good])  # row 0: _dataset's own
+    calls = []
+    real = data_mod._record_problems
+    monkeypatch.setattr(data_mod, "_record_problems", lambda *a, **k: calls.append(1) or real(*a, **k))
+    problems = validate_records(load_records(path), processor)
+    assert [p.index for p in problems] == [2, 4, 5]
+    assert all("not found" in p.reason for p in problems)
+    assert len(calls) == 3  # row 0, the good row, the bad row
+    assert [p.index for p in validate_records([bad, bad], processor)] == [0, 1]  # plain lists too
+
+
 def test_validation_reports_every_bad_sample_with_its_index(tmp_path, tiny_llava):
     _, processor = tiny_llava
     bad = [
