@@ -263,6 +263,43 @@ def test_image_pixels_match_transformers_pil_image_processor():
         assert tokens == [int(r["image_grid_thw"].prod()) // 4]
 
 
+def test_video_pixels_match_transformers_pil_steps_on_worker_threads():
+    """Video frames: resized per frame on worker threads, patch layout written straight as float32 -- the same rows
+    as transformers' steps (Qwen2VLImageProcessorPil resize / rescale / normalize per frame, then the video
+    processor's pair patchify)."""
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+    from transformers.image_processing_utils import SizeDict
+
+    from hf_videollm.media.transforms import smart_resize
+    from hf_videollm.processors.qwen2vl import VideoLLMQwen2VLProcessor
+    from hf_videollm.tiny import tiny_tokenizer
+
+    ours = VideoLLMQwen2VLProcessor(tiny_tokenizer(), max_visual_tokens=None, video_max_pixels=160 * 28 * 28)
+    ref = Qwen2VLImageProcessorPil()
+    rng = np.random.default_rng(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)  # the resize pool uses up to this many workers
+    try:
+        for T, H, W in [(6, 300, 500), (4, 56, 56), (2, 200, 90)]:
+            video = rng.integers(0, 256, (T, H, W, 3), dtype=np.uint8)
+            data, tokens = ours._process_videos([video])
+            h, w = smart_resize(H, W, 28, ours.video_min_pixels, ours.video_max_pixels)
+            size = SizeDict(shortest_edge=ours.video_min_pixels, longest_edge=ours.video_max_pixels)
+            frames = []
+            for f in video[: T // 2 * 2]:
+                x = ref.resize(f.transpose(2, 0, 1), size=size, resample=3, factor=28)
+                frames.append(ref.normalize(ref.rescale(x, 1 / 255), ours.image_mean, ours.image_std))
+            v = np.stack(frames).astype(np.float32)
+            assert v.shape[2:] == (h, w)
+            t, gh, gw = v.shape[0] // 2, h // 14, w // 14
+            v = v.reshape(t, 2, 3, gh // 2, 2, 14, gw // 2, 2, 14).transpose(0, 3, 6, 4, 7, 2, 1, 5, 8)
+            assert data["video_grid_thw"].tolist() == [[t, gh, gw]]
+            assert torch.allclose(data["pixel_values_videos"], torch.from_numpy(v.reshape(t * gh * gw, -1)), atol=1e-5)
+            assert tokens == [t * gh * gw // 4]
+    finally:
+        torch.set_num_threads(threads)
+
+
 def test_chat_template_wraps_media_in_vision_markers(tiny):
     _, processor = tiny
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it"}]},

@@ -29,7 +29,7 @@ import torch
 
 from ..media.frames import _is_video_source, load_frames, load_images
 from ..media.image_io import ImageLoadError, check_aspect_ratio
-from ..media.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, resize, smart_resize
+from ..media.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _run_parallel, resize, smart_resize
 from ..media.video_read import load_video
 from ..modeling.qwen2vl import QWEN2VL_INPUTS
 from .base import ProcessorInputError, Sample, VideoLLMProcessor
@@ -72,8 +72,12 @@ def _pil_resize(frames: torch.Tensor, height: int, width: int, resample: str) ->
     if name not in codes:
         return resize(frames.permute(0, 3, 1, 2), (height, width), name).permute(0, 2, 3, 1)
     out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
-    for i, f in enumerate(frames.numpy()):
-        out[i] = np.asarray(Image.fromarray(f).resize((width, height), codes[name]))
+    src = frames.numpy()
+
+    def one(i: int) -> None:  # Pillow releases the GIL while resizing: frames go to worker threads
+        out[i] = np.asarray(Image.fromarray(src[i]).resize((width, height), codes[name]))
+
+    _run_parallel(one, [(i,) for i in range(len(src))])
     return torch.from_numpy(out)
 
 
@@ -266,13 +270,17 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         tp = self.temporal_patch_size
         if pad := -frames.shape[0] % tp:  # images: repeated over the temporal patch; videos: last frame repeated
             frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
-        rows, grid = patchify(frames, self.patch_size, tp, self.merge_size, channels_last=True)  # uint8 copy
-        # rescale + normalize in one float32 pass over the rows (each row is laid out (C, tp, p, p))
+        # the patch layout is a view of the uint8 frames; one strided copy writes it as float32 rows (no uint8 copy
+        # in between), then rescale + normalize in place (each row is laid out (C, tp, p, p))
+        p, m = self.patch_size, self.merge_size
+        T, H, W, C = frames.shape
+        t, gh, gw = T // tp, H // p, W // p
+        view = frames.reshape(t, tp, gh // m, m, p, gw // m, m, p, C).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
+        out = torch.empty(view.shape, dtype=torch.float32)
+        out.copy_(view)
         scale, shift = self._affine()
-        out = torch.empty(rows.shape, dtype=torch.float32).view(rows.shape[0], 3, -1)
-        torch.mul(rows.view(rows.shape[0], 3, -1), scale[:, None], out=out)
-        out.add_(shift[:, None])
-        return out.view(rows.shape), grid
+        out.mul_(scale.view(C, 1, 1, 1)).add_(shift.view(C, 1, 1, 1))
+        return out.view(t * gh * gw, C * tp * p * p), [t, gh, gw]
 
     def _second_per_grid(self, it: _Item) -> float:
         ts = it.timestamps or []
