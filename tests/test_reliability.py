@@ -148,8 +148,7 @@ import numpy as np  # noqa: E402
 from hf_videollm.media.video_read import VideoDecodeError, load_video  # noqa: E402
 from hf_videollm.media.video_write import write_video  # noqa: E402
 
-# MKV is left out: its 1 ms timestamps shift the duration by up to 1 ms, which can flip an exact tie of
-# index_midpoints (a midpoint exactly between two frames) -- a known limit, see the reliability notes.
+# MKV / WebM / MOV: tests/test_reliability_containers.py (frames selected by index at a constant frame rate).
 CONTAINERS = {"mp4": None, "avi": "mpeg4", "y4m": "rawvideo"}
 VIDEO_FUZZ = settings(
     max_examples=max(4, EXAMPLES // 3), derandomize=True, deadline=None, database=None,

@@ -463,6 +463,36 @@ class _PyAVReader:
             return self.pts_to_sec(info.all_pts[max(i, 0)])
         return end_s - (1.0 / info.fps if info.fps else 0.0)
 
+    def constant_rate(self) -> Fraction | None:
+        """The exact frame rate when the scanned frame timestamps are those of a constant-rate stream up to the
+        container's timestamp rounding (every pts within one tick of ``first + k / rate``), else ``None``.
+
+        Matroska/WebM store 1 ms ticks and AVI/Y4M one tick per frame, so durations and frame boundaries computed
+        from their timestamps are off by up to a tick; with the exact rate, targets are mapped to frame *indices*
+        and every container returns the same frames for the same content."""
+        info = self.info
+        if info is None or info.all_pts is None or len(info.all_pts) < 1:
+            return None
+        pts = np.asarray(info.all_pts, dtype=np.float64) - info.first_pts
+        cands = []
+        for attr in ("average_rate", "guessed_rate", "base_rate"):
+            with contextlib.suppress(Exception):
+                r = getattr(self.s, attr)
+                if r:
+                    cands.append(Fraction(r).limit_denominator(1001))
+        if len(pts) > 1:
+            span = float(pts[-1] * self.tb)
+            if span > 0:
+                cands.append(Fraction((len(pts) - 1) / span).limit_denominator(1001))
+        tick = float(self.tb)
+        for rate in cands:
+            if rate <= 0:
+                continue
+            ideal = np.arange(len(pts)) / float(rate) / tick
+            if np.all(np.abs(pts - ideal) <= 1.0 + 1e-6):
+                return rate
+        return None
+
     def dur_to_pts(self, seconds: float) -> int:
         return max(1, math.floor(seconds * self.tb.denominator / self.tb.numerator))
 
@@ -1037,8 +1067,22 @@ def load_video(
             window_frames = math.ceil((hi - lo) * info.fps - 1e-6) if info.fps else int(info.total_frames)
             _check_target_budget(name, min(n_targets, max_frames or n_targets), window_frames, stream.width,
                                  stream.height, num_frames, fps)
-            requested = _sampling_targets(lo, hi, num_frames, fps, sampling, reader.last_frame_before(hi), max_frames)
-            targets_pts = [reader.sec_to_pts(t) for t in requested]
+            rate = reader.constant_rate() if mode == "exact" else None
+            if rate is not None:
+                # constant frame rate: compute in exact frame units (frame k starts at k / rate), select frames by
+                # index, independent of how the container rounded its timestamps
+                assert info.all_pts is not None
+                n_all = len(info.all_pts)
+                hi_exact = float(min(Fraction(end), n_all / rate)) if end is not None else float(n_all / rate)
+                hi_exact = max(hi_exact, lo + 1e-9)
+                last_idx = max(min(math.ceil(hi_exact * rate - 1e-6) - 1, n_all - 1), 0)
+                requested = _sampling_targets(lo, hi_exact, num_frames, fps, sampling, float(last_idx / rate),
+                                              max_frames)
+                targets_pts = [info.all_pts[min(max(math.floor(t * rate + 1e-6), 0), n_all - 1)] for t in requested]
+            else:
+                requested = _sampling_targets(lo, hi, num_frames, fps, sampling, reader.last_frame_before(hi),
+                                              max_frames)
+                targets_pts = [reader.sec_to_pts(t) for t in requested]
 
         order = sorted(range(len(targets_pts)), key=lambda i: targets_pts[i])
         picked: list[_Frame | None] = [None] * len(targets_pts)
