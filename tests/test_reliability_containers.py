@@ -89,3 +89,67 @@ def test_all_containers_give_the_same_frame_indices(tmp_path_factory, total, n, 
     assert all(v == got["mp4"] for v in got.values()), got
     if sampling == "index_midpoints":
         assert got["mp4"] == _videollama2_frame_sample(total, n)
+
+
+# ------------------------------------------------------------------------------------------ ambiguous array layouts
+import torch  # noqa: E402
+
+from hf_videollm.media.frames import load_frames  # noqa: E402
+from hf_videollm.media.image_io import ImageLoadError, load_image  # noqa: E402
+
+_AMBIGUOUS = st.tuples(st.sampled_from([1, 3, 4]), st.integers(2, 12), st.sampled_from([1, 2, 3, 4]))
+
+
+def _make(shape, kind):
+    arr = np.zeros(shape, np.uint8)
+    return torch.from_numpy(arr) if kind == "tensor" else arr
+
+
+@settings(max_examples=EXAMPLES, derandomize=True, deadline=None, database=None)
+@given(shape=_AMBIGUOUS, kind=st.sampled_from(["numpy", "tensor"]),
+       entry=st.sampled_from(["image", "frames_list", "batched_video"]))
+def test_ambiguous_layouts_refused_in_every_media_entry_point(shape, kind, entry):
+    """(C, H, W) and (H, W, C) both fit (first dim 1/3/4 and last dim 1/2/3/4): refused, saying how to pass it,
+    whether the array is an image, a frame in a list or a frame of a batched video array."""
+    x = _make(shape, kind)
+    with pytest.raises(ImageLoadError, match=r"ambiguous.*2-D \(H, W\).*PIL\.Image\.fromarray"):
+        if entry == "image":
+            load_image(x)
+        elif entry == "frames_list":
+            load_frames([x, x], index=0, num_frames=None, fps=None, max_frames=None)
+        else:
+            batch = np.stack([np.asarray(x)] * 2)
+            load_frames(torch.from_numpy(batch) if kind == "tensor" else batch, index=0, num_frames=None, fps=None,
+                        max_frames=None)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 3), (3, 8, 8), (8, 8, 1), (1, 8, 8), (8, 8, 4)])
+def test_unambiguous_layouts_still_load(shape):
+    for x in (np.zeros(shape, np.uint8), torch.zeros(shape, dtype=torch.uint8)):
+        assert load_image(x).shape == (3, 8, 8)
+
+
+@pytest.fixture(scope="module")
+def llava():
+    from hf_videollm.tiny import build_tiny
+
+    return build_tiny("llava")[1]
+
+
+@settings(max_examples=max(4, EXAMPLES // 4), derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=_AMBIGUOUS, kind=st.sampled_from(["numpy", "tensor"]),
+       path=st.sampled_from(["call_image", "call_video_frames", "chat_image", "chat_video_frames"]))
+def test_ambiguous_layouts_refused_through_the_processor(llava, shape, kind, path):
+    """The same refusal reaches the user through ``__call__`` and ``apply_chat_template``, images and video frames."""
+    from hf_videollm.processors.base import ProcessorInputError
+
+    x = _make(shape, kind)
+    media = "image" if path.endswith("image") else "video"
+    kwargs = {"images": [x]} if media == "image" else {"videos": [[x, x]]}
+    with pytest.raises((ImageLoadError, ProcessorInputError), match=r"ambiguous"):
+        if path.startswith("call"):
+            llava(text=f"<{media}> what", **kwargs)
+        else:
+            conv = [{"role": "user", "content": [{"type": media}, {"type": "text", "text": "what"}]}]
+            llava.apply_chat_template(conv, tokenize=True, **kwargs)

@@ -191,7 +191,17 @@ def _layout(shape: tuple[int, ...], prefer_channels_first: bool, what: str) -> s
             f"of frames load each frame separately."
         )
     first, last = shape[0] in _CHANNELS, shape[2] in _CHANNELS
-    if shape[2] == 2 and not (first and prefer_channels_first):
+    if first and (last or shape[2] == 2):
+        # (3, H, 3), (1, H, 4), (4, H, 2), ...: (C, H, W) and (H, W, C) both fit; guessing reads half the pixels wrong
+        raise ImageLoadError(
+            f"{what} has shape {shape}, which is ambiguous: both (C, H, W) and (H, W, C) fit"
+            + (" (as (H, W, 2) it would be grey + alpha, not supported: pass the grey plane x[..., 0])"
+               if shape[2] == 2 else "")
+            + ". Pass it unambiguously: "
+            f"a grey image as a 2-D (H, W) array, a colour one as PIL.Image.fromarray(hwc_uint8_array) (from (C, H, W): "
+            f"x.permute(1, 2, 0) / x.transpose(1, 2, 0) first)."
+        )
+    if shape[2] == 2:
         raise ImageLoadError(
             f"{what} has shape {shape}: a last dim of 2 is grey + alpha, which is not supported (and reading it as "
             f"(C, H, W) would be wrong); pass the grey plane x[..., 0] as (H, W), or (H, W, 3) RGB."
