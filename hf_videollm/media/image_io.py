@@ -275,8 +275,8 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> t
     Args:
         source: a path (``str`` / ``os.PathLike``), encoded ``bytes`` / ``bytearray`` / ``memoryview``, a binary
             file-like object, a ``PIL.Image.Image``, a numpy array ``(H, W)`` / ``(H, W, 1|3|4)`` (``(C, H, W)`` is
-            accepted when unambiguous) or a torch tensor ``(C, H, W)`` / ``(H, W, C)`` / ``(H, W)``; a tensor whose
-            first and last dims could both be channels is read as ``(C, H, W)``.  uint8 values are used as is,
+            accepted when unambiguous) or a torch tensor ``(C, H, W)`` / ``(H, W, C)`` / ``(H, W)``; a shape whose
+            first and last dims could both be channels (e.g. ``(3, H, 3)``) is refused as ambiguous.  uint8 values are used as is,
             other integer types must hold 0..255, floats must lie in [0, 1] (scaled by 255 and rounded).
             4 channels = RGBA (alpha dropped, as ``convert("RGB")``), 1 channel = grey (replicated).
         max_pixels: refuse images with more pixels (Pillow's default decompression-bomb limit); ``None`` disables.
