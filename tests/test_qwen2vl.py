@@ -267,8 +267,8 @@ def test_video_pixels_match_transformers_pil_steps_on_worker_threads():
     """Video frames: resized per frame on worker threads, patch layout written straight as float32 -- the same rows
     as transformers' steps (Qwen2VLImageProcessorPil resize / rescale / normalize per frame, then the video
     processor's pair patchify)."""
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.image_processing_utils import SizeDict
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
     from hf_videollm.media.transforms import smart_resize
     from hf_videollm.processors.qwen2vl import VideoLLMQwen2VLProcessor

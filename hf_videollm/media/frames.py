@@ -80,6 +80,8 @@ def _uint8_video_view(arr: torch.Tensor) -> torch.Tensor | None:
     (what decoded frames are); ``None`` for anything else (per-frame :func:`load_image` checks and converts it)."""
     if arr.dtype != torch.uint8 or arr.device.type != "cpu":
         return None
+    if arr.shape[1] in (1, 3, 4) and arr.shape[-1] in (1, 2, 3, 4):
+        return None  # ambiguous frame layout: :func:`load_image` refuses it with a message per frame
     if arr.shape[-1] == 3 and arr.shape[1] != 3 and arr.shape[1] > 0 and arr.shape[2] > 0:
         frames = arr.permute(0, 3, 1, 2)
     elif arr.shape[1] == 3 and arr.shape[-1] != 3 and arr.shape[2] > 0 and arr.shape[3] > 0:

@@ -191,7 +191,17 @@ def _layout(shape: tuple[int, ...], prefer_channels_first: bool, what: str) -> s
             f"of frames load each frame separately."
         )
     first, last = shape[0] in _CHANNELS, shape[2] in _CHANNELS
-    if shape[2] == 2 and not (first and prefer_channels_first):
+    if first and (last or shape[2] == 2):
+        # (3, H, 3), (1, H, 4), (4, H, 2), ...: (C, H, W) and (H, W, C) both fit; guessing reads half the pixels wrong
+        raise ImageLoadError(
+            f"{what} has shape {shape}, which is ambiguous: both (C, H, W) and (H, W, C) fit"
+            + (" (as (H, W, 2) it would be grey + alpha, not supported: pass the grey plane x[..., 0])"
+               if shape[2] == 2 else "")
+            + ". Pass it unambiguously: "
+            "a grey image as a 2-D (H, W) array, a colour one as PIL.Image.fromarray(hwc_uint8_array) (from (C, H, W): "
+            "x.permute(1, 2, 0) / x.transpose(1, 2, 0) first)."
+        )
+    if shape[2] == 2:
         raise ImageLoadError(
             f"{what} has shape {shape}: a last dim of 2 is grey + alpha, which is not supported (and reading it as "
             f"(C, H, W) would be wrong); pass the grey plane x[..., 0] as (H, W), or (H, W, 3) RGB."
@@ -265,8 +275,8 @@ def load_image(source: Any, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> t
     Args:
         source: a path (``str`` / ``os.PathLike``), encoded ``bytes`` / ``bytearray`` / ``memoryview``, a binary
             file-like object, a ``PIL.Image.Image``, a numpy array ``(H, W)`` / ``(H, W, 1|3|4)`` (``(C, H, W)`` is
-            accepted when unambiguous) or a torch tensor ``(C, H, W)`` / ``(H, W, C)`` / ``(H, W)``; a tensor whose
-            first and last dims could both be channels is read as ``(C, H, W)``.  uint8 values are used as is,
+            accepted when unambiguous) or a torch tensor ``(C, H, W)`` / ``(H, W, C)`` / ``(H, W)``; a shape whose
+            first and last dims could both be channels (e.g. ``(3, H, 3)``) is refused as ambiguous.  uint8 values are used as is,
             other integer types must hold 0..255, floats must lie in [0, 1] (scaled by 255 and rounded).
             4 channels = RGBA (alpha dropped, as ``convert("RGB")``), 1 channel = grey (replicated).
         max_pixels: refuse images with more pixels (Pillow's default decompression-bomb limit); ``None`` disables.
