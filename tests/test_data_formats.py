@@ -66,3 +66,34 @@ def test_swift_layout_with_missing_or_extra_files_fails_validation_naming_the_fi
     assert "2 files in 'images'" in by_index[1]
     assert "'videos'" in by_index[2]
     assert "not found" in by_index[3]
+
+
+def test_datasets_objects_are_accepted_and_validated_like_files(tmp_path, processor, monkeypatch):
+    from datasets import Dataset, DatasetDict
+
+    from hf_videollm.training import TrainConfig
+    from hf_videollm.training.data import DataFileError
+
+    _images(tmp_path)
+    monkeypatch.chdir(tmp_path)  # relative media in a datasets object resolve against the working directory
+    bad = {"messages": [{"role": "user", "content": "<image>q"}, {"role": "assistant", "content": "a"}],
+           "images": ["nope.png"]}
+    good = dict(SWIFT_MESSAGES, images=["0.png", "1.png"])
+    ds = Dataset.from_list([good, bad])
+    recs = load_records(ds)
+    assert normalize_record(recs[0])[0]["content"][0] == {"type": "image", "image": str(tmp_path / "0.png")}
+    problems = validate_records(recs, processor)
+    assert [p.index for p in problems] == [1] and "not found" in problems[0].reason  # same path as files
+    # files and objects mix; a DatasetDict gives the asked split, or names its splits
+    dd = DatasetDict(train=Dataset.from_list([good]), validation=Dataset.from_list([good, good]))
+    assert len(load_records([dd, _write(tmp_path, [good])])) == 2
+    assert len(load_records(dd, split="validation")) == 2
+    with pytest.raises(DataFileError, match=r"no split 'test'.*\['train', 'validation'\].*data_split"):
+        load_records(dd, split="test")
+    cfg = TrainConfig(model="tiny:llava", data=dd, output_dir=str(tmp_path / "out"), data_split="validation",
+                      max_steps=1, per_device_train_batch_size=2, save_steps=None)
+    assert cfg.data == [dd]
+    from hf_videollm.training import train
+
+    trainer = train(cfg)  # end to end from a DatasetDict split
+    assert len(trainer.train_dataset) == 2

@@ -105,12 +105,19 @@ def _check_json_file(path: Path) -> None:
 
 
 def load_records(paths: str | Path | Sequence[str | Path], split: str = "train"):
-    """Read json / jsonl / parquet files with ``datasets`` (a list of records per JSON file is fine too)."""
-    from datasets import concatenate_datasets, load_dataset
+    """Read json / jsonl / parquet files with ``datasets`` (a list of records per JSON file is fine too).
 
-    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    ``datasets.Dataset`` / ``DatasetDict`` objects are accepted as sources too (a DatasetDict gives its ``split``);
+    their records go through the same normalize / validation path as files, and relative media paths in them
+    resolve against the current working directory."""
+    from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
+
+    paths = [paths] if isinstance(paths, (str, Path, Dataset, DatasetDict)) else list(paths)
     parts = []
-    for p in paths:
+    for i, p in enumerate(paths):
+        if isinstance(p, (Dataset, DatasetDict)):
+            parts.append(_from_datasets_object(p, split, i))
+            continue
         p = Path(p)
         if not p.is_file():
             raise FileNotFoundError(f"training data file {p} not found")
@@ -121,7 +128,7 @@ def load_records(paths: str | Path | Sequence[str | Path], split: str = "train")
         if builder == "json":
             _check_json_file(p)
         try:
-            ds = load_dataset(builder, data_files=str(p), split=split)
+            ds = load_dataset(builder, data_files=str(p), split="train")  # local files hold one split
         except Exception as e:  # noqa: BLE001 -- datasets wraps parse errors in DatasetGenerationError
             cause = e.__cause__ or e
             raise DataFileError(f"{p}: could not be read as {builder} ({type(cause).__name__}: {cause})") from e
@@ -130,6 +137,23 @@ def load_records(paths: str | Path | Sequence[str | Path], split: str = "train")
         ds = ds.add_column("_media_root", [str(p.parent.resolve())] * len(ds))
         parts.append(ds)
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def _from_datasets_object(ds, split: str, index: int):
+    from datasets import DatasetDict
+
+    where = f"data source {index} ({type(ds).__name__})"
+    if isinstance(ds, DatasetDict):
+        if split not in ds:
+            raise DataFileError(
+                f"{where}: has no split {split!r}; its splits are {sorted(ds)} -- pass data_split=<one of them> "
+                "(CLI: --data-split) or the split itself, e.g. data=dsdict['validation']")
+        ds = ds[split]
+    if len(ds) == 0:
+        raise DataFileError(f"{where}: holds no records")
+    if "_media_root" not in ds.column_names:
+        ds = ds.add_column("_media_root", [str(Path.cwd().resolve())] * len(ds))
+    return ds
 
 
 def _resolve(path: Any, root: str | None) -> Any:

@@ -31,7 +31,7 @@ class TrainConfig:
     """Everything a run needs. Every field is also a ``hf-videollm train --flag`` and a key of a config file."""
 
     model: str  # a model directory / Hub id in hf_videollm format, or "tiny:<name>" for a tiny random model
-    data: list[str]  # json / jsonl / parquet files (LLaVA `conversations` or `messages` records)
+    data: list[str]  # json / jsonl / parquet files (LLaVA `conversations` or `messages` records), or datasets objects
     output_dir: str
     model_family: str | None = None  # recipe lookup ("llava", ...); inferred from the config when None
     stage: str = "stage2"
@@ -57,6 +57,7 @@ class TrainConfig:
     video_fps: float | None = None
     skip_invalid: bool = False
     group_by_length: bool = False
+    data_split: str = "train"  # the split used when a data source is a datasets.DatasetDict
     shuffle: bool = True  # False: samples in file order (a data schedule, e.g. a curriculum written into the file)
     dataloader_num_workers: int = 0
     cache_encoded_samples: bool = False  # keep encoded samples in memory after their first epoch (small datasets)
@@ -80,6 +81,8 @@ class TrainConfig:
                 self.resume_from_checkpoint = None
         if isinstance(self.data, (str, Path)):
             self.data = [str(self.data)]
+        elif not isinstance(self.data, (list, tuple)):  # one datasets.Dataset / DatasetDict object
+            self.data = [self.data]
         if self.mode not in (None, "full", "lora", "qlora"):
             raise ValueError(f"mode must be full, lora or qlora, got {self.mode!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -249,7 +252,7 @@ def train(cfg: TrainConfig):
     if cfg.video_fps is not None and cfg.num_frames is None:
         processor.num_frames = None
 
-    records = load_records(cfg.data)
+    records = load_records(cfg.data, split=cfg.data_split)
     dataset = VideoLLMDataset(records, processor, skip_invalid=cfg.skip_invalid)
     model = apply_stage(model, stage, cfg, mode)
     core = unwrap_videollm(model)
@@ -288,7 +291,7 @@ def train(cfg: TrainConfig):
                 **(lora := lora_settings(stage, cfg)), "learning_rate": lr,
                 "fully_trained_learning_rates": {p: part_lrs.get(p, lr) for p in lora["fully_trained_parts"]},
             },
-            "data": [Path(d).name for d in cfg.data],
+            "data": [Path(d).name if isinstance(d, (str, Path)) else type(d).__name__ for d in cfg.data],
             "num_samples": len(dataset),
             "dropped_samples": collator.dropped,
             "hyperparameters": {
