@@ -1,9 +1,17 @@
 # Profile of the model stage of bench_e2e (speed3, issue 18): 16 random 720p frames -> our LLaVA video path vs
 # transformers LlavaForConditionalGeneration (frames as images), same weights, generate 1 token, cProfile both.
 #   OMP_NUM_THREADS=2 python bench/profile_e2e_model.py
-import sys, time, copy, cProfile, pstats, numpy as np, torch
+import cProfile
+import pstats
+import sys
+import time
+
+import numpy as np
+import torch
+
 sys.path.insert(0,'bench')
 from bench_model import build_pair
+
 torch.set_num_threads(2)
 ours, theirs, processor = build_pair()
 print("attn ours", ours.config.text_config._attn_implementation, ours.config.vision_config._attn_implementation,
