@@ -31,11 +31,27 @@ mask = ids >= theirs.config.text_config.vocab_size - 2
 tb['input_ids'] = torch.where(mask, tid, ids)
 print("media positions", int(mask.sum()), "theirs image tok", int((tb['input_ids']==tid).sum()))
 gen = dict(max_new_tokens=1, do_sample=False)
+def _timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _ours():
+    return ours.generate(**batch, **gen)
+
+
+def _theirs():
+    return theirs.generate(**tb, **gen)
+
+
 with torch.no_grad():
-    for r in range(2):
-        t=time.perf_counter(); ours.generate(**batch, **gen); a=time.perf_counter()-t
-        t=time.perf_counter(); theirs.generate(**tb, **gen); b=time.perf_counter()-t
-        print("ours", a, "theirs", b)
-    for name, fn in (("ours", lambda: ours.generate(**batch, **gen)), ("theirs", lambda: theirs.generate(**tb, **gen))):
-        p = cProfile.Profile(); p.enable(); fn(); p.disable()
-        print("=====", name); pstats.Stats(p).sort_stats('tottime').print_stats(14)
+    for _ in range(2):  # alternating
+        print("ours", _timed(_ours), "theirs", _timed(_theirs))
+    for name, fn in (("ours", _ours), ("theirs", _theirs)):
+        prof = cProfile.Profile()
+        prof.enable()
+        fn()
+        prof.disable()
+        print("=====", name)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(14)
