@@ -144,6 +144,9 @@ def test_non_positive_max_length_refused(llava, max_length):
 
 # ------------------------------------------------------------------------------------------ frames are what was asked
 import numpy as np  # noqa: E402
+from media_helpers import decoded_indices as _decoded_indices  # noqa: E402
+from media_helpers import grey_ramp as _grey_ramp  # noqa: E402
+from media_helpers import videollama2_frame_sample as _videollama2_frame_sample  # noqa: E402
 
 from hf_videollm.media.video_read import VideoDecodeError, load_video  # noqa: E402
 from hf_videollm.media.video_write import write_video  # noqa: E402
@@ -156,22 +159,10 @@ VIDEO_FUZZ = settings(
 )
 
 
-def _grey_ramp(n: int, step: int) -> np.ndarray:
-    frames = np.zeros((n, 16, 16, 3), np.uint8)
-    for i in range(n):
-        frames[i] = i * step
-    return frames
 
 
-def _decoded_indices(video, step: int) -> list[int]:
-    """Frame numbers read back from the pixel values (each frame is flat grey ``index * step``)."""
-    return (video.float().mean(dim=(1, 2, 3)) / step).round().int().tolist()
 
 
-def _videollama2_frame_sample(total: int, n: int) -> list[int]:
-    """VideoLLaMA 2's ``frame_sample(..., mode="uniform")``: rounded midpoints of n segments of [0, total - 1]."""
-    seg = (total - 1) / n
-    return [int(np.round((i + 0.5) * seg + 1e-6)) for i in range(n)]
 
 
 @VIDEO_FUZZ

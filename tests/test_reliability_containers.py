@@ -15,6 +15,9 @@ hypothesis = pytest.importorskip("hypothesis")
 av = pytest.importorskip("av")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
+from media_helpers import decoded_indices as _decoded_indices  # noqa: E402
+from media_helpers import grey_ramp as _grey_ramp  # noqa: E402
+from media_helpers import videollama2_frame_sample as _videollama2_frame_sample  # noqa: E402
 
 from hf_videollm.media.video_read import load_video  # noqa: E402
 from hf_videollm.media.video_write import write_video  # noqa: E402
@@ -38,20 +41,10 @@ def _available_containers() -> dict[str, str | None]:
 CONTAINERS = _available_containers()
 
 
-def _grey_ramp(n: int, step: int) -> np.ndarray:
-    frames = np.zeros((n, 16, 16, 3), np.uint8)
-    for i in range(n):
-        frames[i] = i * step
-    return frames
 
 
-def _decoded_indices(video, step: int) -> list[int]:
-    return (video.float().mean(dim=(1, 2, 3)) / step).round().int().tolist()
 
 
-def _videollama2_frame_sample(total: int, n: int) -> list[int]:
-    seg = (total - 1) / n
-    return [int(np.round((i + 0.5) * seg + 1e-6)) for i in range(n)]
 
 
 def _read_all(folder, frames, rate, n, sampling, step):
