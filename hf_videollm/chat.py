@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -12,7 +13,13 @@ def load_for_inference(model_id: str, *, dtype: str = "float32", load_in_4bit: b
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import hf_videollm  # noqa: F401  (registers the Auto classes)
+    from hf_videollm.training.export import _looks_like_hub_id
 
+    if not os.path.isdir(model_id) and not _looks_like_hub_id(str(model_id)):
+        raise FileNotFoundError(
+            f"{model_id}: no such model directory (and not a Hub id such as 'org/name'); pass the directory that "
+            "`hf-videollm convert`, `train` or `export` wrote, or a Hub repo id"
+        )
     kwargs = {"dtype": getattr(torch, dtype)}
     if attn:
         kwargs["attn_implementation"] = attn

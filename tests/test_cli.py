@@ -207,3 +207,9 @@ def test_cli_metadata_equals_the_registry():
 
     stages, fields = cli_metadata()
     assert _meta.STAGES == stages and _meta.TRAIN_FIELDS == fields
+
+
+def test_chat_with_a_missing_model_directory_is_one_clear_line(tmp_path, capsys):
+    assert main(["chat", str(tmp_path / "no-such-model"), "--prompt", "hi"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no-such-model: no such model directory" in err and "Hub repo id" in err
