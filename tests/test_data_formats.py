@@ -319,3 +319,32 @@ def test_train_on_two_sources_with_ratios_from_the_cli(tmp_path, monkeypatch, ca
     assert meta["data"] == ["a.jsonl", "b.jsonl"] and meta["num_samples"] == 4
     assert [(r["source"], r["records"], r["weight"], r["samples"]) for r in meta["data_mix"]] == [
         ("a.jsonl", 1, 0.5, 2), ("b.jsonl", 6, 0.5, 2)]
+
+
+def test_uncached_hub_dataset_is_downloaded_when_online(tmp_path, hub_cache, monkeypatch):
+    """Not cached and not offline: ``snapshot_download`` fetches the repo (network replaced by a fake that fills the
+    cache); a failing download is one error naming the id, the cache and the cause."""
+    import huggingface_hub
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from hf_videollm.training.data import DataFileError
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    calls = []
+
+    def fake_snapshot_download(repo_id, *, repo_type, revision, cache_dir, local_files_only=False):
+        calls.append((repo_id, repo_type, revision, cache_dir, local_files_only))
+        if local_files_only:
+            raise LocalEntryNotFoundError("not cached")
+        if repo_id == "owner/down":
+            raise ConnectionError("network unreachable")
+        return str(_fake_hub_dataset(hub_cache, repo_id, {"train.jsonl": _jsonl([_video_record("v.mp4", "x")])}))
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    assert len(load_records("owner/fresh@main")) == 1
+    assert calls == [("owner/fresh", "dataset", "main", str(hub_cache), True),
+                     ("owner/fresh", "dataset", "main", str(hub_cache), False)]
+    with pytest.raises(DataFileError, match=r"'owner/down' is not in the local cache .*hub.* could not be downloaded "
+                                            r"\(ConnectionError: network unreachable\)"):
+        load_records("owner/down")
