@@ -348,3 +348,30 @@ def test_uncached_hub_dataset_is_downloaded_when_online(tmp_path, hub_cache, mon
     with pytest.raises(DataFileError, match=r"'owner/down' is not in the local cache .*hub.* could not be downloaded "
                                             r"\(ConnectionError: network unreachable\)"):
         load_records("owner/down")
+
+
+def test_local_folder_and_mixing_any_kind_of_source(tmp_path, hub_cache, processor):
+    """A local folder is read like a Hub snapshot; files, folders, Hub ids and datasets objects mix alike."""
+    from datasets import Dataset
+
+    from hf_videollm.training.data import load_sources, mix_sources
+
+    folder = tmp_path / "local_ds"
+    (folder / "data").mkdir(parents=True)
+    _images(folder)
+    (folder / "data" / "train-00000-of-00001.jsonl").write_text(json.dumps(SWIFT_MESSAGES) + "\n")
+    (folder / "data" / "validation.jsonl").write_text((json.dumps(SWIFT_MESSAGES) + "\n") * 3)
+    recs = load_records(str(folder))  # the train file; media relative to the folder's root
+    assert len(recs) == 1 and normalize_record(recs[0])[0]["content"][0]["image"] == str(folder / "0.png")
+    assert len(load_records(str(folder), split="validation")) == 3
+
+    _images(tmp_path)
+    image_rec = dict(FACTORY_SHAREGPT, images=[str(tmp_path / "0.png")])  # absolute: no media root needed
+    snap_rows = _jsonl([image_rec] * 2)
+    _fake_hub_dataset(hub_cache, "owner/imgs", {"train.jsonl": snap_rows})
+    (tmp_path / "f.jsonl").write_text(json.dumps(image_rec) + "\n")
+    sources = load_sources([str(tmp_path / "f.jsonl"), str(folder), "owner/imgs", Dataset.from_list([image_rec] * 4)])
+    assert [n for n, _ in sources][2:] == ["owner/imgs", "Dataset 3"]
+    mixed, table = mix_sources(sources, [1, 1, 1, 1], seed=0, size=8)
+    assert [r["samples"] for r in table] == [2, 2, 2, 2] and len(mixed) == 8
+    assert validate_records(mixed, processor) == []
