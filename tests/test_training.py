@@ -96,6 +96,37 @@ def test_validation_of_repeated_rows_reports_each_index_and_checks_once(tmp_path
     assert [p.index for p in validate_records([bad, bad], processor)] == [0, 1]  # plain lists too
 
 
+def test_repeated_rows_are_read_once_and_every_sample_is_a_fresh_copy(tmp_path, tiny_llava, monkeypatch):
+    """A row repeated in the data (the demo's schedule) is read and normalized once; its repeats give the same
+    messages as reading the row, each a new object; rows that are not plain JSON are never grouped."""
+    from hf_videollm.training import data as data_mod
+
+    _, processor = tiny_llava
+    a = {"image": "img/0.png", "conversations": [{"from": "human", "value": "<image>\nq"}, {"from": "gpt", "value": "a"}]}
+    recs = load_records(_dataset(tmp_path, n=2, extra=[a, a, a]))  # rows 0, 1 once each, then a three times
+    expected = [normalize_record(recs[i]) for i in range(len(recs))]
+    ds = VideoLLMDataset(recs, processor)
+    calls = []
+    real = data_mod.normalize_record
+    monkeypatch.setattr(data_mod, "normalize_record", lambda *x, **k: calls.append(1) or real(*x, **k))
+    for _ in range(2):
+        assert [ds[i] for i in range(len(ds))] == [{"index": i, "messages": m} for i, m in enumerate(expected)]
+    assert len(calls) == 2 * 2 + 1  # rows 0 and 1 in each pass, the repeated row once
+    ds[3]["messages"][0]["content"].clear()  # a caller changing its sample changes no other sample
+    assert ds[3]["messages"] == ds[4]["messages"] == expected[4]
+    # skip_invalid keeps the record indices of the repeats
+    bad = {"image": "img/missing.png", "conversations": a["conversations"]}
+    kept = VideoLLMDataset(load_records(_dataset(tmp_path, n=1, extra=[bad, a, a])), processor, skip_invalid=True)
+    assert [kept[i]["index"] for i in range(len(kept))] == [0, 2, 3]
+    assert kept[1]["messages"] == kept[2]["messages"] == normalize_record(a, str(tmp_path))
+    # an image object in the record: served as it is, never through JSON
+    img = Image.new("RGB", (8, 8))
+    obj = {"messages": [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "q"}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": "a"}]}]}
+    objs = VideoLLMDataset([obj, obj], processor)
+    assert objs[1]["messages"][0]["content"][0]["image"] is img
+
+
 def test_validation_reports_every_bad_sample_with_its_index(tmp_path, tiny_llava):
     _, processor = tiny_llava
     bad = [
