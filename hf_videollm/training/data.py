@@ -747,6 +747,18 @@ class VideoLLMDataset(torch.utils.data.Dataset):
                 return {"index": idx, "messages": json.loads(text)}
         return {"index": idx, "messages": normalize_record(self.records[idx])}
 
+    def distinct_positions(self, limit: int | None = None) -> list[int]:
+        """Positions (``dataset[i]``) among the first ``limit`` that are the first of their group of identical rows,
+        or not grouped: one per distinct sample as far as the up-front checks could tell."""
+        seen: set[int] = set()
+        out = []
+        for i in range(len(self.indices) if limit is None else min(limit, len(self.indices))):
+            group = self._group[self.indices[i]] if self._group is not None else -1
+            if group < 0 or group not in seen:
+                seen.add(group)
+                out.append(i)
+        return out
+
     @property
     def lengths(self) -> list[int]:
         """Estimated tokens per sample (text words + visual tokens), for length-grouped sampling."""
