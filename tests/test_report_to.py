@@ -88,7 +88,8 @@ def test_wandb_offline_run_holds_the_loss(tmp_path, monkeypatch):
     import wandb
 
     monkeypatch.setenv("WANDB_MODE", "offline")  # never the network
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    for var in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):  # nothing written outside tmp
+        monkeypatch.setenv(var, str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_PROJECT", "hf-videollm-test")
     try:
