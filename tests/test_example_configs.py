@@ -3,11 +3,11 @@
 Every registered model x stage has exactly one example, and every example names a real model and stage; each parses
 into a ``TrainConfig`` that agrees with the stage recipe (mode, learning rates) and with its own ``hf-videollm
 convert`` line (the converted directory is the ``model:`` it trains); and EVERY example starts: with ``model`` set to
-``tiny:<name>``, ``data`` to a tiny synthetic video set (audio-visual for ``videollama2_av``), ``max_steps=1`` and, so
-that it runs on a CPU in about a second, ``dtype=float32``, ``per_device_train_batch_size=2``,
-``gradient_accumulation_steps=1`` and ``report_to="none"``, ``train()`` runs one step and trains exactly the stage's
-parts. Everything else (stage, mode, LoRA rank, learning rates, max_length, num_frames, gradient checkpointing,
-group_by_length, ...) comes from the file. The tiny data is built once per module (a few seconds).
+``tiny:<name>``, ``data`` to a tiny synthetic video set (audio-visual for ``videollama2_av``), ``max_steps=1``,
+``per_device_train_batch_size=2``, ``gradient_accumulation_steps=1`` and ``report_to="none"`` (no tracker needed),
+``train()`` runs one step (about a second on a CPU) and trains exactly the stage's parts. Everything else (stage,
+mode, LoRA rank, learning rates, bfloat16, max_length, num_frames, gradient checkpointing, group_by_length, ...)
+comes from the file. The tiny data is built once per module (a few seconds).
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from hf_videollm_cli._configs import configs_dir, example_configs, resolve_confi
 EXAMPLES = example_configs()
 EXPECTED = [f"{name}/{stage}" for name, entry in MODELS.items() for stage in entry.get_recipes()]
 # what makes a shipped example run on a CPU in a second; nothing about the recipe is overridden
-SMOKE = {"max_steps": 1, "dtype": "float32", "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1,
-         "report_to": "none"}
+SMOKE = {"max_steps": 1, "per_device_train_batch_size": 2, "gradient_accumulation_steps": 1, "report_to": "none"}
 
 
 def test_every_registered_model_and_stage_has_exactly_one_example():
@@ -104,13 +103,15 @@ def test_example_starts_on_a_tiny_model(name, tiny_data, tmp_path):
     cfg = load_train_config(name, model=f"tiny:{model_name}", data=[_data_for(model_name, tiny_data)],
                             output_dir=str(tmp_path / "run"), **SMOKE)
     file_values = load_train_config(name)
-    for key in ("stage", "mode", "learning_rate", "max_length", "num_frames", "gradient_checkpointing", "lora_r"):
+    for key in ("stage", "mode", "learning_rate", "dtype", "max_length", "num_frames", "gradient_checkpointing",
+                "lora_r"):
         assert getattr(cfg, key) == getattr(file_values, key), key  # the overrides touched nothing else
     trainer = train(cfg)
     assert trainer.state.global_step == 1
     assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
     meta = json.loads((tmp_path / "run" / TRAINING_METADATA).read_text())
     assert (meta["stage"]["name"], meta["mode"]) == (stage_name, cfg.mode)
+    assert meta["hyperparameters"]["dtype"] == "bfloat16"
     # exactly the stage's parts train
     stage = MODELS[model_name].get_recipes()[stage_name]
     core = unwrap_videollm(trainer.model)
