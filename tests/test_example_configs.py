@@ -90,6 +90,10 @@ def _data_for(model_name: str, tiny_data) -> str:
     return str(tiny_data["av" if model_name == "videollama2_av" else "video"])
 
 
+def stage_of(model_name: str, stage_name: str):
+    return MODELS[model_name].get_recipes()[stage_name]
+
+
 def _part_of(core, param_name: str) -> str:
     """The most specific part holding a parameter (parts may nest: BLIP-2's ``ln_vision`` is inside ``vision_tower``)."""
     matches = [(len(path), part) for part, paths in core._parts.items() for path in paths
@@ -112,8 +116,10 @@ def test_example_starts_on_a_tiny_model(name, tiny_data, tmp_path):
     meta = json.loads((tmp_path / "run" / TRAINING_METADATA).read_text())
     assert (meta["stage"]["name"], meta["mode"]) == (stage_name, cfg.mode)
     assert meta["hyperparameters"]["dtype"] == "bfloat16"
+    scheduler = trainer.args.lr_scheduler_type
+    assert getattr(scheduler, "value", scheduler) == (cfg.lr_scheduler_type or stage_of(model_name, stage_name).lr_scheduler_type)
     # exactly the stage's parts train
-    stage = MODELS[model_name].get_recipes()[stage_name]
+    stage = stage_of(model_name, stage_name)
     core = unwrap_videollm(trainer.model)
     for part in stage.trainable_parts:
         params = [p for m in core.get_part_modules(part) for p in m.parameters()]

@@ -47,7 +47,7 @@ class TrainConfig:
     max_steps: int = -1
     per_device_train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
-    warmup_ratio: float | None = None
+    warmup_ratio: float | None = None  # a fraction of the steps; a value >= 1 is a number of warm-up steps
     weight_decay: float | None = None
     lr_scheduler_type: str | None = None
     gradient_checkpointing: bool = False
