@@ -20,6 +20,7 @@ template and ``generate``. It prints a table and writes a JSON report (``--repor
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -341,11 +342,12 @@ def run_benchmark(settings: BenchSettings) -> dict:
     data = workdir / "data"
     paths = {}
     for split, n in (("train", settings.train_per_kind), ("test", settings.test_per_kind)):
-        paths[split] = S.generate_dataset(
-            data, split=split, samples_per_kind=n, kinds=settings.kinds, seed=settings.seed,
-            size=settings.video_size, num_frames=settings.video_frames, workers=_data_workers(settings, n),
-            audio=True if settings.audio else None,
-        )
+        with _progress_bar(settings.progress, f"data: {split} videos", "video") as tick:
+            paths[split] = S.generate_dataset(
+                data, split=split, samples_per_kind=n, kinds=settings.kinds, seed=settings.seed,
+                size=settings.video_size, num_frames=settings.video_frames, workers=_data_workers(settings, n),
+                audio=True if settings.audio else None, progress=tick,
+            )
         if settings.audio:
             _mark_with_audio(paths[split])
     timings["generate_data"] = time.perf_counter() - t
@@ -369,6 +371,8 @@ def run_benchmark(settings: BenchSettings) -> dict:
     say(f"model: tiny {settings.model}, {params:,} parameters, trained from scratch "
         f"({settings.max_steps} steps x {settings.batch_size} samples, {settings.num_frames} frames per video)")
 
+    say(f"training: every training video is probed and every record checked first, then {settings.max_steps} steps "
+        "(the first pass over the data also decodes each video once)")
     t = time.perf_counter()
     verbosity = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()
@@ -411,6 +415,29 @@ def run_benchmark(settings: BenchSettings) -> dict:
     }
 
 
+@contextlib.contextmanager
+def _progress_bar(enabled: bool, desc: str, unit: str):
+    """Yields ``tick(done, total)`` driving a tqdm bar (count, rate, elapsed and remaining time); a no-op when off."""
+    if not enabled:
+        yield lambda done, total: None
+        return
+    from tqdm.auto import tqdm
+
+    bar = None
+
+    def tick(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+        bar.update(done - bar.n)
+
+    try:
+        yield tick
+    finally:
+        if bar is not None:
+            bar.close()
+
+
 def _mark_with_audio(data_jsonl: Path) -> None:
     """Every video part of a synthetic ``data.jsonl`` gets ``"with_audio": true`` (the model hears its track)."""
     rows = [json.loads(line) for line in data_jsonl.read_text().splitlines() if line.strip()]
@@ -423,7 +450,6 @@ def _mark_with_audio(data_jsonl: Path) -> None:
 
 
 def _quiet(fn, *args):
-    import contextlib
     import io
 
     with contextlib.redirect_stdout(io.StringIO()):
@@ -507,8 +533,25 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"total {report['seconds']['total']:.0f} s")
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2, default=str))
-        print(f"report: {args.report}")
+    print(where_the_files_are(settings, report, args.report))
     return 0 if all(t["met"] for t in report["targets"]) or not getattr(args, "strict", False) else 1
+
+
+def where_the_files_are(settings: BenchSettings, report: dict, report_path: str | None) -> str:
+    """The demo's last lines: every directory it wrote and what is in it (it never deletes them)."""
+    work = Path(settings.workdir)
+    lines = [
+        f"files (kept; delete {work} when done):",
+        f"  data:       {work / 'data'} (train/ and test/: videos/ + data.jsonl)",
+        f"  model:      {report['model_dir']} (AutoModelForImageTextToText / AutoProcessor.from_pretrained, "
+        f"or: hf-videollm chat {report['model_dir']})",
+        f"  base model: {work / 'base_model'} (the untrained start)",
+    ]
+    if report.get("new_videos"):
+        lines.append(f"  new videos: {Path(report['new_videos'][0]['video']).parent}")
+    if report_path:
+        lines.append(f"  report:     {report_path}")
+    return "\n".join(lines)
 
 
 def _print_targets(targets: list[dict]) -> None:

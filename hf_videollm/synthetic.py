@@ -50,7 +50,7 @@ import math
 import os
 import re
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -764,6 +764,7 @@ def generate_dataset(
     write_files: bool = True,
     audio: bool | None = None,
     workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write ``out_dir/split/videos/<kind>_<index>.<container>`` and ``out_dir/split/data.jsonl``; return the latter.
 
@@ -777,6 +778,7 @@ def generate_dataset(
     balanced per kind and the same arguments always give the same rows and the same decoded frames, whatever
     ``workers`` (processes that build and encode the samples; spawned fresh interpreters, so safe after torch has
     run, but a script calling this with ``workers > 1`` needs the usual ``if __name__ == "__main__":`` guard).
+    ``progress(done, total)`` is called as chunks of samples are finished (in order), last with ``done == total``.
     """
     if container not in ("mp4", "webm", "mkv"):
         raise ValueError(f"container must be 'mp4', 'webm' or 'mkv', got {container!r}")
@@ -791,17 +793,26 @@ def generate_dataset(
     job = functools.partial(
         _write_rows, video_dir=video_dir, size=size, num_frames=num_frames, fps=fps, audio=audio, container=container
     )
-    workers = min(workers, len(plan) // _MIN_CHUNK)
+    workers = max(1, min(workers, len(plan) // _MIN_CHUNK))
+    # chunks in order: a few per worker, and small enough that progress moves about every 5 %
+    step = max(1, min(-(-len(plan) // (4 * workers)), -(-len(plan) // 20)))
+    chunks = [plan[i : i + step] for i in range(0, len(plan), step)]
+    rows: list[dict] = []
+
+    def collect(parts) -> None:
+        for part in parts:
+            rows.extend(part)
+            if progress is not None:
+                progress(len(rows), len(plan))
+
     if workers > 1:
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        step = -(-len(plan) // (4 * workers))  # a few chunks per worker, in order
-        chunks = [plan[i : i + step] for i in range(0, len(plan), step)]
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = [row for part in pool.map(job, chunks) for row in part]
+            collect(pool.map(job, chunks))
     else:
-        rows = job(plan)
+        collect(map(job, chunks))
     root.mkdir(parents=True, exist_ok=True)
     path = root / "data.jsonl"
     tmp = path.with_name(path.name + ".tmp")

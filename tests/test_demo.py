@@ -9,10 +9,12 @@ shortened run checks that training through the package's own Trainer path learns
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 
+from hf_videollm import synthetic as S
 from hf_videollm.demo import BenchSettings, check_targets, format_table, run_benchmark
 
 SHORT_COUNTS = {"appearance": 1000, "direction": 600, "order": 400}
@@ -77,6 +79,23 @@ def test_demo_command_runs_the_whole_path(tmp_path, capsys):
         assert isinstance(item["answer"], str) and item["expected"]
     assert (tmp_path / "w" / "model" / "model.safetensors").is_file()
     assert data["seconds"]["total"] > 0 and "targets" in data
+    # it ends by saying where every file it wrote is, and each of those exists
+    files = out[out.index("files (kept"):].splitlines()[1:]
+    assert [line.split(":", 1)[0].strip() for line in files] == ["data", "model", "base model", "new videos", "report"]
+    for line in files:
+        assert Path(line.split(":", 1)[1].split()[0]).exists(), line
+
+
+def test_data_generation_shows_progress_with_the_time_left(tmp_path, capsys):
+    from hf_videollm.demo import _progress_bar
+
+    with _progress_bar(True, "data: train videos", "video") as tick:
+        S.generate_dataset(tmp_path, split="train", samples_per_kind=3, kinds=["order", "count"], progress=tick)
+    err = capsys.readouterr().err
+    assert "data: train videos" in err and "6/6" in err and "<" in err  # tqdm's [elapsed<remaining]
+    with _progress_bar(False, "quiet", "video") as tick:
+        tick(1, 2)
+    assert capsys.readouterr().err == ""
 
 
 def test_strict_demo_fails_when_targets_are_missed(tmp_path):

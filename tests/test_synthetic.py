@@ -273,9 +273,13 @@ def test_written_files_are_reproducible(dataset, tmp_path):
 def test_worker_processes_write_the_same_dataset(tmp_path, monkeypatch):
     monkeypatch.setattr(S, "_MIN_CHUNK", 4)  # so that 16 samples are split over two worker processes
     kw = dict(split="train", samples_per_kind={"order": 9, "count": 7}, kinds=["order", "count"], seed=3)
-    one = S.generate_dataset(tmp_path / "one", **kw)
-    two = S.generate_dataset(tmp_path / "two", workers=2, **kw)
+    calls = {1: [], 2: []}
+    one = S.generate_dataset(tmp_path / "one", progress=lambda *a: calls[1].append(a), **kw)
+    two = S.generate_dataset(tmp_path / "two", workers=2, progress=lambda *a: calls[2].append(a), **kw)
     assert two.read_bytes() == one.read_bytes()
+    for seen in calls.values():  # progress in order, more than one step, ending with every sample done
+        done = [d for d, _ in seen]
+        assert len(seen) > 1 and done == sorted(set(done)) and seen[-1] == (16, 16) and {t for _, t in seen} == {16}
     for r in read_rows(one):
         rel = r["messages"][0]["content"][0]["video"]
         assert (two.parent / rel).read_bytes() == (one.parent / rel).read_bytes(), rel

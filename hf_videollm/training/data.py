@@ -6,7 +6,11 @@ Both formats become one form, chat messages whose content is a list of parts::
 
     {"role": "user", "content": [{"type": "video", "video": "/abs/clip.mp4"}, {"type": "text", "text": "..."}]}
 
-Media paths are resolved against ``media_root`` (default: the data file's directory); validation probes each file
+Sources (:func:`load_sources`): json / jsonl / parquet files, local folders of them, Hugging Face dataset ids
+``owner/name[@revision][:split-or-path]`` (resolved from the local Hub cache, downloaded when absent and online) and
+``datasets`` objects; several sources are concatenated, or mixed by weights (:func:`mix_sources`).
+
+Media paths are resolved against ``media_root`` (default: the data file's directory, a folder / Hub repo's root); validation probes each file
 once (empty or undecodable files are listed with their sample index before training), full decoding happens in the
 collator, i.e. lazily in the DataLoader workers. :func:`validate_records` checks every
 sample up front (missing files, placeholder counts, empty or malformed conversations) and reports all problems
@@ -18,6 +22,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -29,7 +34,10 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataFileError", "DataProblem", "InvalidDataError", "VideoLLMDataset", "load_records", "normalize_record", "validate_records"]
+__all__ = [
+    "DataFileError", "DataProblem", "InvalidDataError", "VideoLLMDataset", "format_mix_table", "load_records",
+    "load_sources", "mix_counts", "mix_sources", "normalize_record", "parse_hub_dataset_id", "validate_records",
+]
 
 MEDIA_KINDS = ("image", "video", "audio")
 _LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
@@ -40,9 +48,12 @@ _MARKERS = {"image": "<image>", "video": "<video>", "audio": "<audio>"}
 class DataProblem:
     index: int
     reason: str
+    source: str | None = None  # with several data sources (or a mix): the source and the record's row in it
+    source_index: int | None = None
 
     def __str__(self) -> str:
-        return f"sample {self.index}: {self.reason}"
+        where = f" [{self.source} record {self.source_index}]" if self.source is not None else ""
+        return f"sample {self.index}: {self.reason}{where}"
 
 
 class InvalidDataError(ValueError):
@@ -104,39 +115,300 @@ def _check_json_file(path: Path) -> None:
         n += 1
 
 
-def load_records(paths: str | Path | Sequence[str | Path], split: str = "train"):
-    """Read json / jsonl / parquet files with ``datasets`` (a list of records per JSON file is fine too).
+_DATA_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+#: json files of ``datasets``' own metadata (``save_to_disk``, dataset cards) that are never training records
+_NOT_DATA = {"dataset_info.json", "dataset_infos.json", "dataset_dict.json", "state.json"}
+#: ``owner/name`` with an optional ``@revision`` and ``:selector`` (a split name or a path inside the repo)
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+?)(?:@(?P<revision>[^:@/]+))?(?::(?P<select>.+))?$")
 
-    ``datasets.Dataset`` / ``DatasetDict`` objects are accepted as sources too (a DatasetDict gives its ``split``);
-    their records go through the same normalize / validation path as files, and relative media paths in them
-    resolve against the current working directory."""
-    from datasets import Dataset, DatasetDict, concatenate_datasets, load_dataset
+
+def parse_hub_dataset_id(source: Any) -> tuple[str, str | None, str | None] | None:
+    """``(repo_id, revision, selector)`` when ``source`` names a Hugging Face dataset repo, else None.
+
+    A Hub id is a string of the form ``owner/name[@revision][:selector]`` that is not an existing local path and whose
+    ``owner/name`` part does not end in a data-file suffix (``data/train.jsonl`` stays a local file). ``selector`` is
+    a path inside the repo (a file, or a folder to search) or, when no such path exists, a split name."""
+    if not isinstance(source, str) or Path(source).expanduser().exists():
+        return None
+    m = _HUB_ID.match(source)
+    if m is None or Path(m["repo"]).suffix.lower() in _DATA_BUILDERS:
+        return None
+    return m["repo"], m["revision"], m["select"]
+
+
+def _hub_cache_dir() -> str:
+    """The Hub cache as the environment names it now (``huggingface_hub`` reads it once, at import)."""
+    from huggingface_hub import constants
+
+    env = os.environ
+    if env.get("HF_HUB_CACHE") or env.get("HUGGINGFACE_HUB_CACHE"):
+        return env.get("HF_HUB_CACHE") or env["HUGGINGFACE_HUB_CACHE"]
+    if env.get("HF_HOME"):
+        return str(Path(env["HF_HOME"]) / "hub")
+    return constants.HF_HUB_CACHE
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.is_offline_mode()) or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in (
+        "1", "ON", "YES", "TRUE")
+
+
+def resolve_hub_dataset(repo_id: str, revision: str | None = None) -> Path:
+    """The local snapshot directory of dataset repo ``repo_id``: from the Hub cache when it is there (offline), else
+    downloaded with ``huggingface_hub.snapshot_download`` (all files: records and the media they name). Absent
+    and offline, or the download failing -> one :class:`DataFileError` naming the id, the cache and what to do."""
+    from huggingface_hub import snapshot_download
+
+    cache = _hub_cache_dir()
+    kwargs = {"repo_id": repo_id, "repo_type": "dataset", "revision": revision, "cache_dir": cache}
+    try:
+        return Path(snapshot_download(**kwargs, local_files_only=True))
+    except Exception:  # noqa: BLE001 -- not (completely) cached: LocalEntryNotFoundError and kin
+        pass
+    name = repo_id + (f"@{revision}" if revision else "")
+    todo = (f"run `huggingface-cli download --repo-type dataset {repo_id}"
+            f"{f' --revision {revision}' if revision else ''}` (or `hf download`) on a machine with network and copy "
+            f"the cache, or pass local data files")
+    if _hub_offline():
+        raise DataFileError(
+            f"Hugging Face dataset {name!r} is not in the local cache ({cache}) and HF_HUB_OFFLINE is set: {todo}"
+        ) from None
+    try:
+        logger.info("downloading dataset %s from the Hub into %s", name, cache)
+        return Path(snapshot_download(**kwargs))
+    except Exception as e:  # noqa: BLE001 -- network, auth, missing repo: one line with the cause
+        cause = " ".join(str(e).split())[:200] or type(e).__name__
+        raise DataFileError(
+            f"Hugging Face dataset {name!r} is not in the local cache ({cache}) and could not be downloaded "
+            f"({type(e).__name__}: {cause}): check the id and access (`hf auth login`), or {todo}"
+        ) from None
+
+
+def _data_files_in(folder: Path) -> list[Path]:
+    """json / jsonl / parquet files under ``folder`` (hidden folders and ``datasets`` metadata files left out)."""
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.suffix.lower() in _DATA_BUILDERS and p.name not in _NOT_DATA and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+
+
+def pick_data_files(root: Path, split: str = "train", select: str | None = None, where: str | None = None) -> list[Path]:
+    """The data files of a dataset folder (a Hub snapshot or a local directory).
+
+    ``select`` names a file inside ``root`` (used as is), a folder inside it (searched instead of ``root``) or else a
+    split. Among several files, those of ``split`` are taken by the usual naming: a file or folder name that is the
+    split or starts with it followed by ``-``, ``_``, ``.``, a space or a digit (``train.jsonl``,
+    ``data/train-00000-of-00002.parquet``, ``train/part1.json``). A single file is the ``train`` split. Anything else
+    is one :class:`DataFileError` listing the files and how to choose one. A README's ``configs`` are not read."""
+    where = where or str(root)
+    folder = root
+    if select:
+        target = root / select
+        if target.is_file():
+            return [target]
+        if target.is_dir():
+            folder = target
+        else:
+            split = select
+    files = _data_files_in(folder)
+    if not files:
+        raise DataFileError(f"{where}: no .json / .jsonl / .parquet data files in {folder}")
+    pattern = re.compile(rf"^{re.escape(split)}(?:[-._ 0-9]|$)", re.IGNORECASE)
+    matched = [f for f in files if any(pattern.match(part) for part in f.relative_to(folder).with_suffix("").parts)]
+    if matched:
+        return matched
+    if len(files) == 1 and split == "train":
+        return files
+    listed = ", ".join(str(f.relative_to(root)) for f in files[:20]) + (" ..." if len(files) > 20 else "")
+    raise DataFileError(
+        f"{where}: no data file of split {split!r} among {len(files)} files ({listed}); choose one with "
+        f"'<id or folder>:<path inside it>' or a split with '<id or folder>:<split>' (or data_split / --data-split)"
+    )
+
+
+def _load_file(p: Path, media_root: Path):
+    from datasets import load_dataset
+
+    if not p.is_file():
+        raise FileNotFoundError(f"training data file {p} not found")
+    suffix = p.suffix.lower()
+    builder = _DATA_BUILDERS.get(suffix)
+    if builder is None:
+        raise ValueError(f"{p}: unsupported data format {suffix!r}; use .json, .jsonl or .parquet")
+    if builder == "json":
+        _check_json_file(p)
+    try:
+        ds = load_dataset(builder, data_files=str(p), split="train")  # local files hold one split
+    except Exception as e:  # noqa: BLE001 -- datasets wraps parse errors in DatasetGenerationError
+        cause = e.__cause__ or e
+        raise DataFileError(f"{p}: could not be read as {builder} ({type(cause).__name__}: {cause})") from e
+    if len(ds) == 0:
+        raise DataFileError(f"{p}: holds no records")
+    return ds.add_column("_media_root", [str(media_root)] * len(ds))
+
+
+def _load_folder(root: Path, split: str, select: str | None, where: str):
+    """Every data file of a dataset folder, media resolving against the folder (the repo root of a snapshot)."""
+    from datasets import concatenate_datasets
+
+    files = pick_data_files(root, split, select, where)
+    if len(files) > 1:
+        logger.info("%s: %d data files: %s", where, len(files), ", ".join(str(f.relative_to(root)) for f in files))
+    parts = [_load_file(f, root) for f in files]
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def load_sources(paths, split: str = "train") -> list[tuple[str, Any]]:
+    """Each data source -> ``(name, datasets.Dataset)``; every record carries its ``_media_root``.
+
+    A source is a json / jsonl / parquet file (media relative to its folder), a local folder of such files or a
+    Hugging Face dataset id ``owner/name[@revision][:split-or-path]`` (see :func:`parse_hub_dataset_id`,
+    :func:`resolve_hub_dataset`, :func:`pick_data_files`; media relative to the folder / the repo root), or a
+    ``datasets.Dataset`` / ``DatasetDict`` object (its ``split``; media relative to the working directory)."""
+    from datasets import Dataset, DatasetDict
 
     paths = [paths] if isinstance(paths, (str, Path, Dataset, DatasetDict)) else list(paths)
-    parts = []
+    out = []
     for i, p in enumerate(paths):
         if isinstance(p, (Dataset, DatasetDict)):
-            parts.append(_from_datasets_object(p, split, i))
+            out.append((f"{type(p).__name__} {i}", _from_datasets_object(p, split, i)))
             continue
-        p = Path(p)
-        if not p.is_file():
-            raise FileNotFoundError(f"training data file {p} not found")
-        suffix = p.suffix.lower()
-        builder = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}.get(suffix)
-        if builder is None:
-            raise ValueError(f"{p}: unsupported data format {suffix!r}; use .json, .jsonl or .parquet")
-        if builder == "json":
-            _check_json_file(p)
-        try:
-            ds = load_dataset(builder, data_files=str(p), split="train")  # local files hold one split
-        except Exception as e:  # noqa: BLE001 -- datasets wraps parse errors in DatasetGenerationError
-            cause = e.__cause__ or e
-            raise DataFileError(f"{p}: could not be read as {builder} ({type(cause).__name__}: {cause})") from e
-        if len(ds) == 0:
-            raise DataFileError(f"{p}: holds no records")
-        ds = ds.add_column("_media_root", [str(p.parent.resolve())] * len(ds))
-        parts.append(ds)
-    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+        hub = parse_hub_dataset_id(p)
+        if hub is not None:
+            repo_id, revision, select = hub
+            root = resolve_hub_dataset(repo_id, revision)
+            out.append((str(p), _load_folder(root, split, select, f"Hugging Face dataset {p!r}")))
+            continue
+        path = Path(p).expanduser()
+        if path.is_dir():
+            out.append((str(p), _load_folder(path.resolve(), split, None, str(path))))
+        else:
+            out.append((str(p), _load_file(path, path.parent.resolve())))
+    return out
+
+
+def _tag(ds, name: str):
+    """``_source`` / ``_source_index`` columns, so validation names each invalid record's source and row."""
+    ds = ds.remove_columns([c for c in ("_source", "_source_index") if c in ds.column_names])
+    ds = ds.add_column("_source", [name] * len(ds))
+    return ds.add_column("_source_index", list(range(len(ds))))
+
+
+def concat_sources(sources: Sequence[tuple[str, Any]]):
+    """All records of all sources in order (tagged with their source when there are several)."""
+    from datasets import concatenate_datasets
+
+    if len(sources) == 1:
+        return sources[0][1]
+    return concatenate_datasets([_tag(ds, name) for name, ds in sources])
+
+
+def check_ratios(ratios, n_sources: int, field: str = "data_ratios") -> list[float]:
+    """``ratios`` as floats, or a ValueError naming ``field``: one finite, non-negative weight per source, not all 0."""
+    values = list(ratios) if isinstance(ratios, (list, tuple)) else [ratios]
+    try:
+        weights = [float(r) for r in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"{field} must be numbers (one weight per data source), got {ratios!r}") from None
+    if len(weights) != n_sources:
+        raise ValueError(
+            f"{field} has {len(weights)} weight(s) but data has {n_sources} source(s): give one weight per data "
+            f"source, in the same order"
+        )
+    if not all(math.isfinite(w) for w in weights):
+        raise ValueError(f"{field} must be finite numbers, got {weights}")
+    if any(w < 0 for w in weights):
+        raise ValueError(f"{field} must not be negative, got {weights}")
+    if sum(weights) <= 0:
+        raise ValueError(f"{field} are all zero, got {weights}: at least one data source needs a positive weight")
+    return weights
+
+
+def check_mix_size(size, field: str = "data_mix_size") -> int | None:
+    """``size`` as an int (None stays None), or a ValueError naming ``field``."""
+    if size is None:
+        return None
+    try:
+        n = int(size)
+        ok = not isinstance(size, bool) and n == float(size) and n >= 1
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{field} must be a positive whole number of samples, got {size!r}")
+    return n
+
+
+def mix_counts(sizes: Sequence[int], ratios: Sequence[float], total: int | None = None) -> list[int]:
+    """Samples per source: ``total`` (default: the sum of ``sizes``) split in proportion to ``ratios`` by
+    largest-remainder rounding (each source gets the floor of its share, the remaining samples go to the largest
+    fractional parts, ties to the earlier source); the counts sum to ``total`` exactly."""
+    total = sum(sizes) if total is None else int(total)
+    weight_sum = sum(ratios)
+    exact = [total * w / weight_sum for w in ratios]
+    counts = [math.floor(x) for x in exact]
+    order = sorted((i for i, w in enumerate(ratios) if w > 0), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
+
+
+def mix_sources(sources: Sequence[tuple[str, Any]], ratios, *, seed: int = 42, size: int | None = None):
+    """The training set drawn from several sources in proportion to ``ratios`` -> ``(dataset, table)``.
+
+    Size: ``size`` (``data_mix_size``) or the sum of the sources' sizes; each source's count is
+    :func:`mix_counts`. A source with fewer records than its count is repeated: whole passes over it, then the rest
+    sampled without replacement; a larger one is sub-sampled without replacement. Sampling is seeded by ``seed`` and
+    the source's position (``numpy.random.default_rng([seed, i])``), sampled rows keep their file order. ``table``
+    has one row per source: name, records, weight, samples, full_passes, extra (samples beyond the full passes)."""
+    import numpy as np
+    from datasets import concatenate_datasets
+
+    weights = check_ratios(ratios, len(sources))
+    size = check_mix_size(size)
+    sizes = [len(ds) for _, ds in sources]
+    counts = mix_counts(sizes, weights, size)
+    indices, table, offset = [], [], 0
+    for i, ((name, _), n, w, c) in enumerate(zip(sources, sizes, weights, counts, strict=True)):
+        passes, extra = divmod(c, n)
+        rng = np.random.default_rng([seed, i])
+        picked = np.concatenate([np.tile(np.arange(n), passes), np.sort(rng.choice(n, extra, replace=False))])
+        indices.append(picked + offset)
+        offset += n
+        table.append({"source": name, "records": n, "weight": w, "samples": c, "full_passes": passes, "extra": extra})
+    mixed = concatenate_datasets([_tag(ds, name) for name, ds in sources]).select(np.concatenate(indices).tolist())
+    return mixed, table
+
+
+def format_mix_table(table: Sequence[dict], seed: int | None = None) -> str:
+    """The mix as one table: source, records, weight, samples taken and repeats (samples / records)."""
+    total_w = sum(r["weight"] for r in table) or 1.0
+    width = max(6, *(len(r["source"]) for r in table))
+    head = f"data mix: {sum(r['samples'] for r in table)} samples" + (f" (seed {seed})" if seed is not None else "")
+    lines = [head, f"  {'source':<{width}}  {'records':>8}  {'weight':>8}  {'share':>6}  {'samples':>8}  repeats"]
+    for r in table:
+        lines.append(
+            f"  {r['source']:<{width}}  {r['records']:>8}  {r['weight']:>8.4g}  {r['weight'] / total_w:>6.1%}  "
+            f"{r['samples']:>8}  {r['samples'] / r['records']:.2f}x ({r['full_passes']} full + {r['extra']})"
+        )
+    return "\n".join(lines)
+
+
+def load_records(paths: str | Path | Sequence[str | Path], split: str = "train", *, ratios=None,
+                 mix_size: int | None = None, seed: int = 42):
+    """Read the data sources (:func:`load_sources`: files, folders, Hub dataset ids, ``datasets`` objects) into one
+    ``datasets.Dataset``: all records in order, or, with ``ratios``, the mix of :func:`mix_sources`.
+
+    ``datasets.Dataset`` / ``DatasetDict`` objects go through the same normalize / validation path as files (a
+    DatasetDict gives its ``split``); relative media paths in them resolve against the current working directory."""
+    sources = load_sources(paths, split)
+    if ratios is None:
+        return concat_sources(sources)
+    mixed, table = mix_sources(sources, ratios, seed=seed, size=mix_size)
+    logger.info("%s", format_mix_table(table, seed))
+    return mixed
 
 
 def _from_datasets_object(ds, split: str, index: int):
@@ -388,8 +660,9 @@ def _record_problems(rec, processor, modalities, check_files: bool) -> list[str]
 
 
 def validate_records(records, processor=None, *, check_files: bool = True) -> list[DataProblem]:
-    """Every problem of every sample, with its index: malformed records, missing files, and (``check_files``)
-    media files that are empty or cannot be decoded (each probed once: opened, first frame decoded).
+    """Every problem of every sample, with its index (and, for several sources or a mix, its source and row
+    there): malformed records, missing files, and (``check_files``) media files that are empty or cannot be decoded
+    (each probed once: opened, first frame decoded).
 
     Identical records (a schedule that repeats rows, e.g. the demo's 76,800 rows over 5,000 samples) are checked
     once: the result is kept by the record's JSON text."""
@@ -397,16 +670,18 @@ def validate_records(records, processor=None, *, check_files: bool = True) -> li
     modalities = getattr(processor, "modalities", MEDIA_KINDS)
     seen: dict[str, list[str]] = {}
     for i, rec in enumerate(_iter_rows(records)):
+        origin = (rec.get("_source"), rec.get("_source_index")) if isinstance(rec, dict) else (None, None)
         try:
-            key = json.dumps(rec, sort_keys=True, default=repr)
-        except (TypeError, ValueError):  # not JSON-like: checked on its own
+            key = json.dumps({k: v for k, v in rec.items() if k not in ("_source", "_source_index")}, sort_keys=True,
+                             default=repr)
+        except (TypeError, ValueError, AttributeError):  # not JSON-like: checked on its own
             key = None
         found = seen.get(key) if key is not None else None
         if found is None:
             found = _record_problems(rec, processor, modalities, check_files)
             if key is not None:
                 seen[key] = found
-        problems.extend(DataProblem(i, msg) for msg in found)
+        problems.extend(DataProblem(i, msg, *origin) for msg in found)
     return problems
 
 

@@ -31,7 +31,9 @@ class TrainConfig:
     """Everything a run needs. Every field is also a ``hf-videollm train --flag`` and a key of a config file."""
 
     model: str  # a model directory / Hub id in hf_videollm format, or "tiny:<name>" for a tiny random model
-    data: list[str]  # json / jsonl / parquet files (LLaVA `conversations` or `messages` records), or datasets objects
+    # json / jsonl / parquet files or folders (LLaVA `conversations`, `messages`, ms-swift / LLaMA-Factory records),
+    # Hugging Face dataset ids "owner/name[@revision][:split-or-path]" (local cache first), or datasets objects
+    data: list[str]
     output_dir: str
     model_family: str | None = None  # recipe lookup ("llava", ...); inferred from the config when None
     stage: str = "stage2"
@@ -57,7 +59,12 @@ class TrainConfig:
     video_fps: float | None = None
     skip_invalid: bool = False
     group_by_length: bool = False
-    data_split: str = "train"  # the split used when a data source is a datasets.DatasetDict
+    data_split: str = "train"  # the split of a datasets.DatasetDict or of a Hub dataset / folder with several files
+    # one weight per data source: the training set takes each source in that proportion (see data.mix_sources):
+    # data_mix_size samples (default: the sum of the sources' sizes), largest-remainder rounding, a smaller source
+    # repeated (whole passes + a seeded sample), a larger one sub-sampled without replacement, seeded by `seed`
+    data_ratios: list[float] | None = None
+    data_mix_size: int | None = None
     shuffle: bool = True  # False: samples in file order (a data schedule, e.g. a curriculum written into the file)
     dataloader_num_workers: int = 0
     cache_encoded_samples: bool = False  # keep encoded samples in memory after their first epoch (small datasets)
@@ -85,6 +92,13 @@ class TrainConfig:
             self.data = [str(self.data)]
         elif not isinstance(self.data, (list, tuple)):  # one datasets.Dataset / DatasetDict object
             self.data = [self.data]
+        if self.data_ratios is not None or self.data_mix_size is not None:
+            from .data import check_mix_size, check_ratios
+
+            if self.data_ratios is None:
+                raise ValueError("data_mix_size needs data_ratios (one weight per data source)")
+            self.data_ratios = check_ratios(self.data_ratios, len(self.data))
+            self.data_mix_size = check_mix_size(self.data_mix_size)
         if self.mode not in (None, "full", "lora", "qlora"):
             raise ValueError(f"mode must be full, lora or qlora, got {self.mode!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -220,7 +234,7 @@ def train(cfg: TrainConfig):
     from transformers import TrainingArguments
 
     from .collator import VideoLLMCollator
-    from .data import VideoLLMDataset, load_records
+    from .data import VideoLLMDataset, concat_sources, format_mix_table, load_sources, mix_sources
     from .trainer import VideoLLMTrainer, unwrap_videollm
 
     report_to = check_report_to(cfg.report_to) or "none"  # before anything is loaded or written
@@ -238,6 +252,14 @@ def train(cfg: TrainConfig):
             cfg.model_family = _family_of(AutoConfig.from_pretrained(cfg.model))
     stage = get_stage(cfg.model_family, cfg.stage)
     mode = cfg.mode or ("lora" if stage.lora else "full")
+    # Data sources before the model: a missing file or an uncached Hub dataset fails in seconds.
+    sources = load_sources(cfg.data, split=cfg.data_split)
+    mix = None
+    if cfg.data_ratios is not None:
+        records, mix = mix_sources(sources, cfg.data_ratios, seed=cfg.seed, size=cfg.data_mix_size)
+        print(format_mix_table(mix, cfg.seed))
+    else:
+        records = concat_sources(sources)
 
     lr = cfg.learning_rate if cfg.learning_rate is not None else stage.learning_rate
     part_lrs = {**stage.part_learning_rates, **cfg.part_learning_rates}
@@ -279,7 +301,6 @@ def train(cfg: TrainConfig):
     if cfg.video_fps is not None and cfg.num_frames is None:
         processor.num_frames = None
 
-    records = load_records(cfg.data, split=cfg.data_split)
     dataset = VideoLLMDataset(records, processor, skip_invalid=cfg.skip_invalid)
     model = apply_stage(model, stage, cfg, mode)
     core = unwrap_videollm(model)
@@ -318,7 +339,8 @@ def train(cfg: TrainConfig):
                 **(lora := lora_settings(stage, cfg)), "learning_rate": lr,
                 "fully_trained_learning_rates": {p: part_lrs.get(p, lr) for p in lora["fully_trained_parts"]},
             },
-            "data": [Path(d).name if isinstance(d, (str, Path)) else type(d).__name__ for d in cfg.data],
+            "data": [Path(name).name if Path(name).exists() else name for name, _ in sources],
+            "data_mix": mix,
             "num_samples": len(dataset),
             "dropped_samples": collator.dropped,
             "hyperparameters": {
