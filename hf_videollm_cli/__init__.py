@@ -280,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader of our output closed it (`hf-videollm train --list-configs | head`)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"hf-videollm {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -152,3 +152,15 @@ def test_cli_lists_the_examples_and_names_them_on_a_typo(capsys):
     err = capsys.readouterr().err
     assert "llava/stage9" in err and "llava/stage2" in err and "--list-configs" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_list_configs_piped_into_head_ends_quietly():
+    """A closed pipe (`| head -1`) is not a network error: no message, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.run(f"{sys.executable} -m hf_videollm_cli train --list-configs | head -c 10",
+                          shell=True, capture_output=True, text=True, env=env, timeout=60)
+    assert proc.stdout.startswith("example tr") and proc.stderr == ""
