@@ -85,7 +85,20 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     return run_chat(args)
 
 
+def _list_configs() -> int:
+    from ._configs import configs_dir, describe_config, example_configs
+
+    shipped = example_configs()
+    print(f"example training configs ({configs_dir()}), one per model and stage; "
+          "use: hf-videollm train --config NAME --data ... --output-dir ... (flags override the file)")
+    for name, path in shipped.items():
+        print(f"  {name:<29} {describe_config(path)}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    if args.list_configs:
+        return _list_configs()
     from hf_videollm.training.train import TrainConfig, load_train_config, train
 
     from ._meta import TRAIN_FIELDS
@@ -108,7 +121,12 @@ def _stages_epilog() -> str:
     """``--stage`` names of every registered model with one line each (the registry's recipes, via ``_meta``)."""
     from ._meta import STAGES
 
-    lines = ["stages (--stage), per model (--model NAME or tiny:NAME):"]
+    lines = [
+        "example configs, one per model and stage: --config MODEL/STAGE (e.g. --config llava/stage2), listed by",
+        "--list-configs; flags override the file's values.",
+        "",
+        "stages (--stage), per model (--model NAME or tiny:NAME):",
+    ]
     for name, stages in STAGES.items():
         lines.append(f"  {name}:")
         for stage_name, description in stages:
@@ -218,7 +236,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fine-tune with the model's stage recipe (full, LoRA or QLoRA) on Trainer/Accelerate",
                        epilog=_stages_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("--config", default=None, help="JSON or YAML file with TrainConfig fields (flags override it)")
+    t.add_argument("--config", default=None,
+                   help="JSON or YAML file with TrainConfig fields, or the name of a shipped example such as "
+                        "llava/stage2 (flags override it)")
+    t.add_argument("--list-configs", action="store_true", help="list the shipped example configs and exit")
     _add_train_flags(t)
     t.set_defaults(func=_cmd_train)
 
@@ -259,6 +280,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # the reader of our output closed it (`hf-videollm train --list-configs | head`)
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes stdout
+        return 0
     except (ValueError, FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"hf-videollm {args.command}: error: {e}", file=sys.stderr)
         return 2

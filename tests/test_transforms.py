@@ -797,3 +797,36 @@ def test_load_frames_uint8_video_is_a_view_with_the_same_frames():
     assert torch.equal(load_frames(tchw, index=0, num_frames=None, fps=None, max_frames=8), per_frame)
     with pytest.raises(Exception, match="max_frames"):
         load_frames(thwc, index=0, num_frames=None, fps=None, max_frames=2)
+
+
+@pytest.mark.parametrize("resample", ["bicubic", "bilinear", "lanczos", "hamming", "box", "nearest"])
+def test_padded_resize_without_the_canvas_equals_pillow_on_the_canvas(resample, monkeypatch):
+    """LLaVA's pad-to-square of a wide frame: the canvas' bands are not resampled horizontally; same bytes as Pillow
+    resizing the whole canvas, for wide / tall / tiny images, down- and up-scaling, and sizes where Pillow 13 would
+    shrink the height first (then the canvas is resized as is)."""
+    from PIL import Image
+
+    import hf_videollm.media.transforms as T
+
+    rng = np.random.default_rng(11)
+    sizes = [((72, 128), (33, 33)), ((45, 71), (20, 20)), ((45, 71), (90, 90)), ((3, 50), (7, 7)), ((71, 45), (20, 20)),
+             ((40, 100), (10, 80)), ((40, 100), (30, 12))]
+    shortcut = []
+    real = T._pillow_resize
+    monkeypatch.setattr(T, "_pillow_resize", lambda x, size, r: shortcut.append(x.shape[:2]) or real(x, size, r))
+    for (h, w), size in sizes:
+        side = max(h, w)
+        top, left = (side - h) // 2, (side - w) // 2
+        for channels in (3, 1):
+            shape = (h, w, 3) if channels == 3 else (h, w)
+            x = rng.integers(0, 256, shape, dtype=np.uint8)
+            fill = np.array([122, 116, 104][:channels], np.uint8) if channels == 3 else 7
+            canvas = np.empty((side, side, *shape[2:]), np.uint8)
+            canvas[...] = fill
+            canvas[top : top + h, left : left + w] = x
+            pil = Image.fromarray(canvas, "RGB" if channels == 3 else "L")
+            expected = np.asarray(pil.resize((size[1], size[0]), T._PILLOW_CODES[resample]))
+            got = T._pillow_resize_padded(x, top, left, side, fill, size, resample)
+            assert np.array_equal(got, expected), ((h, w), size, channels)
+    if resample != "nearest":  # the wide images took the shortcut: a horizontal pass over their own rows only
+        assert (72, 128) in shortcut and (3, 50) in shortcut

@@ -24,12 +24,12 @@ def _requirements(extra: str | None = None) -> list[Requirement]:
     return [Requirement(line) for line in lines]
 
 
-@pytest.mark.parametrize("req", _requirements() + _requirements("dev"), ids=str)
+@pytest.mark.parametrize("req", _requirements() + _requirements("dev") + _requirements("tracking"), ids=str)
 def test_installed_release_is_inside_the_declared_range(req):
     try:
         installed = version(req.name)
     except PackageNotFoundError:
-        pytest.fail(f"{req.name} is declared in pyproject.toml but not installed: run `pip install -e .[dev]`")
+        pytest.fail(f"{req.name} is declared in pyproject.toml but not installed: run `pip install -e .[dev,tracking]`")
     assert req.specifier, f"{req.name} has no version range in pyproject.toml; pin it to the tested minor release"
     assert req.specifier.contains(Version(installed), prereleases=True), (
         f"{req.name} {installed} is installed but pyproject.toml allows {req.specifier}: either test this release "
@@ -39,7 +39,7 @@ def test_installed_release_is_inside_the_declared_range(req):
 
 def test_every_range_has_an_upper_bound():
     """An open range lets the next release in untested (transformers 5.25 made `kernels` a hard dependency)."""
-    open_ended = [str(r) for r in _requirements() + _requirements("quant") + _requirements("dev")
+    open_ended = [str(r) for extra in [None, *PYPROJECT["optional-dependencies"]] for r in _requirements(extra)
                   if not any(s.operator in ("<", "<=", "==", "~=") for s in r.specifier)]
     assert not open_ended, f"ranges without an upper bound: {open_ended}"
 

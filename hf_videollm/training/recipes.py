@@ -88,7 +88,7 @@ VIDEOLLAMA2_AV_STAGES: dict[str, Stage] = {
         "av_joint", ("connector", "audio_projector", "language_model"), 2e-5,
         "audio-visual joint training (va_joint.sh, tune_adapter_llm, --va True): LLM + both projectors; vision "
         "tower and BEATs frozen",
-        original_global_batch_size=128, original_epochs=1,
+        original_global_batch_size=128, original_epochs=2,  # scripts/custom/va_joint_dlc.sh: num_train_epochs 2
     ),
     "av_joint_lora": Stage(
         "av_joint_lora", ("connector", "audio_projector"), 2e-5,

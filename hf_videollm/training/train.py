@@ -49,7 +49,7 @@ class TrainConfig:
     max_steps: int = -1
     per_device_train_batch_size: int = 1
     gradient_accumulation_steps: int = 1
-    warmup_ratio: float | None = None
+    warmup_ratio: float | None = None  # a fraction of the steps; a value >= 1 is a number of warm-up steps
     weight_decay: float | None = None
     lr_scheduler_type: str | None = None
     gradient_checkpointing: bool = False
@@ -77,6 +77,8 @@ class TrainConfig:
     save_steps: int | None = None
     save_total_limit: int | None = None
     resume_from_checkpoint: str | bool | None = None
+    # experiment tracking: "none" (console only), "tensorboard" (event files in <output_dir>/runs) or "wandb" (a W&B run;
+    # WANDB_MODE=offline keeps it on disk); both need `pip install "hf-videollm[tracking]"`; comma-separate for both
     report_to: str = "none"
     use_cpu: bool = False
     extra_training_args: dict[str, Any] = field(default_factory=dict)
@@ -113,8 +115,11 @@ class TrainConfig:
 
 
 def load_train_config(path: str | Path, **overrides) -> TrainConfig:
-    """A JSON or YAML file with TrainConfig fields; ``overrides`` (e.g. CLI flags) win."""
-    path = Path(path)
+    """A JSON or YAML file with TrainConfig fields, or the name of a shipped example (``"llava/stage2"``: see
+    ``hf-videollm train --list-configs``); ``overrides`` (e.g. CLI flags) win."""
+    from hf_videollm_cli._configs import resolve_config
+
+    path = resolve_config(path)
     text = path.read_text()
     if path.suffix.lower() in (".yaml", ".yml"):
         import yaml
@@ -203,6 +208,27 @@ def apply_stage(model, stage: Stage, cfg: TrainConfig, mode: str):
 
 
 # ------------------------------------------------------------------------------------------------------ train
+#: tracker name -> (modules, any one of which provides it)
+_TRACKERS = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def check_report_to(report_to: str | list[str] | None) -> list[str]:
+    """The trackers ``report_to`` names (``"none"`` -> ``[]``); an error naming the extra to install when a tracker's
+    package is missing (transformers would otherwise fail deep inside ``Trainer`` or, for ``"all"``, skip it)."""
+    import importlib.util
+
+    names = report_to if isinstance(report_to, (list, tuple)) else str(report_to or "none").split(",")
+    names = [n.strip() for n in names if n.strip() and n.strip() != "none"]
+    for name in names:
+        modules = _TRACKERS.get(name)
+        if modules and not any(importlib.util.find_spec(m) for m in modules):
+            raise ValueError(
+                f'report_to={name!r} needs the {modules[0]} package, which is not installed: '
+                f'pip install "hf-videollm[tracking]" (or pip install {modules[0]}), or use report_to="none"'
+            )
+    return names
+
+
 def _has_accelerator() -> bool:
     acc = getattr(torch, "accelerator", None)
     if acc is not None and hasattr(acc, "is_available"):
@@ -218,6 +244,7 @@ def train(cfg: TrainConfig):
     from .data import VideoLLMDataset, concat_sources, format_mix_table, load_sources, mix_sources
     from .trainer import VideoLLMTrainer, unwrap_videollm
 
+    report_to = check_report_to(cfg.report_to) or "none"  # before anything is loaded or written
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     # Resolve the recipe before loading anything heavy.
@@ -261,7 +288,7 @@ def train(cfg: TrainConfig):
         data_seed=cfg.seed,
         bf16=cfg.dtype == "bfloat16" and mode != "qlora",
         fp16=cfg.dtype == "float16",
-        report_to=cfg.report_to,
+        report_to=report_to,
         remove_unused_columns=False,  # samples are chat messages; the collator builds model inputs
         dataloader_num_workers=cfg.dataloader_num_workers,
         dataloader_persistent_workers=cfg.cache_encoded_samples and cfg.dataloader_num_workers > 0,
