@@ -127,6 +127,27 @@ def test_repeated_rows_are_read_once_and_every_sample_is_a_fresh_copy(tmp_path, 
     assert objs[1]["messages"][0]["content"][0]["image"] is img
 
 
+def test_a_file_of_repeated_rows_loads_as_read_row_by_row(tmp_path, monkeypatch):
+    """A JSON Lines file mostly of repeats (a data schedule) is read as its distinct lines, then put in file order:
+    the same records, columns and order as reading every line."""
+    from hf_videollm.training import data as data_mod
+
+    rows = [json.loads(line) for line in _dataset(tmp_path, n=6).read_text().splitlines()]
+    rng = np.random.default_rng(0)
+    path = tmp_path / "schedule.jsonl"
+    path.write_text("".join(json.dumps(rows[i]) + "\n" for i in rng.integers(0, len(rows), 1200)))
+    loads = []
+    real = data_mod._distinct_lines
+    monkeypatch.setattr(data_mod, "_distinct_lines", lambda lines: loads.append(r := real(lines)) or r)
+    deduped = load_records(path)
+    assert loads[-1] is not None and len(loads[-1][0]) == len(rows)  # 6 distinct lines read
+    monkeypatch.setattr(data_mod, "_DEDUPE_MIN_ROWS", 10**9)
+    plain = load_records(path)
+    assert loads[-1] is None
+    assert deduped.column_names == plain.column_names and deduped.features == plain.features
+    assert deduped.to_list() == plain.to_list() and len(plain) == 1200
+
+
 def test_validation_reports_every_bad_sample_with_its_index(tmp_path, tiny_llava):
     _, processor = tiny_llava
     bad = [
