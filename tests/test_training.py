@@ -141,6 +141,8 @@ def test_a_file_of_repeated_rows_loads_as_read_row_by_row(tmp_path, monkeypatch)
     monkeypatch.setattr(data_mod, "_distinct_lines", lambda lines: loads.append(r := real(lines)) or r)
     deduped = load_records(path)
     assert loads[-1] is not None and len(loads[-1][0]) == len(rows)  # 6 distinct lines read
+    n = len(loads)
+    assert len(load_records([path, path])) == 2400 and len(loads) == n  # several sources (tagged): read as they are
     monkeypatch.setattr(data_mod, "_DEDUPE_MIN_ROWS", 10**9)
     plain = load_records(path)
     assert loads[-1] is None

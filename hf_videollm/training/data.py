@@ -248,7 +248,7 @@ def pick_data_files(root: Path, split: str = "train", select: str | None = None,
     )
 
 
-def _load_file(p: Path, media_root: Path):
+def _load_file(p: Path, media_root: Path, distinct_rows: bool = False):
     from datasets import load_dataset
 
     if not p.is_file():
@@ -257,7 +257,9 @@ def _load_file(p: Path, media_root: Path):
     builder = _DATA_BUILDERS.get(suffix)
     if builder is None:
         raise ValueError(f"{p}: unsupported data format {suffix!r}; use .json, .jsonl or .parquet")
-    distinct = _distinct_lines(_check_json_file(p)) if builder == "json" else None
+    lines = _check_json_file(p) if builder == "json" else None
+    # only for a dataset used as it is: tagging / mixing several sources adds columns, which rewrites every row
+    distinct = _distinct_lines(lines) if distinct_rows else None
     try:
         if distinct is None:
             ds = load_dataset(builder, data_files=str(p), split="train")  # local files hold one split
@@ -268,36 +270,42 @@ def _load_file(p: Path, media_root: Path):
             with tempfile.TemporaryDirectory(prefix="hf_videollm_rows_") as tmp:
                 rows = Path(tmp) / p.name
                 rows.write_text("\n".join(unique) + "\n", encoding="utf-8")
-                ds = load_dataset(builder, data_files=str(rows), split="train").select(order).flatten_indices()
+                ds = load_dataset(builder, data_files=str(rows), split="train")
     except Exception as e:  # noqa: BLE001 -- datasets wraps parse errors in DatasetGenerationError
         cause = e.__cause__ or e
         raise DataFileError(f"{p}: could not be read as {builder} ({type(cause).__name__}: {cause})") from e
     if len(ds) == 0:
         raise DataFileError(f"{p}: holds no records")
-    return ds.add_column("_media_root", [str(media_root)] * len(ds))
+    ds = ds.add_column("_media_root", [str(media_root)] * len(ds))
+    # file order as an indices mapping (writing the rows out again, flatten_indices, costs more than reading them)
+    return ds if distinct is None else ds.select(distinct[1])
 
 
-def _load_folder(root: Path, split: str, select: str | None, where: str):
+def _load_folder(root: Path, split: str, select: str | None, where: str, distinct_rows: bool = False):
     """Every data file of a dataset folder, media resolving against the folder (the repo root of a snapshot)."""
     from datasets import concatenate_datasets
 
     files = pick_data_files(root, split, select, where)
     if len(files) > 1:
         logger.info("%s: %d data files: %s", where, len(files), ", ".join(str(f.relative_to(root)) for f in files))
-    parts = [_load_file(f, root) for f in files]
+    parts = [_load_file(f, root, distinct_rows) for f in files]
     return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
 
 
-def load_sources(paths, split: str = "train") -> list[tuple[str, Any]]:
+def load_sources(paths, split: str = "train", *, distinct_rows: bool = False) -> list[tuple[str, Any]]:
     """Each data source -> ``(name, datasets.Dataset)``; every record carries its ``_media_root``.
 
     A source is a json / jsonl / parquet file (media relative to its folder), a local folder of such files or a
     Hugging Face dataset id ``owner/name[@revision][:split-or-path]`` (see :func:`parse_hub_dataset_id`,
     :func:`resolve_hub_dataset`, :func:`pick_data_files`; media relative to the folder / the repo root), or a
-    ``datasets.Dataset`` / ``DatasetDict`` object (its ``split``; media relative to the working directory)."""
+    ``datasets.Dataset`` / ``DatasetDict`` object (its ``split``; media relative to the working directory).
+
+    ``distinct_rows``: one source, used as it is (not mixed): a JSON Lines file mostly of repeated rows is read as its
+    distinct lines, put in file order by an indices mapping (see ``_DEDUPE_MIN_ROWS``)."""
     from datasets import Dataset, DatasetDict
 
     paths = [paths] if isinstance(paths, (str, Path, Dataset, DatasetDict)) else list(paths)
+    distinct_rows = distinct_rows and len(paths) == 1
     out = []
     for i, p in enumerate(paths):
         if isinstance(p, (Dataset, DatasetDict)):
@@ -307,13 +315,13 @@ def load_sources(paths, split: str = "train") -> list[tuple[str, Any]]:
         if hub is not None:
             repo_id, revision, select = hub
             root = resolve_hub_dataset(repo_id, revision)
-            out.append((str(p), _load_folder(root, split, select, f"Hugging Face dataset {p!r}")))
+            out.append((str(p), _load_folder(root, split, select, f"Hugging Face dataset {p!r}", distinct_rows)))
             continue
         path = Path(p).expanduser()
         if path.is_dir():
-            out.append((str(p), _load_folder(path.resolve(), split, None, str(path))))
+            out.append((str(p), _load_folder(path.resolve(), split, None, str(path), distinct_rows)))
         else:
-            out.append((str(p), _load_file(path, path.parent.resolve())))
+            out.append((str(p), _load_file(path, path.parent.resolve(), distinct_rows)))
     return out
 
 
@@ -430,7 +438,7 @@ def load_records(paths: str | Path | Sequence[str | Path], split: str = "train",
 
     ``datasets.Dataset`` / ``DatasetDict`` objects go through the same normalize / validation path as files (a
     DatasetDict gives its ``split``); relative media paths in them resolve against the current working directory."""
-    sources = load_sources(paths, split)
+    sources = load_sources(paths, split, distinct_rows=ratios is None)
     if ratios is None:
         return concat_sources(sources)
     mixed, table = mix_sources(sources, ratios, seed=seed, size=mix_size)

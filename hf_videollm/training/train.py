@@ -260,7 +260,7 @@ def train(cfg: TrainConfig):
     stage = get_stage(cfg.model_family, cfg.stage)
     mode = cfg.mode or ("lora" if stage.lora else "full")
     # Data sources before the model: a missing file or an uncached Hub dataset fails in seconds.
-    sources = load_sources(cfg.data, split=cfg.data_split)
+    sources = load_sources(cfg.data, split=cfg.data_split, distinct_rows=cfg.data_ratios is None)
     mix = None
     if cfg.data_ratios is not None:
         records, mix = mix_sources(sources, cfg.data_ratios, seed=cfg.seed, size=cfg.data_mix_size)
