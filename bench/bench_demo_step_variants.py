@@ -24,38 +24,43 @@ import time
 import torch
 
 
-def attention_shapes() -> None:
+def attention_case(shape: tuple[int, ...], causal: bool) -> None:
+    """SDPA's CPU kernel vs the math backend vs a manual softmax, forward + backward, alternating."""
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    for shape, causal in (((32, 8, 82, 8), True), ((256, 2, 65, 16), False)):  # the LLM's, the CLIP tower's
-        q, k, v = (torch.randn(*shape, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(*shape, requires_grad=True) for _ in range(3))
 
-        def flash():
+    def flash():
+        F.scaled_dot_product_attention(q, k, v, is_causal=causal).sum().backward()
+
+    def math():
+        with sdpa_kernel(SDPBackend.MATH):
             F.scaled_dot_product_attention(q, k, v, is_causal=causal).sum().backward()
 
-        def math():
-            with sdpa_kernel(SDPBackend.MATH):
-                F.scaled_dot_product_attention(q, k, v, is_causal=causal).sum().backward()
+    def manual():
+        s = (q @ k.transpose(-1, -2)) * shape[-1] ** -0.5
+        if causal:
+            s = s.masked_fill(torch.ones(shape[2], shape[2], dtype=torch.bool).triu(1), float("-inf"))
+        (s.softmax(-1) @ v).sum().backward()
 
-        def manual():
-            s = (q @ k.transpose(-1, -2)) * shape[-1] ** -0.5
-            if causal:
-                s = s.masked_fill(torch.ones(shape[2], shape[2], dtype=torch.bool).triu(1), float("-inf"))
-            (s.softmax(-1) @ v).sum().backward()
+    fns = {"sdpa": flash, "math": math, "manual": manual}
+    times = {n: [] for n in fns}
+    for _ in range(3):
+        for f in fns.values():
+            f()
+    for _ in range(30):
+        for n, f in fns.items():
+            t = time.perf_counter()
+            f()
+            times[n].append(time.perf_counter() - t)
+    print(shape, "causal" if causal else "", {n: f"{statistics.median(t) * 1e3:.2f} ms" for n, t in times.items()},
+          "forward + backward")
 
-        fns = {"sdpa": flash, "math": math, "manual": manual}
-        times = {n: [] for n in fns}
-        for _ in range(3):
-            for f in fns.values():
-                f()
-        for _ in range(30):
-            for n, f in fns.items():
-                t = time.perf_counter()
-                f()
-                times[n].append(time.perf_counter() - t)
-        print(shape, "causal" if causal else "", {n: f"{statistics.median(t) * 1e3:.2f} ms" for n, t in times.items()},
-              "forward + backward")
+
+def attention_shapes() -> None:
+    attention_case((32, 8, 82, 8), True)  # the LLM's
+    attention_case((256, 2, 65, 16), False)  # the CLIP tower's
 
 
 def main() -> None:
