@@ -12,14 +12,20 @@ time.
 
 Memory: a sharded ``.bin`` checkpoint keeps at most ONE shard resident per source (the shard is dropped before the
 next one is loaded).  :data:`TORCH_SHARD_STATS` counts resident shards across all sources so tests can verify it.
+The file-backed pages of a memory-mapped shard count in the process's RSS once touched, until the mapping goes;
+:meth:`CheckpointSource.drop_pages` hands a consumed tensor's pages back to the kernel (``madvise(MADV_DONTNEED)``
+on Linux, only inside a verified mapping of the shard file: clean file pages are re-read from the file if touched
+again), so converting a shard holds about one tensor resident instead of the whole shard.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pickle
 import struct
+import sys
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -57,16 +63,19 @@ class ConversionError(ValueError):
 
 @dataclass
 class ShardResidency:
-    """Counts pickled (``torch.load``-ed) shards currently held by sources: ``current``, ``peak`` and ``loads``."""
+    """Counts pickled (``torch.load``-ed) shards currently held by sources: ``current``, ``peak`` and ``loads``
+    (and ``dropped_bytes``: memory-mapped pages of consumed tensors handed back, see ``drop_pages``)."""
 
     current: int = 0
     peak: int = 0
     loads: int = 0
+    dropped_bytes: int = 0  # pages of consumed tensors handed back to the kernel (see CheckpointSource.drop_pages)
 
     def reset(self) -> None:
         self.current = 0
         self.peak = 0
         self.loads = 0
+        self.dropped_bytes = 0
 
     def _loaded(self) -> None:
         self.current += 1
@@ -79,6 +88,66 @@ class ShardResidency:
 
 #: Global counter over all sources; each source also keeps its own (``CheckpointSource.residency``).
 TORCH_SHARD_STATS = ShardResidency()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dropping the pages of consumed tensors from a memory-mapped shard (Linux; a no-op elsewhere)
+# ---------------------------------------------------------------------------------------------------------------------
+
+_MADV_DONTNEED = 4  # Linux value on every architecture
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_madvise_fn: Any = None  # resolved on first use; False when unavailable
+
+
+def _madvise() -> Any:
+    """libc's ``madvise`` via ctypes, or ``None`` off Linux / when it cannot be found."""
+    global _madvise_fn
+    if _madvise_fn is None:
+        _madvise_fn = False
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                fn.restype = ctypes.c_int
+                _madvise_fn = fn
+            except (OSError, AttributeError):
+                pass
+    return _madvise_fn or None
+
+
+def _file_mappings(path: Path) -> list[tuple[int, int]]:
+    """Address ranges of this process's mappings of ``path`` (from ``/proc/self/maps``); ``[]`` when unknown."""
+    target = os.path.realpath(path)
+    ranges: list[tuple[int, int]] = []
+    try:
+        with open("/proc/self/maps") as f:
+            for line in f:
+                parts = line.rstrip("\n").split(maxsplit=5)
+                if len(parts) == 6 and parts[5] == target:
+                    lo, hi = parts[0].split("-")
+                    ranges.append((int(lo, 16), int(hi, 16)))
+    except (OSError, ValueError):
+        return []
+    return ranges
+
+
+def _drop_range(start: int, end: int, mappings: list[tuple[int, int]]) -> int:
+    """``MADV_DONTNEED`` on the whole pages inside ``[start, end)`` when that range lies in one of ``mappings``
+    (file-backed: the pages are re-read from the file if touched again).  Returns the bytes handed back; 0 when
+    nothing was done (range not in a file mapping, less than a page, no madvise, or madvise failed)."""
+    lo = -(-start // _PAGE_SIZE) * _PAGE_SIZE  # inward: never a page that also holds bytes outside the range
+    hi = end // _PAGE_SIZE * _PAGE_SIZE
+    if hi <= lo or not any(m0 <= start and end <= m1 for m0, m1 in mappings):
+        return 0
+    fn = _madvise()
+    if fn is None:
+        return 0
+    try:
+        if fn(lo, hi - lo, _MADV_DONTNEED) != 0:
+            return 0
+    except Exception:  # a foreign libc / ctypes failure: keep the pages, never fail the conversion
+        return 0
+    return hi - lo
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 _TORCH_SUFFIXES = (".bin", ".pth", ".pt")
@@ -273,6 +342,8 @@ class CheckpointSource:
         self.residency = ShardResidency()
         self._handles: OrderedDict[int, Any] = OrderedDict()  # shard idx -> safe_open handle (LRU)
         self._resident: tuple[int, dict[str, torch.Tensor]] | None = None  # the one loaded pickled shard
+        self._mapped: list[tuple[int, int]] | None = None  # its file mappings (lazily, for drop_pages)
+        self._storages: set[int] | None = None  # data_ptr of its storages (lazily, for drop_pages)
         self._key_to_shard: dict[str, int] | None = None
         self._memory: dict[str, torch.Tensor] | None = None
         self._index_file: Path | None = None
@@ -474,6 +545,7 @@ class CheckpointSource:
 
     def release(self) -> None:
         """Drop the resident pickled shard and the open safetensors handles (they are reopened on demand)."""
+        self._mapped = self._storages = None
         if self._resident is not None:
             self._resident = None
             TORCH_SHARD_STATS._released()
@@ -510,6 +582,39 @@ class CheckpointSource:
             except Exception as e:
                 raise ConversionError(f"unreadable or corrupt safetensors file {shard.path} ({raw}): {e}") from e
         return self._load_torch(i)[raw]
+
+    def drop_pages(self, tensor: torch.Tensor) -> int:
+        """Hand the memory-mapped pages of a consumed source tensor back to the kernel; returns the bytes dropped.
+
+        Only acts on a tensor of the resident memory-mapped pickled shard whose storage lies inside a mapping of
+        that shard's file (checked in ``/proc/self/maps``): clean file-backed pages are simply unmapped and re-read
+        from the file if touched again, so the tensor (and any other view of the same storage) keeps its values.
+        Anything else -- safetensors or in-memory sources, non-zip pickles, other platforms, a failing ``madvise``
+        -- is left alone and 0 returned.  Call it once the tensor's bytes are written out; a tensor modified in
+        place would read back its file values.
+        """
+        if self._resident is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
+            return 0
+        shard = self._shards[self._resident[0]]
+        if not (isinstance(shard, _TorchShard) and shard.mmap):
+            return 0
+        try:
+            storage = tensor.untyped_storage()
+            start, nbytes = storage.data_ptr(), storage.nbytes()
+        except Exception:
+            return 0
+        if nbytes < _PAGE_SIZE:
+            return 0
+        if self._storages is None:  # only storages the resident shard holds: alive, so their mapping is too
+            self._storages = {v.untyped_storage().data_ptr() for v in self._resident[1].values()}
+        if start not in self._storages:
+            return 0
+        if self._mapped is None:  # read after the shard was loaded: its (live) mapping is among these
+            self._mapped = _file_mappings(shard.path)
+        dropped = _drop_range(start, start + nbytes, self._mapped)
+        self.residency.dropped_bytes += dropped
+        TORCH_SHARD_STATS.dropped_bytes += dropped
+        return dropped
 
     def _meta(self, key: str) -> tuple[torch.Size, torch.dtype]:
         if self._memory is not None:
