@@ -54,16 +54,20 @@ def _shards() -> list[dict[str, torch.Tensor]]:
     ]
 
 
-def _write_bin(d: Path) -> Path:
+def _write_bin(d: Path, fmt: str = "bin") -> Path:
     import json
 
     d.mkdir(parents=True, exist_ok=True)
     weight_map = {}
+    stem = "pytorch_model" if fmt == "bin" else "model"
     for i, shard in enumerate(_shards(), start=1):
-        name = f"pytorch_model-{i:05d}-of-00002.bin"
-        torch.save(shard, d / name)
+        name = f"{stem}-{i:05d}-of-00002.{'bin' if fmt == 'bin' else 'safetensors'}"
+        if fmt == "bin":
+            torch.save(shard, d / name)
+        else:
+            save_file(shard, str(d / name))
         weight_map.update(dict.fromkeys(shard, name))
-    (d / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    (d / f"{stem}.{fmt}.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
     return d
 
 
@@ -99,20 +103,37 @@ def test_drop_pages_unmaps_the_tensor_and_keeps_its_values(tmp_path):
     anon_copy = anon.clone()
     assert src.drop_pages(anon) == 0 and torch.equal(anon, anon_copy)  # heap memory: would be zeroed by DONTNEED
     assert src.drop_pages(src.get("tiny")) == 0  # less than a page
-    src.release()
-    assert src.drop_pages(a) == 0  # shard no longer resident
-    save_file({"a": want}, str(tmp_path / "w.safetensors"))
-    st = CheckpointSource.open(tmp_path / "w.safetensors")
-    assert st.drop_pages(st.get("a")) == 0
     mem = CheckpointSource.from_state_dict({"a": anon})
     assert mem.drop_pages(mem.get("a")) == 0 and torch.equal(anon, anon_copy)
 
 
 @linux_only
-def test_conversion_drops_pages_and_output_is_byte_identical(tmp_path, monkeypatch):
-    src_dir = _write_bin(tmp_path / "src")
+def test_drop_pages_safetensors_source(tmp_path):
+    want = torch.randn(512, 512)
+    path = tmp_path / "w.safetensors"
+    save_file({"a": want, "b": want * 2}, str(path))
+    src = CheckpointSource.open(path)
+    a, b = src.get("a"), src.get("b")
+    assert torch.equal(a, want)  # touched
+    storage = a.untyped_storage()
+    mapped = sources_mod._mapping_containing(storage.data_ptr(), storage.data_ptr() + storage.nbytes(),
+                                             {os.path.realpath(path)})
+    dropped = src.drop_pages(a)
+    if mapped is None:  # a safetensors build that copies tensors out of the file: heap memory, left alone
+        assert dropped == 0
+    else:  # safetensors hands out views of its (private, file-backed) mapping
+        assert dropped >= 1024 * 1024 - 2 * sources_mod._PAGE_SIZE
+        assert src.drop_pages(b) > 0
+    assert torch.equal(a, want) and torch.equal(b, want * 2)
+
+
+@linux_only
+@pytest.mark.parametrize("fmt", ["bin", "safetensors"])
+def test_conversion_drops_pages_and_output_is_byte_identical(tmp_path, monkeypatch, fmt):
+    src_dir = _write_bin(tmp_path / "src", fmt)
     src, with_drop = _convert(src_dir, tmp_path / "a", dtype=torch.float32)
-    assert src.residency.dropped_bytes > 0  # the page-dropping path ran
+    if fmt == "bin":
+        assert src.residency.dropped_bytes > 0  # the page-dropping path ran
     with monkeypatch.context() as m:
         m.setattr(CheckpointSource, "drop_pages", lambda self, t: 0)
         _, without = _convert(src_dir, tmp_path / "b", dtype=torch.float32)
@@ -149,7 +170,7 @@ def test_page_dropping_falls_back_silently(tmp_path, monkeypatch, how):
     elif how == "madvise-raises":
         monkeypatch.setattr(sources_mod, "_madvise_fn", _raising)
     else:
-        monkeypatch.setattr(sources_mod, "_file_mappings", lambda path: [])
+        monkeypatch.setattr(sources_mod, "_mapping_containing", lambda start, end, paths: None)
     src, got = _convert(src_dir, tmp_path / "out")
     assert src.residency.dropped_bytes == 0
     assert got == reference

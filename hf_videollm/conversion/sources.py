@@ -12,10 +12,11 @@ time.
 
 Memory: a sharded ``.bin`` checkpoint keeps at most ONE shard resident per source (the shard is dropped before the
 next one is loaded).  :data:`TORCH_SHARD_STATS` counts resident shards across all sources so tests can verify it.
-The file-backed pages of a memory-mapped shard count in the process's RSS once touched, until the mapping goes;
-:meth:`CheckpointSource.drop_pages` hands a consumed tensor's pages back to the kernel (``madvise(MADV_DONTNEED)``
-on Linux, only inside a verified mapping of the shard file: clean file pages are re-read from the file if touched
-again), so converting a shard holds about one tensor resident instead of the whole shard.
+The file-backed pages of a memory-mapped shard (pickled with ``mmap=True``, or safetensors through ``safe_open``)
+count in the process's RSS once touched, until the mapping goes; :meth:`CheckpointSource.drop_pages` hands a
+consumed tensor's pages back to the kernel (``madvise(MADV_DONTNEED)`` on Linux, only inside a verified mapping of
+the shard file: clean file pages are re-read from the file if touched again), so converting a shard holds about
+one tensor resident instead of the whole shard.
 """
 
 from __future__ import annotations
@@ -115,29 +116,33 @@ def _madvise() -> Any:
     return _madvise_fn or None
 
 
-def _file_mappings(path: Path) -> list[tuple[int, int]]:
-    """Address ranges of this process's mappings of ``path`` (from ``/proc/self/maps``); ``[]`` when unknown."""
-    target = os.path.realpath(path)
-    ranges: list[tuple[int, int]] = []
+def _mapping_containing(start: int, end: int, paths: set[str]) -> tuple[int, int] | None:
+    """The range of this process's mapping (``/proc/self/maps``) of one of ``paths`` that holds ``[start, end)``;
+    ``None`` when there is none or the table cannot be read."""
     try:
         with open("/proc/self/maps") as f:
-            for line in f:
-                parts = line.rstrip("\n").split(maxsplit=5)
-                if len(parts) == 6 and parts[5] == target:
-                    lo, hi = parts[0].split("-")
-                    ranges.append((int(lo, 16), int(hi, 16)))
-    except (OSError, ValueError):
-        return []
-    return ranges
+            table = f.read()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] in paths:
+            try:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            except ValueError:
+                continue
+            if lo <= start and end <= hi:
+                return lo, hi
+    return None
 
 
-def _drop_range(start: int, end: int, mappings: list[tuple[int, int]]) -> int:
-    """``MADV_DONTNEED`` on the whole pages inside ``[start, end)`` when that range lies in one of ``mappings``
-    (file-backed: the pages are re-read from the file if touched again).  Returns the bytes handed back; 0 when
-    nothing was done (range not in a file mapping, less than a page, no madvise, or madvise failed)."""
+def _drop_range(start: int, end: int) -> int:
+    """``MADV_DONTNEED`` on the whole pages inside ``[start, end)`` (the caller has checked that the range is a
+    file mapping: its pages are re-read from the file if touched again).  Returns the bytes handed back; 0 when
+    nothing was done (less than a page, no madvise, or madvise failed)."""
     lo = -(-start // _PAGE_SIZE) * _PAGE_SIZE  # inward: never a page that also holds bytes outside the range
     hi = end // _PAGE_SIZE * _PAGE_SIZE
-    if hi <= lo or not any(m0 <= start and end <= m1 for m0, m1 in mappings):
+    if hi <= lo:
         return 0
     fn = _madvise()
     if fn is None:
@@ -148,6 +153,7 @@ def _drop_range(start: int, end: int, mappings: list[tuple[int, int]]) -> int:
     except Exception:  # a foreign libc / ctypes failure: keep the pages, never fail the conversion
         return 0
     return hi - lo
+
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 _TORCH_SUFFIXES = (".bin", ".pth", ".pt")
@@ -342,8 +348,10 @@ class CheckpointSource:
         self.residency = ShardResidency()
         self._handles: OrderedDict[int, Any] = OrderedDict()  # shard idx -> safe_open handle (LRU)
         self._resident: tuple[int, dict[str, torch.Tensor]] | None = None  # the one loaded pickled shard
-        self._mapped: list[tuple[int, int]] | None = None  # its file mappings (lazily, for drop_pages)
-        self._storages: set[int] | None = None  # data_ptr of its storages (lazily, for drop_pages)
+        # drop_pages: file mappings found so far, each with a storage inside it that keeps it mapped (until release)
+        self._mapped: list[tuple[int, int, Any]] = []
+        self._map_misses = 0  # tensors found in no mapping (e.g. a safetensors build that copies): stop looking
+        self._real_paths: set[str] | None = None
         self._key_to_shard: dict[str, int] | None = None
         self._memory: dict[str, torch.Tensor] | None = None
         self._index_file: Path | None = None
@@ -545,7 +553,8 @@ class CheckpointSource:
 
     def release(self) -> None:
         """Drop the resident pickled shard and the open safetensors handles (they are reopened on demand)."""
-        self._mapped = self._storages = None
+        self._mapped = []
+        self._map_misses = 0
         if self._resident is not None:
             self._resident = None
             TORCH_SHARD_STATS._released()
@@ -584,34 +593,38 @@ class CheckpointSource:
         return self._load_torch(i)[raw]
 
     def drop_pages(self, tensor: torch.Tensor) -> int:
-        """Hand the memory-mapped pages of a consumed source tensor back to the kernel; returns the bytes dropped.
+        """Hand the memory-mapped file pages of a consumed source tensor back to the kernel; returns the bytes dropped.
 
-        Only acts on a tensor of the resident memory-mapped pickled shard whose storage lies inside a mapping of
-        that shard's file (checked in ``/proc/self/maps``): clean file-backed pages are simply unmapped and re-read
-        from the file if touched again, so the tensor (and any other view of the same storage) keeps its values.
-        Anything else -- safetensors or in-memory sources, non-zip pickles, other platforms, a failing ``madvise``
-        -- is left alone and 0 returned.  Call it once the tensor's bytes are written out; a tensor modified in
-        place would read back its file values.
+        Acts only when the tensor's storage lies inside a mapping of one of this source's files (memory-mapped
+        pickled shards, safetensors files read through ``safe_open``), checked in ``/proc/self/maps`` while the
+        tensor is alive; the mapping is remembered with that storage, which keeps it mapped until :meth:`release`.
+        Clean file-backed pages are simply unmapped (``madvise(MADV_DONTNEED)``) and re-read from the file when
+        touched again, so the tensor and every other view of it keep their values.  Anything else -- in-memory
+        sources, non-zip pickles, heap copies, other platforms, a failing ``madvise`` -- is left alone and 0
+        returned.  Call it once the tensor's bytes are written out: a tensor modified in place would read back its
+        file values.
         """
-        if self._resident is None or not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
-            return 0
-        shard = self._shards[self._resident[0]]
-        if not (isinstance(shard, _TorchShard) and shard.mmap):
+        if self._memory is not None or not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
             return 0
         try:
             storage = tensor.untyped_storage()
             start, nbytes = storage.data_ptr(), storage.nbytes()
         except Exception:
             return 0
-        if nbytes < _PAGE_SIZE:
+        end = start + nbytes
+        if nbytes < _PAGE_SIZE or _madvise() is None:
             return 0
-        if self._storages is None:  # only storages the resident shard holds: alive, so their mapping is too
-            self._storages = {v.untyped_storage().data_ptr() for v in self._resident[1].values()}
-        if start not in self._storages:
-            return 0
-        if self._mapped is None:  # read after the shard was loaded: its (live) mapping is among these
-            self._mapped = _file_mappings(shard.path)
-        dropped = _drop_range(start, start + nbytes, self._mapped)
+        if not any(lo <= start and end <= hi for lo, hi, _ in self._mapped):
+            if self._map_misses >= 8 and not self._mapped:
+                return 0
+            if self._real_paths is None:
+                self._real_paths = {os.path.realpath(f) for f in self.files}
+            found = _mapping_containing(start, end, self._real_paths)
+            if found is None:
+                self._map_misses += 1
+                return 0
+            self._mapped.append((found[0], found[1], storage))  # the storage keeps this mapping alive
+        dropped = _drop_range(start, end)
         self.residency.dropped_bytes += dropped
         TORCH_SHARD_STATS.dropped_bytes += dropped
         return dropped
