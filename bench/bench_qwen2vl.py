@@ -180,6 +180,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="10 s video, 2 repeats")
     ap.add_argument("--skip-processor", action="store_true")
+    ap.add_argument("--skip-model", action="store_true")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.repeats = 10.0, 2
@@ -191,6 +192,8 @@ def main() -> None:
               f"{p['visual_tokens']} visual tokens under the default budget ({p['visual_tokens_without_budget']} "
               f"without); ours {p['seconds']['ours']:.2f} s, transformers PIL path {p['seconds']['transformers']:.2f} s "
               f"-> ratio {p['ratio']:.2f}")
+    if args.skip_model:
+        return
     m = bench_model(args.repeats, args.new_tokens)
     s = m["seconds"]
     print(f"[model] batch {m['prompt_tokens']} ({m['visual_tokens']} visual tokens), max |logit diff| "

@@ -55,7 +55,7 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -1003,6 +1003,7 @@ def load_video(
     max_frames: int | None = None,
     sampling: str = "uniform",
     backend: str = "pyav",
+    on_frame: Callable[[int, np.ndarray, int], Any] | None = None,
 ) -> tuple[torch.Tensor, VideoMetadata]:
     """Decode frames of a video sampled by timestamp.
 
@@ -1030,6 +1031,10 @@ def load_video(
             ``n`` frames (a shorter video repeats frames); with ``fps`` the same as ``"uniform"``.
         backend: ``"pyav"``, ``"torchcodec"`` (error if not installed) or ``"auto"`` (torchcodec when importable and
             ``mode="exact"``, else pyav).
+        on_frame: ``on_frame(row, frame, count)`` is called for each of the ``count`` output rows as soon as that
+            frame is decoded (pyav; torchcodec: after decoding), so a consumer (resize, patches) can work while the
+            decoder continues: ``frame`` is the upright uint8 ``(H, W, 3)`` RGB array of the result (read-only use),
+            rows come in time order, a frame shared by several targets is reported for each of its rows.
 
     Returns:
         ``(frames, metadata)``: uint8 tensor ``(T, H, W, 3)`` RGB (upright: display rotation applied) and
@@ -1047,7 +1052,12 @@ def load_video(
     if backend == "auto":
         backend = "torchcodec" if (mode == "exact" and _torchcodec_available()) else "pyav"
     if backend == "torchcodec":
-        return _load_video_torchcodec(source, name, num_frames, fps, start, end, mode, max_frames, sampling)
+        video, meta = _load_video_torchcodec(source, name, num_frames, fps, start, end, mode, max_frames, sampling)
+        if on_frame is not None:
+            rows = video.numpy()
+            for i in range(len(rows)):
+                on_frame(i, rows[i], len(rows))
+        return video, meta
 
     with open_container(source) as (container, name):
         stream = _pick_video_stream(container, name)
@@ -1109,14 +1119,16 @@ def load_video(
             row = row_of.get(id(fr))
             if row is not None:  # several targets inside one frame
                 out[i] = out[row]
-                continue
-            if out is None:
-                size = (fr.frame.width, fr.frame.height)
-                rotation = _frame_rotation_cw(fr.frame, stream)
-                out = np.empty((len(targets_pts), size[1], size[0], 3), dtype=np.uint8)
-            out[i] = _to_rgb(fr.frame, size, reformatter)  # convert right away, keep no decoded frame alive
-            fr.frame = None
-            row_of[id(fr)] = i
+            else:
+                if out is None:
+                    size = (fr.frame.width, fr.frame.height)
+                    rotation = _frame_rotation_cw(fr.frame, stream)
+                    out = np.empty((len(targets_pts), size[1], size[0], 3), dtype=np.uint8)
+                out[i] = _to_rgb(fr.frame, size, reformatter)  # convert right away, keep no decoded frame alive
+                fr.frame = None
+                row_of[id(fr)] = i
+            if on_frame is not None:  # upright, as in the result (np.rot90 is torch.rot90's turn on a view)
+                on_frame(i, np.rot90(out[i], -(rotation // 90) % 4) if rotation else out[i], len(targets_pts))
         frames_out = [fr for fr in picked if fr is not None]
         video = _apply_rotation(torch.from_numpy(out), rotation)
 
