@@ -10,6 +10,9 @@ its timing, a per-sample visual-token budget.
   of the frames kept give ``video_second_per_grid`` (seconds one temporal grid step covers), which the model turns
   into temporal positions when its config sets ``tokens_per_second``. Frames given as arrays are taken as sampled at
   ``video_fps``.
+  A file video's frames are resized and cut into float32 patch rows on worker threads while PyAV is still
+  decoding (``load_video(on_frame=)``, :class:`_FramePipeline`): the budgeted size is planned from the frame count
+  and size at the first frame; the result is used only when it is exactly what the pass after decoding would do.
 * Budget: ``max_visual_tokens`` per sample. When a sample's items need more, every item's pixel cap is scaled down
   together (not below its minimum), then videos keep fewer frames (not below ``min_frames``); what was chosen is
   logged. Text is never cut; a sample that cannot fit is refused with the numbers.
