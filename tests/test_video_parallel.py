@@ -260,3 +260,39 @@ def test_file_object_position_is_kept(videos):
     f.seek(5)
     load_video(f, num_frames=16, decode_threads=3)
     assert f.tell() == 5
+
+
+def test_qwen2vl_rows_made_while_decoding_in_threads(tmp, monkeypatch):
+    """The Qwen2-VL processor's decode-time pipeline (load_video on_frame) on threads-decoded frames gives the bytes
+    of the serial decoder followed by the usual pass."""
+    from hf_videollm.processors import qwen2vl
+    from hf_videollm.tiny import QWEN2VL_SPECIAL_TOKENS, build_tiny, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.add_tokens(list(QWEN2VL_SPECIAL_TOKENS), special_tokens=True)
+    _, processor = build_tiny("qwen2_vl", seed=0, tokenizer=tok, text_config={"vocab_size": len(tok) + 2})
+    rng = np.random.default_rng(3)
+    frames = np.clip(rng.integers(0, 256, (1, 96, 160, 3)) + np.arange(80)[:, None, None, None] * 3, 0, 255)
+    path = str(write_video(tmp / "qwen_ramp.mp4", frames.astype(np.uint8), fps=10, crf=0, gop_size=4))
+    settings = {k: getattr(processor, k) for k in type(processor)._all_settings}
+    proc = type(processor)(
+        processor.tokenizer, **{**settings, "video_max_pixels": 64 * 28 * 28, "min_frames": 2, "max_visual_tokens": 60}
+    )
+    text = ["<|video_pad|> a", "<|video_pad|> b"]
+    spy = Spy(monkeypatch)
+    used = []
+    result = qwen2vl._FramePipeline.result
+    monkeypatch.setattr(qwen2vl._FramePipeline, "result", lambda self, *a: used.append(result(self, *a)) or used[-1])
+    threads_before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(3)
+        fast = proc(text=text, videos=[path, path])
+        assert spy.groups >= 4 and spy.fallbacks == 0  # both videos decoded in threads
+        assert len(used) == 2 and all(u is not None for u in used)  # ... and their rows made while decoding
+        torch.set_num_threads(1)
+        monkeypatch.setattr(qwen2vl, "_FramePipeline", lambda *a: None)
+        usual = proc(text=text, videos=[path, path])
+    finally:
+        torch.set_num_threads(threads_before)
+    for key in ("pixel_values_videos", "video_grid_thw", "video_second_per_grid", "input_ids"):
+        assert torch.equal(fast[key], usual[key]), key
