@@ -31,6 +31,14 @@ How the stream is probed (``_PyAVReader.probe``):
   the end of the stream from demuxing the packets after a seek close to the end; frame count / indices are then
   estimates (``duration * fps``, ``round(t * fps)``) when the container has no complete index.
 
+Decoding in threads (``decode_threads``, exact mode, pyav): PyAV releases the GIL while FFmpeg decodes, so when the
+targets span several keyframe intervals (one seek each) the intervals are split into contiguous runs, one per thread,
+each thread with its own container opened from the same path / bytes (file objects stay serial: one shared read
+position). A thread decodes exactly what the serial loop would from the same keyframes, so rows, frames and metadata
+are identical; anything unusual (corrupt packets, decode errors, a frame size change, a failing thread) discards the
+threads' work and decodes serially, which then reports it as always. ``on_frame`` stays on the caller's thread, rows in
+time order (each as soon as it and every earlier row are decoded).
+
 Other PyAV / FFmpeg behaviour worth knowing:
 
 * Matroska/WebM have no per-stream duration; the per-track ``DURATION`` tag (and ``container.duration``) is the
