@@ -135,6 +135,8 @@ def test_all_frames_and_bytes_source(videos, monkeypatch):
     data = videos["mp4"].read_bytes()
     serial, parallel = both(data, threads=2, num_frames=20)
     assert_identical(serial, parallel)
+    for other in (bytearray(data), memoryview(data)):
+        assert_identical(serial, both(other, threads=2, num_frames=20)[1])
     assert spy.fallbacks == 0
 
 

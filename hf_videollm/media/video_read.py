@@ -1113,6 +1113,8 @@ def _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_
     ``emitted`` rows in time order: the serial pass reports only the others). ``on_frame`` is called here, on the
     caller's thread, in time order: as soon as the next row in time order is decoded."""
     n = len(targets_pts)
+    if isinstance(source, (bytearray, memoryview)):
+        source = bytes(source)  # one copy shared by the threads (their BytesIO share an immutable bytes object)
     out = np.empty((n, stream.height, stream.width, 3), dtype=np.uint8)
     rotations: list[int | None] = [None] * len(groups)
     events: queue.Queue = queue.Queue()
