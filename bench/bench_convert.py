@@ -2,8 +2,9 @@
 
 Builds a synthetic release from the llava_v1_5 fixture's layout (its config, tokenizer and CLIP tower; the LLaMA made
 big: ``--layers`` x hidden 1024 / intermediate 2816, float32, split into two ``pytorch_model-*.bin`` shards), then
-converts it in fresh child processes, one after the other, and reports each one's peak RSS (``ru_maxrss``) against
-the largest source shard:
+converts it in fresh child processes, one after the other, and reports each one's peak RSS (``VmHWM`` of
+/proc/self/status: the child's own high-water mark -- ``ru_maxrss`` is not usable here, Linux carries the parent's peak
+into it across the fork + exec, and the parent has just written the 2 GB checkpoint) against the largest source shard:
 
 * ``hf_videollm convert`` (this checkout);
 * ``--before DIR``: the same with another checkout's ``hf_videollm`` (e.g. ``/work/main``) for a before/after row;
@@ -45,10 +46,15 @@ if sys.argv[2] == 'naive':
     import re
     from safetensors.torch import save_file
     src = sys.argv[3]
-    idx = json.load(open(os.path.join(src, 'pytorch_model.bin.index.json')))['weight_map']
+    st = os.path.exists(os.path.join(src, 'model.safetensors.index.json'))
+    idx = json.load(open(os.path.join(src, 'model.safetensors.index.json' if st else 'pytorch_model.bin.index.json')))['weight_map']
     sd = {}
     for f in sorted(set(idx.values())):
-        sd.update(torch.load(os.path.join(src, f), map_location='cpu', weights_only=True))
+        if st:
+            from safetensors.torch import load_file
+            sd.update(load_file(os.path.join(src, f)))
+        else:
+            sd.update(torch.load(os.path.join(src, f), map_location='cpu', weights_only=True))
     out = {}
     for k, v in sd.items():
         if 'vision_tower' in k:
@@ -61,12 +67,16 @@ if sys.argv[2] == 'naive':
     save_file(out, os.path.join(sys.argv[4], 'model.safetensors'))
 else:
     convert('llava', sys.argv[3], sys.argv[4], progress=False, max_shard_size='5GB')
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps({'base': base, 'peak': peak}))
+maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+try:  # this process's own high-water RSS: ru_maxrss also carries the parent's peak over fork/vfork + exec
+    peak = [int(l.split()[1]) * 1024 for l in open('/proc/self/status') if l.startswith('VmHWM:')][0]
+except (OSError, IndexError):
+    peak = maxrss
+print(json.dumps({'base': base, 'peak': peak, 'ru_maxrss': maxrss}))
 """
 
 
-def build(workdir: Path, layers: int) -> Path:
+def build(workdir: Path, layers: int, fmt: str = "bin") -> Path:
     fixtures = Path(os.environ.get("HF_VIDEOLLM_FIXTURES", "/work/shared/fixtures"))
     orig = fixtures / "llava_v1_5" / "single_image" / "original"
     if not orig.is_dir():
@@ -110,14 +120,21 @@ def build(workdir: Path, layers: int) -> Path:
         sd = shards[si]
         for i in range(lo, hi):
             sd.update(layer(i))
-        name = f"pytorch_model-{si + 1:05d}-of-00002.bin"
-        torch.save(sd, dst / name)
+        if fmt == "safetensors":
+            from safetensors.torch import save_file
+
+            name = f"model-{si + 1:05d}-of-00002.safetensors"
+            save_file(sd, str(dst / name))
+        else:
+            name = f"pytorch_model-{si + 1:05d}-of-00002.bin"
+            torch.save(sd, dst / name)
         for k, v in sd.items():
             weight_map[k] = name
             total += v.numel() * v.element_size()
         del sd
         shards[si] = None
-    (dst / "pytorch_model.bin.index.json").write_text(json.dumps({"metadata": {"total_size": total},
+    index = "model.safetensors.index.json" if fmt == "safetensors" else "pytorch_model.bin.index.json"
+    (dst / index).write_text(json.dumps({"metadata": {"total_size": total},
                                                                   "weight_map": weight_map}))
     return dst
 
@@ -140,26 +157,29 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true")
     p.add_argument("--repeats", type=int, default=2, help="runs per converter (alternating)")
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--format", choices=("bin", "safetensors"), default="bin",
+                   help="source shards: pickled pytorch_model-*.bin (default) or model-*.safetensors")
     args = p.parse_args(argv)
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench_convert_", dir="/tmp"))
     try:
-        src = build(work, args.layers)
-        shards = sorted(src.glob("pytorch_model-*.bin"))
+        src = build(work, args.layers, args.format)
+        shards = sorted(src.glob("model-*.safetensors" if args.format == "safetensors" else "pytorch_model-*.bin"))
         largest = max(f.stat().st_size for f in shards)
         total = sum(f.stat().st_size for f in shards)
         runs = [("hf_videollm convert (this checkout)", str(ROOT), "convert")]
         if args.before:
             runs.append((f"hf_videollm convert ({args.before})", args.before, "convert"))
         runs.append(("naive: torch.load all + save_file", str(ROOT), "naive"))
-        table = [f"Source: {len(shards)} pickled shards, {total / 2**30:.2f} GiB, largest {largest / 2**30:.2f} GiB.", "",
-                 "| converter | peak RSS GiB | peak / largest shard | above imports GiB | above imports / largest |",
-                 "|---|---:|---:|---:|---:|"]
+        table = [f"Source: {len(shards)} {'safetensors' if args.format == 'safetensors' else 'pickled'} shards, {total / 2**30:.2f} GiB, largest {largest / 2**30:.2f} GiB.", "",
+                 "| converter | peak RSS GiB | peak / largest shard | above imports GiB | above imports / largest "
+                 "| (ru_maxrss GiB, parent's peak included) |",
+                 "|---|---:|---:|---:|---:|---:|"]
         for rep in range(args.repeats):  # alternating converters, each run in its own process
             for label, root, mode in runs:
                 r = measure(root, mode, src, work / "out")
                 above = r["peak"] - r["base"]
                 row = (f"| {label}, run {rep + 1} | {r['peak'] / 2**30:.2f} | **{r['peak'] / largest:.2f}** | "
-                       f"{above / 2**30:.2f} | {above / largest:.2f} |")
+                       f"{above / 2**30:.2f} | {above / largest:.2f} | {r['ru_maxrss'] / 2**30:.2f} |")
                 print(row, flush=True)
                 table.append(row)
     finally:
@@ -167,8 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     if not args.no_record:
         cmd = "python3 bench/bench_convert.py " + " ".join(argv if argv is not None else sys.argv[1:])
-        record("Conversion peak RSS (original-layout LLaVA, two shards)", cmd.strip(), table,
-               "Each converter runs alone in a fresh child process (1 thread); peak = ru_maxrss of that process.")
+        record(f"Conversion peak RSS (original-layout LLaVA, two {args.format} shards)", cmd.strip(), table,
+               "Each converter runs alone in a fresh child process (1 thread); peak = VmHWM of that process "
+               "(its own high-water RSS; ru_maxrss would include the parent's peak).")
     return 0
 
 

@@ -38,6 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--no-record", action="store_true")
+    p.add_argument("--serial-decode", action="store_true",
+                   help="also time ours with load_video(decode_threads=1) (the serial decoder), alternating")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from transformers import LlavaProcessor
@@ -61,9 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     gen = dict(max_new_tokens=1, do_sample=False)
 
-    def run_ours():
+    def run_ours(decode_threads=None):
         t0 = time.perf_counter()
-        frames, _ = load_video(path, num_frames=args.frames)
+        frames, _ = load_video(path, num_frames=args.frames, decode_threads=decode_threads)
         t1 = time.perf_counter()
         batch = processor(text=[f"{processor.video_token} {question}"], videos=[frames])
         t2 = time.perf_counter()
@@ -82,19 +84,28 @@ def main(argv: list[str] | None = None) -> int:
         return t1 - t0, t2 - t1, t3 - t2, batch["input_ids"].shape[1]
 
     res = {"ours": [], "theirs": []}
+    if args.serial_decode:
+        res["serial"] = []
     with torch.no_grad():
         for _ in range(args.repeats):
+            if args.serial_decode:
+                res["serial"].append(run_ours(decode_threads=1))
             res["ours"].append(run_ours())
             res["theirs"].append(run_theirs())
     table = [f"{path.name}, {args.frames} frames; prompt tokens: ours {res['ours'][0][3]} (LLaVA video path), "
              f"transformers {res['theirs'][0][3]} (frames as images).", "",
              "| side | decode s | processor s | model to first token s | total s |", "|---|---:|---:|---:|---:|"]
     med = {}
-    for side, label in (("ours", "hf_videollm"), ("theirs", "transformers")):
+    sides = [("ours", "hf_videollm"), ("theirs", "transformers")]
+    if args.serial_decode:
+        sides.insert(0, ("serial", "hf_videollm, decode_threads=1"))
+    for side, label in sides:
         cols = [statistics.median(r[i] for r in res[side]) for i in range(3)]
         med[side] = statistics.median(sum(r[:3]) for r in res[side])
         table.append(f"| {label} | {cols[0]:.2f} | {cols[1]:.2f} | {cols[2]:.2f} | {med[side]:.2f} |")
     table.append(f"| **ratio** | | | | **{med['ours'] / med['theirs']:.2f}** |")
+    if args.serial_decode:
+        table.append(f"| ratio with decode_threads=1 | | | | {med['serial'] / med['theirs']:.2f} |")
     print("\n".join(table))
     if not args.no_record:
         cmd = "python3 bench/bench_e2e.py " + " ".join(argv if argv is not None else sys.argv[1:])

@@ -17,11 +17,14 @@
 
     OMP_NUM_THREADS=2 python bench/bench_qwen2vl.py            # full
     OMP_NUM_THREADS=2 python bench/bench_qwen2vl.py --quick    # 10 s video, 2 repeats
+    OMP_NUM_THREADS=2 python bench/bench_qwen2vl.py --skip-model --serial  # processor only; also ours without
+                                                                            # the decode-time pipeline
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -53,7 +56,19 @@ def _video_size(path: Path) -> tuple[int, int]:
         return c.streams.video[0].height, c.streams.video[0].width
 
 
-def bench_processor(path: Path, repeats: int) -> dict:
+def _without_pipeline(fn):
+    """``fn`` run with the processor's decode-time pipeline off (frames resized + patched after decoding)."""
+    from hf_videollm.processors import qwen2vl
+
+    saved = qwen2vl._FramePipeline
+    qwen2vl._FramePipeline = lambda *a: None
+    try:
+        return fn()
+    finally:
+        qwen2vl._FramePipeline = saved
+
+
+def bench_processor(path: Path, repeats: int, serial: bool = False) -> dict:
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
     from transformers.video_utils import load_video as hf_load_video
 
@@ -96,15 +111,18 @@ def bench_processor(path: Path, repeats: int) -> dict:
 
     ref_rows, ref_grid = theirs()
     assert list(ref_grid[1:]) == [gh, gw], (ref_grid, (gh, gw))
-    times = {"ours": [], "transformers": []}
+    times = {"ours": [], "transformers": []} | ({"ours_serial": []} if serial else {})
     for _ in range(repeats):  # alternating
         times["ours"].append(_timed(lambda: ours(text=text, videos=[str(path)]))[0])
         times["transformers"].append(_timed(theirs)[0])
+        if serial:
+            times["ours_serial"].append(_timed(lambda: _without_pipeline(lambda: ours(text=text, videos=[str(path)])))[0])
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "grid_thw": [t, gh, gw], "frames": t * ours.temporal_patch_size, "visual_tokens": tokens,
         "visual_tokens_without_budget": tokens_unbounded, "ref_grid": list(ref_grid),
         "seconds": med, "ratio": med["ours"] / med["transformers"],
+        "ratio_serial": med["ours_serial"] / med["transformers"] if serial else None,
     }
 
 
@@ -180,17 +198,25 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--quick", action="store_true", help="10 s video, 2 repeats")
     ap.add_argument("--skip-processor", action="store_true")
+    ap.add_argument("--skip-model", action="store_true")
+    ap.add_argument("--serial", action="store_true",
+                    help="also time ours with frames resized after decoding (no decode-time pipeline), alternating")
     args = ap.parse_args()
     if args.quick:
         args.duration, args.repeats = 10.0, 2
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
     if not args.skip_processor:
         path = ensure_video(Path(args.workdir), args.duration, 30.0, (1280, 720), 250, "ultrafast")
-        p = bench_processor(path, args.repeats)
+        p = bench_processor(path, args.repeats, args.serial)
         print(f"[processor] {args.duration:g} s 1280x720 video: grid {p['grid_thw']} ({p['frames']} frames), "
               f"{p['visual_tokens']} visual tokens under the default budget ({p['visual_tokens_without_budget']} "
               f"without); ours {p['seconds']['ours']:.2f} s, transformers PIL path {p['seconds']['transformers']:.2f} s "
               f"-> ratio {p['ratio']:.2f}")
+        if args.serial:
+            print(f"[processor] ours without the decode-time pipeline {p['seconds']['ours_serial']:.2f} s -> ratio "
+                  f"{p['ratio_serial']:.2f}; load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    if args.skip_model:
+        return
     m = bench_model(args.repeats, args.new_tokens)
     s = m["seconds"]
     print(f"[model] batch {m['prompt_tokens']} ({m['visual_tokens']} visual tokens), max |logit diff| "

@@ -300,6 +300,55 @@ def test_video_pixels_match_transformers_pil_steps_on_worker_threads():
         torch.set_num_threads(threads)
 
 
+@pytest.fixture(scope="module")
+def ramp_clip(tmp_path_factory):
+    """A 3 s 10 fps 96x160 clip with texture (resizing it is not trivial)."""
+    from hf_videollm.media import write_video
+
+    rng = np.random.default_rng(3)
+    frames = np.clip(rng.integers(0, 256, (1, 96, 160, 3)) + np.arange(30)[:, None, None, None] * 7, 0, 255)
+    path = tmp_path_factory.mktemp("qwen2vl_pipe") / "ramp.mp4"
+    write_video(path, frames.astype(np.uint8), fps=10, crf=0)
+    return str(path)
+
+
+# (settings, threads): no budget (no resize); budget scales the size; budget also drops frames; an odd frame count
+# rounded to the temporal patch; one thread (the rows are made inline in the decode loop)
+@pytest.mark.parametrize("settings, threads", [
+    ({"max_visual_tokens": None}, 3),
+    ({"max_visual_tokens": 60}, 3),
+    ({"max_visual_tokens": 30, "video_min_pixels": 28 * 28}, 3),
+    ({"video_fps": 2.5, "max_visual_tokens": 90}, 2),
+    ({"max_visual_tokens": 60}, 1),
+])
+def test_file_video_rows_made_while_decoding_are_the_usual_pass(tiny, ramp_clip, monkeypatch, settings, threads):
+    """A file video's frames are resized and patched during decoding (load_video's on_frame); the result is the
+    bytes the pass after decoding gives, with an image and an earlier video in the same sample's budget."""
+    from hf_videollm.processors import qwen2vl
+
+    _, processor = tiny
+    proc = type(processor)(processor.tokenizer, **{**_settings(processor), "video_max_pixels": 64 * 28 * 28,
+                                                   "min_frames": 2, **settings})
+    text = ["<|image_pad|> a <|video_pad|> b <|video_pad|>", "<|video_pad|> alone"]
+    media = dict(images=[tiny_media("image", 0, height=64, width=64)], videos=[ramp_clip, ramp_clip, ramp_clip])
+    used = []
+    result = qwen2vl._FramePipeline.result
+    monkeypatch.setattr(qwen2vl._FramePipeline, "result", lambda self, *a: used.append(result(self, *a)) or used[-1])
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fast = proc(text=text, **media)
+        monkeypatch.setattr(qwen2vl, "_FramePipeline", lambda *a: None)
+        usual = proc(text=text, **media)
+    finally:
+        torch.set_num_threads(threads_before)
+    assert len(used) == 2 and all(u is not None for u in used)  # the last video of each sample
+    for key in ("pixel_values", "pixel_values_videos", "video_grid_thw", "video_second_per_grid", "input_ids"):
+        assert torch.equal(fast[key], usual[key]), key
+    grid = usual["video_grid_thw"]
+    if "video_min_pixels" in settings:  # this budget made the first sample's videos keep fewer frames
+        assert grid[0, 0] < grid[2, 0]
+
 def test_chat_template_wraps_media_in_vision_markers(tiny):
     _, processor = tiny
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what is it"}]},

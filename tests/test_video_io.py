@@ -193,6 +193,25 @@ def test_rotation_is_applied(tmp, rotation):
     assert (bool(top), bool(left)) == {90: (True, False), 180: (False, False), 270: (False, True)}[rotation]
 
 
+
+def test_on_frame_reports_every_row_while_decoding(mp4, tmp):
+    """load_video(on_frame=): each output row (upright, the bytes returned) as soon as it is decoded, in time order,
+    a frame shared by several targets once per row; rotated videos report the upright frame."""
+    seen = []
+    with track_decoding() as stats:
+        video, _ = load_video(mp4, num_frames=48, start=1.0, end=3.4,  # several targets per frame
+                              on_frame=lambda i, f, n: seen.append((i, f.copy(), n, stats.frames_decoded)))
+    assert [i for i, *_ in seen] == list(range(48)) and {n for _, _, n, _ in seen} == {48}
+    assert all(np.array_equal(f, video[i].numpy()) for i, f, _, _ in seen)
+    assert seen[0][3] < stats.frames_decoded  # the first row came before the decoder had reached the last one
+    img = np.zeros((H, W, 3), np.uint8)
+    img[:8, :8] = 255
+    path = write_video(tmp / "rot90_on_frame.mp4", np.stack([img] * 5), 5, crf=0, rotation=90)
+    rows = []
+    video, meta = load_video(path, num_frames=3, on_frame=lambda i, f, n: rows.append(f.copy()))
+    assert meta.rotation == 90 and rows[0].shape == (W, H, 3)
+    assert all(np.array_equal(f, v) for f, v in zip(rows, video.numpy(), strict=True))
+
 # ----------------------------------------------------------------------------------------------------------------------
 # keyframe mode and seeking
 # ----------------------------------------------------------------------------------------------------------------------

@@ -25,9 +25,10 @@ Conversion runs in two phases:
    collected.  Shapes come from safetensors headers / memory-mapped pickles; Transform and Merge output shapes are
    obtained by running their function on ``meta`` tensors (no data).  If anything is wrong, one
    :class:`ConversionError` lists every problem group and nothing is written.
-2. Stream: sources are read shard by shard, each tensor is converted and appended to an output buffer that is flushed
-   to a safetensors shard when it reaches ``max_shard_size``.  Resident data is bounded by one source shard + one
-   output shard + the parts of merges that are still waiting for their other parts.  Shards are written under
+2. Stream: sources are read shard by shard; each tensor is converted and its bytes appended to the current output
+   shard's data file at once (a new shard starts when ``max_shard_size`` would be exceeded).  The memory-mapped
+   pages of a consumed pickled-source tensor are handed back to the kernel, so resident data is about one tensor +
+   the parts of merges that are still waiting for their other parts.  Shards are written under
    temporary names inside a staging directory next to ``out_dir`` and renamed to HF names
    (``model.safetensors`` or ``model-00001-of-0000N.safetensors`` + ``model.safetensors.index.json``) once their
    count is known; the staging directory is moved into place only on success, so a failure leaves no output.
@@ -799,7 +800,9 @@ class _ShardWriter:
     Each tensor's bytes go to the current shard's data file as soon as it is added (nothing is buffered, so a
     memory-mapped source page is touched once and its mapping can go when its shard is done); at a shard boundary the
     header is written and the data appended to it with ``copy_file_range`` (kernel-side, no user-space buffer).
-    Peak memory is about one tensor (plus the source mapping being read) instead of a whole output shard.
+    Peak memory is about one tensor instead of a whole output shard; the driver then drops the source tensor's
+    memory-mapped pages (:meth:`CheckpointSource.drop_pages`).  The written bytes sit in the page cache, not in
+    this process's RSS (``write`` / ``copy_file_range`` map nothing).
     """
 
     def __init__(self, directory: Path, limit: int, metadata: dict[str, str]):
@@ -1008,18 +1011,26 @@ def convert_checkpoint(
                             continue
                         tensor = src.get(item.key)
                         try:
+                            # once a source tensor's outputs are written, src.drop_pages hands its memory-mapped
+                            # pages back (pickled shards): resident stays ~one tensor, not the whole shard
                             if isinstance(rule, Rename):
                                 emit(res.targets[0], tensor, item.key)
+                                src.drop_pages(tensor)
                             elif isinstance(rule, Transform):
                                 ctx = ConversionContext(item.key, res.targets, table, src, extra, exp)
                                 outs = _as_tensors(rule.fn(tensor, res.match, ctx), len(res.targets),
                                                    describe_rule(rule))
                                 for target, o in zip(res.targets, outs, strict=True):
                                     emit(target, o, item.key)
+                                del outs
+                                src.drop_pages(tensor)
                             elif isinstance(rule, AddDelta):
                                 assert item.base_key is not None
-                                emit(res.targets[0], _add_delta(tensor, extra[rule.base].get(item.base_key)),
-                                     item.key)
+                                base = extra[rule.base].get(item.base_key)
+                                emit(res.targets[0], _add_delta(tensor, base), item.key)
+                                src.drop_pages(tensor)
+                                extra[rule.base].drop_pages(base)
+                                del base
                             else:
                                 assert isinstance(rule, Merge) and res.part is not None
                                 gk = (id(rule), res.targets[0])
@@ -1029,6 +1040,9 @@ def convert_checkpoint(
                                     del pending[gk]
                                     out = _as_tensors(rule.fn(*slot), 1, describe_rule(rule))[0]
                                     emit(res.targets[0], out, f"merge of {item.key}")
+                                    del out
+                                    for part in slot:  # parts from an earlier shard are not resident: no-op
+                                        src.drop_pages(part)
                         except ConversionError:
                             raise
                         except Exception as e:

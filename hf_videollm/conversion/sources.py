@@ -12,14 +12,21 @@ time.
 
 Memory: a sharded ``.bin`` checkpoint keeps at most ONE shard resident per source (the shard is dropped before the
 next one is loaded).  :data:`TORCH_SHARD_STATS` counts resident shards across all sources so tests can verify it.
+The file-backed pages of a memory-mapped shard (pickled with ``mmap=True``, or safetensors through ``safe_open``)
+count in the process's RSS once touched, until the mapping goes; :meth:`CheckpointSource.drop_pages` hands a
+consumed tensor's pages back to the kernel (``madvise(MADV_DONTNEED)`` on Linux, only inside a verified mapping of
+the shard file: clean file pages are re-read from the file if touched again), so converting a shard holds about
+one tensor resident instead of the whole shard.
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import pickle
 import struct
+import sys
 import zipfile
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
@@ -57,16 +64,19 @@ class ConversionError(ValueError):
 
 @dataclass
 class ShardResidency:
-    """Counts pickled (``torch.load``-ed) shards currently held by sources: ``current``, ``peak`` and ``loads``."""
+    """Counts pickled (``torch.load``-ed) shards currently held by sources: ``current``, ``peak`` and ``loads``
+    (and ``dropped_bytes``: memory-mapped pages of consumed tensors handed back, see ``drop_pages``)."""
 
     current: int = 0
     peak: int = 0
     loads: int = 0
+    dropped_bytes: int = 0  # pages of consumed tensors handed back to the kernel (see CheckpointSource.drop_pages)
 
     def reset(self) -> None:
         self.current = 0
         self.peak = 0
         self.loads = 0
+        self.dropped_bytes = 0
 
     def _loaded(self) -> None:
         self.current += 1
@@ -79,6 +89,71 @@ class ShardResidency:
 
 #: Global counter over all sources; each source also keeps its own (``CheckpointSource.residency``).
 TORCH_SHARD_STATS = ShardResidency()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# dropping the pages of consumed tensors from a memory-mapped shard (Linux; a no-op elsewhere)
+# ---------------------------------------------------------------------------------------------------------------------
+
+_MADV_DONTNEED = 4  # Linux value on every architecture
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_madvise_fn: Any = None  # resolved on first use; False when unavailable
+
+
+def _madvise() -> Any:
+    """libc's ``madvise`` via ctypes, or ``None`` off Linux / when it cannot be found."""
+    global _madvise_fn
+    if _madvise_fn is None:
+        _madvise_fn = False
+        if sys.platform.startswith("linux"):
+            try:
+                fn = ctypes.CDLL(None, use_errno=True).madvise
+                fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+                fn.restype = ctypes.c_int
+                _madvise_fn = fn
+            except (OSError, AttributeError):
+                pass
+    return _madvise_fn or None
+
+
+def _mapping_containing(start: int, end: int, paths: set[str]) -> tuple[int, int] | None:
+    """The range of this process's mapping (``/proc/self/maps``) of one of ``paths`` that holds ``[start, end)``;
+    ``None`` when there is none or the table cannot be read."""
+    try:
+        with open("/proc/self/maps") as f:
+            table = f.read()
+    except OSError:
+        return None
+    for line in table.splitlines():
+        parts = line.split(maxsplit=5)
+        if len(parts) == 6 and parts[5] in paths:
+            try:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            except ValueError:
+                continue
+            if lo <= start and end <= hi:
+                return lo, hi
+    return None
+
+
+def _drop_range(start: int, end: int) -> int:
+    """``MADV_DONTNEED`` on the whole pages inside ``[start, end)`` (the caller has checked that the range is a
+    file mapping: its pages are re-read from the file if touched again).  Returns the bytes handed back; 0 when
+    nothing was done (less than a page, no madvise, or madvise failed)."""
+    lo = -(-start // _PAGE_SIZE) * _PAGE_SIZE  # inward: never a page that also holds bytes outside the range
+    hi = end // _PAGE_SIZE * _PAGE_SIZE
+    if hi <= lo:
+        return 0
+    fn = _madvise()
+    if fn is None:
+        return 0
+    try:
+        if fn(lo, hi - lo, _MADV_DONTNEED) != 0:
+            return 0
+    except Exception:  # a foreign libc / ctypes failure: keep the pages, never fail the conversion
+        return 0
+    return hi - lo
+
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt")
 _TORCH_SUFFIXES = (".bin", ".pth", ".pt")
@@ -273,6 +348,10 @@ class CheckpointSource:
         self.residency = ShardResidency()
         self._handles: OrderedDict[int, Any] = OrderedDict()  # shard idx -> safe_open handle (LRU)
         self._resident: tuple[int, dict[str, torch.Tensor]] | None = None  # the one loaded pickled shard
+        # drop_pages: file mappings found so far, each with a storage inside it that keeps it mapped (until release)
+        self._mapped: list[tuple[int, int, Any]] = []
+        self._map_misses = 0  # tensors found in no mapping (e.g. a safetensors build that copies): stop looking
+        self._real_paths: set[str] | None = None
         self._key_to_shard: dict[str, int] | None = None
         self._memory: dict[str, torch.Tensor] | None = None
         self._index_file: Path | None = None
@@ -474,6 +553,8 @@ class CheckpointSource:
 
     def release(self) -> None:
         """Drop the resident pickled shard and the open safetensors handles (they are reopened on demand)."""
+        self._mapped = []
+        self._map_misses = 0
         if self._resident is not None:
             self._resident = None
             TORCH_SHARD_STATS._released()
@@ -510,6 +591,43 @@ class CheckpointSource:
             except Exception as e:
                 raise ConversionError(f"unreadable or corrupt safetensors file {shard.path} ({raw}): {e}") from e
         return self._load_torch(i)[raw]
+
+    def drop_pages(self, tensor: torch.Tensor) -> int:
+        """Hand the memory-mapped file pages of a consumed source tensor back to the kernel; returns the bytes dropped.
+
+        Acts only when the tensor's storage lies inside a mapping of one of this source's files (memory-mapped
+        pickled shards, safetensors files read through ``safe_open``), checked in ``/proc/self/maps`` while the
+        tensor is alive; the mapping is remembered with that storage, which keeps it mapped until :meth:`release`.
+        Clean file-backed pages are simply unmapped (``madvise(MADV_DONTNEED)``) and re-read from the file when
+        touched again, so the tensor and every other view of it keep their values.  Anything else -- in-memory
+        sources, non-zip pickles, heap copies, other platforms, a failing ``madvise`` -- is left alone and 0
+        returned.  Call it once the tensor's bytes are written out: a tensor modified in place would read back its
+        file values.
+        """
+        if self._memory is not None or not isinstance(tensor, torch.Tensor) or tensor.device.type != "cpu":
+            return 0
+        try:
+            storage = tensor.untyped_storage()
+            start, nbytes = storage.data_ptr(), storage.nbytes()
+        except Exception:
+            return 0
+        end = start + nbytes
+        if nbytes < _PAGE_SIZE or _madvise() is None:
+            return 0
+        if not any(lo <= start and end <= hi for lo, hi, _ in self._mapped):
+            if self._map_misses >= 8 and not self._mapped:
+                return 0
+            if self._real_paths is None:
+                self._real_paths = {os.path.realpath(f) for f in self.files}
+            found = _mapping_containing(start, end, self._real_paths)
+            if found is None:
+                self._map_misses += 1
+                return 0
+            self._mapped.append((found[0], found[1], storage))  # the storage keeps this mapping alive
+        dropped = _drop_range(start, end)
+        self.residency.dropped_bytes += dropped
+        TORCH_SHARD_STATS.dropped_bytes += dropped
+        return dropped
 
     def _meta(self, key: str) -> tuple[torch.Size, torch.dtype]:
         if self._memory is not None:

@@ -31,6 +31,14 @@ How the stream is probed (``_PyAVReader.probe``):
   the end of the stream from demuxing the packets after a seek close to the end; frame count / indices are then
   estimates (``duration * fps``, ``round(t * fps)``) when the container has no complete index.
 
+Decoding in threads (``decode_threads``, exact mode, pyav): PyAV releases the GIL while FFmpeg decodes, so when the
+targets span several keyframe intervals (one seek each) the intervals are split into contiguous runs, one per thread,
+each thread with its own container opened from the same path / bytes (file objects stay serial: one shared read
+position). A thread decodes exactly what the serial loop would from the same keyframes, so rows, frames and metadata
+are identical; anything unusual (corrupt packets, decode errors, a frame size change, a failing thread) discards the
+threads' work and decodes serially, which then reports it as always. ``on_frame`` stays on the caller's thread, rows in
+time order (each as soon as it and every earlier row are decoded).
+
 Other PyAV / FFmpeg behaviour worth knowing:
 
 * Matroska/WebM have no per-stream duration; the per-track ``DURATION`` tag (and ``container.duration``) is the
@@ -55,8 +63,10 @@ import logging
 import math
 import numbers
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -154,6 +164,7 @@ class DecodeStats:
 
 
 _ACTIVE_STATS: list[DecodeStats] = []
+_STATS_LOCK = threading.Lock()  # decode threads count too (``load_video(decode_threads=)``)
 
 
 @contextlib.contextmanager
@@ -168,8 +179,11 @@ def track_decoding() -> Iterator[DecodeStats]:
 
 
 def _count(attr: str, n: int = 1) -> None:
-    for stats in _ACTIVE_STATS:
-        setattr(stats, attr, getattr(stats, attr) + n)
+    if not _ACTIVE_STATS:
+        return
+    with _STATS_LOCK:
+        for stats in _ACTIVE_STATS:
+            setattr(stats, attr, getattr(stats, attr) + n)
 
 
 def _pick_video_stream(container, name: str):
@@ -980,6 +994,177 @@ def _to_rgb(frame, size: tuple[int, int] | None, reformatter=None) -> np.ndarray
 
 
 # ----------------------------------------------------------------------------------------------------------------------
+# Decoding the sampled rows: serially, or in several threads (``load_video(decode_threads=)``)
+# ----------------------------------------------------------------------------------------------------------------------
+
+#: ``decode_threads=None`` uses ``min(torch.get_num_threads(), MAX_DECODE_THREADS)`` threads.
+MAX_DECODE_THREADS = 4
+#: A decode thread is only started for at least this many keyframe intervals (= seeks) of work: fewer do not pay
+#: for opening another container (short clips, few targets stay serial).
+MIN_SEEKS_PER_THREAD = 2
+
+
+def _decode_serial(reader, stream, targets_pts, order, mode, on_frame, skip=0):
+    """Decode the targets in time order on ``reader``: ``(picked, out, rotation)``. ``on_frame`` is called for the
+    rows after the first ``skip`` (in time order) -- those were reported by a parallel attempt that fell back."""
+    picked: list[_Frame | None] = [None] * len(targets_pts)
+    out: np.ndarray | None = None
+    size: tuple[int, int] | None = None
+    rotation = 0
+    row_of: dict[int, int] = {}  # id(_Frame) -> first output row (the objects stay alive in `picked`)
+    reformatter = VideoReformatter()
+    for pos, i in enumerate(order):
+        t = targets_pts[i]
+        fr = reader.keyframe_near(t) if mode == "keyframe" else reader.frame_at(t)
+        picked[i] = fr
+        row = row_of.get(id(fr))
+        if row is not None:  # several targets inside one frame
+            out[i] = out[row]
+        else:
+            if out is None:
+                size = (fr.frame.width, fr.frame.height)
+                rotation = _frame_rotation_cw(fr.frame, stream)
+                out = np.empty((len(targets_pts), size[1], size[0], 3), dtype=np.uint8)
+            out[i] = _to_rgb(fr.frame, size, reformatter)  # convert right away, keep no decoded frame alive
+            fr.frame = None
+            row_of[id(fr)] = i
+        if on_frame is not None and pos >= skip:  # upright, as in the result (np.rot90: torch.rot90's turn, a view)
+            on_frame(i, np.rot90(out[i], -(rotation // 90) % 4) if rotation else out[i], len(targets_pts))
+    return picked, out, rotation
+
+
+def _reopenable(source) -> bool:
+    """Decode threads open their own container: paths and bytes can be opened again, file objects cannot (one
+    shared read position; reading a possibly huge object into memory first is not worth it), so they stay serial."""
+    return isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview))
+
+
+def _decode_thread_count(decode_threads: int | None) -> int:
+    if decode_threads is not None:
+        return int(decode_threads)
+    return max(1, min(torch.get_num_threads() or os.cpu_count() or 1, MAX_DECODE_THREADS))
+
+
+def _plan_groups(info: _StreamInfo, targets_pts, order, threads: int) -> list[list[int]] | None:
+    """Split the rows (in time order) into contiguous groups, one per decode thread, cutting only between keyframe
+    intervals (a thread never decodes a frame another one needs). ``None``: decode serially (one thread, or fewer
+    than ``MIN_SEEKS_PER_THREAD`` keyframe intervals per thread)."""
+    if threads < 2 or len(order) < 2 * MIN_SEEKS_PER_THREAD:
+        return None
+    clusters: list[list[int]] = []
+    last_key: object = object()
+    for i in order:
+        key = info.keys.key_at_or_before(targets_pts[i])  # None: before the first keyframe (first in time order)
+        if clusters and key == last_key:
+            clusters[-1].append(i)
+        else:
+            clusters.append([i])
+            last_key = key
+    n = min(threads, len(clusters) // MIN_SEEKS_PER_THREAD)
+    if n < 2:
+        return None
+    bounds = [round(g * len(clusters) / n) for g in range(n + 1)]
+    return [[i for c in clusters[bounds[g] : bounds[g + 1]] for i in c] for g in range(n)]
+
+
+class _NotParallel(Exception):
+    """A decode thread met something the serial path handles differently (corrupt data, a frame size change)."""
+
+
+def _decode_group(source, name, stream_index, info, targets_pts, rows, out, rotations, g, events, stop):
+    """One decode thread: its own container, the rows of group ``g`` (time order) written into ``out``."""
+    try:
+        with open_container(source) as (container, _):
+            stream = container.streams[stream_index]
+            reader = _PyAVReader(container, stream, name)
+            k = info.keys
+            reader.info = replace(info, keys=_KeyIndex(stream, k.shift, k.complete, k.scan_keys))
+            size = (stream.width, stream.height)
+            reformatter = VideoReformatter()
+            picked: dict[int, _Frame] = {}
+            row_of: dict[int, int] = {}
+            for i in rows:
+                if stop.is_set():
+                    raise _NotParallel("stopped")
+                fr = reader.frame_at(targets_pts[i])
+                picked[i] = fr
+                row = row_of.get(id(fr))
+                if row is not None:
+                    out[i] = out[row]
+                else:
+                    if (fr.frame.width, fr.frame.height) != size:
+                        raise _NotParallel("frame size differs from the stream's")  # serial scales to the 1st frame
+                    if rotations[g] is None:
+                        rotations[g] = _frame_rotation_cw(fr.frame, stream)
+                    out[i] = _to_rgb(fr.frame, size, reformatter)
+                    fr.frame = None
+                    row_of[id(fr)] = i
+                events.put(("row", i))
+            if reader.corrupt or reader.decode_errors:
+                raise _NotParallel("damaged data")  # the serial path counts and reports it
+            events.put(("done", g, picked))
+    except BaseException as exc:  # noqa: BLE001 -- reported to the caller, which decodes serially instead
+        events.put(("fail", g, exc))
+
+
+def _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_frame):
+    """Decode ``groups`` in one thread each. Returns ``((picked, out, rotation), emitted)``; ``(None, emitted)``
+    when a thread failed (the caller then decodes serially, and ``on_frame`` was already called for the first
+    ``emitted`` rows in time order: the serial pass reports only the others). ``on_frame`` is called here, on the
+    caller's thread, in time order: as soon as the next row in time order is decoded."""
+    n = len(targets_pts)
+    if isinstance(source, (bytearray, memoryview)):
+        source = bytes(source)  # one copy shared by the threads (their BytesIO share an immutable bytes object)
+    out = np.empty((n, stream.height, stream.width, 3), dtype=np.uint8)
+    rotations: list[int | None] = [None] * len(groups)
+    events: queue.Queue = queue.Queue()
+    stop = threading.Event()
+    threads = [
+        threading.Thread(
+            target=_decode_group,
+            args=(source, name, stream.index, info, targets_pts, rows, out, rotations, g, events, stop),
+            name=f"load_video-decode-{g}",
+            daemon=True,
+        )
+        for g, rows in enumerate(groups)
+    ]
+    for th in threads:
+        th.start()
+    ready = [False] * n
+    picked: list[_Frame | None] = [None] * n
+    emitted = 0
+    failed = None
+    try:
+        remaining = len(threads)
+        while remaining:
+            event = events.get()
+            if event[0] == "row":
+                ready[event[1]] = True
+            elif event[0] == "done":
+                remaining -= 1
+                for i, fr in event[2].items():
+                    picked[i] = fr
+            else:
+                remaining -= 1
+                failed = failed or event[2]
+                stop.set()
+            if on_frame is not None and failed is None:
+                while emitted < n and ready[order[emitted]]:
+                    i = order[emitted]
+                    rot = rotations[0] or 0  # the first row in time order is group 0's: set by now
+                    on_frame(i, np.rot90(out[i], -(rot // 90) % 4) if rot else out[i], n)
+                    emitted += 1
+    finally:
+        stop.set()
+        for th in threads:
+            th.join()
+    if failed is not None:
+        logger.debug("%s: parallel decoding fell back to the serial path (%r)", name, failed)
+        return None, emitted
+    return (picked, out, rotations[0] or 0), emitted
+
+
+# ----------------------------------------------------------------------------------------------------------------------
 # load_video
 # ----------------------------------------------------------------------------------------------------------------------
 
@@ -1003,6 +1188,8 @@ def load_video(
     max_frames: int | None = None,
     sampling: str = "uniform",
     backend: str = "pyav",
+    on_frame: Callable[[int, np.ndarray, int], Any] | None = None,
+    decode_threads: int | None = None,
 ) -> tuple[torch.Tensor, VideoMetadata]:
     """Decode frames of a video sampled by timestamp.
 
@@ -1030,6 +1217,18 @@ def load_video(
             ``n`` frames (a shorter video repeats frames); with ``fps`` the same as ``"uniform"``.
         backend: ``"pyav"``, ``"torchcodec"`` (error if not installed) or ``"auto"`` (torchcodec when importable and
             ``mode="exact"``, else pyav).
+        on_frame: ``on_frame(row, frame, count)`` is called for each of the ``count`` output rows as soon as that
+            frame is decoded (pyav; torchcodec: after decoding), so a consumer (resize, patches) can work while the
+            decoder continues: ``frame`` is the upright uint8 ``(H, W, 3)`` RGB array of the result (read-only use),
+            rows come in time order, a frame shared by several targets is reported for each of its rows.
+        decode_threads: pyav, ``mode="exact"``: decode in up to this many threads when the targets span several
+            keyframe intervals (``None``: ``min(torch.get_num_threads(), MAX_DECODE_THREADS)``; ``1``: always
+            serial). Each thread opens its own container (paths and bytes; file objects are always decoded
+            serially) and decodes a contiguous run of keyframe intervals, at least ``MIN_SEEKS_PER_THREAD`` of them
+            (fewer stay serial: it would not pay). The result is identical to the serial one (same frames, rows,
+            metadata); ``on_frame`` is still called on the caller's thread, in time order, each row as soon as it
+            and all earlier rows are decoded. Damaged data (corrupt packets, decode errors, a failing thread) and a
+            frame size that changes mid-stream are redone serially, so warnings and errors are the serial ones.
 
     Returns:
         ``(frames, metadata)``: uint8 tensor ``(T, H, W, 3)`` RGB (upright: display rotation applied) and
@@ -1038,6 +1237,8 @@ def load_video(
     """
     name = describe_source(source)
     _validate_args(name, num_frames, fps, start, end, mode, max_frames, sampling, backend)
+    if decode_threads is not None:
+        _check_positive_int(decode_threads, "decode_threads", name)
     # NumPy scalars (np.float32(2.0), np.int64(8)) are accepted where a number is; use plain Python numbers below
     num_frames = None if num_frames is None else int(num_frames)
     max_frames = None if max_frames is None else int(max_frames)
@@ -1047,7 +1248,12 @@ def load_video(
     if backend == "auto":
         backend = "torchcodec" if (mode == "exact" and _torchcodec_available()) else "pyav"
     if backend == "torchcodec":
-        return _load_video_torchcodec(source, name, num_frames, fps, start, end, mode, max_frames, sampling)
+        video, meta = _load_video_torchcodec(source, name, num_frames, fps, start, end, mode, max_frames, sampling)
+        if on_frame is not None:
+            rows = video.numpy()
+            for i in range(len(rows)):
+                on_frame(i, rows[i], len(rows))
+        return video, meta
 
     with open_container(source) as (container, name):
         stream = _pick_video_stream(container, name)
@@ -1096,27 +1302,15 @@ def load_video(
                 targets_pts = [reader.sec_to_pts(t) for t in requested]
 
         order = sorted(range(len(targets_pts)), key=lambda i: targets_pts[i])
-        picked: list[_Frame | None] = [None] * len(targets_pts)
-        out: np.ndarray | None = None
-        size: tuple[int, int] | None = None
-        rotation = 0
-        row_of: dict[int, int] = {}  # id(_Frame) -> first output row (the objects stay alive in `picked`)
-        reformatter = VideoReformatter()
-        for i in order:
-            t = targets_pts[i]
-            fr = reader.keyframe_near(t) if mode == "keyframe" else reader.frame_at(t)
-            picked[i] = fr
-            row = row_of.get(id(fr))
-            if row is not None:  # several targets inside one frame
-                out[i] = out[row]
-                continue
-            if out is None:
-                size = (fr.frame.width, fr.frame.height)
-                rotation = _frame_rotation_cw(fr.frame, stream)
-                out = np.empty((len(targets_pts), size[1], size[0], 3), dtype=np.uint8)
-            out[i] = _to_rgb(fr.frame, size, reformatter)  # convert right away, keep no decoded frame alive
-            fr.frame = None
-            row_of[id(fr)] = i
+        result = None
+        emitted = 0  # rows already reported to on_frame (in time order) before a fall back to the serial path
+        if mode == "exact" and _reopenable(source) and not reader.corrupt and not reader.decode_errors:
+            groups = _plan_groups(info, targets_pts, order, _decode_thread_count(decode_threads))
+            if groups is not None:
+                result, emitted = _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_frame)
+        if result is None:
+            result = _decode_serial(reader, stream, targets_pts, order, mode, on_frame, skip=emitted)
+        picked, out, rotation = result
         frames_out = [fr for fr in picked if fr is not None]
         video = _apply_rotation(torch.from_numpy(out), rotation)
 

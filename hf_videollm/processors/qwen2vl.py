@@ -10,6 +10,9 @@ its timing, a per-sample visual-token budget.
   of the frames kept give ``video_second_per_grid`` (seconds one temporal grid step covers), which the model turns
   into temporal positions when its config sets ``tokens_per_second``. Frames given as arrays are taken as sampled at
   ``video_fps``.
+  A file video's frames are resized and cut into float32 patch rows on worker threads while PyAV is still
+  decoding (``load_video(on_frame=)``, :class:`_FramePipeline`): the budgeted size is planned from the frame count
+  and size at the first frame; the result is used only when it is exactly what the pass after decoding would do.
 * Budget: ``max_visual_tokens`` per sample. When a sample's items need more, every item's pixel cap is scaled down
   together (not below its minimum), then videos keep fewer frames (not below ``min_frames``); what was chosen is
   logged. Text is never cut; a sample that cannot fit is refused with the numbers.
@@ -21,7 +24,8 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,39 +64,150 @@ def patchify(frames: torch.Tensor, patch_size: int, temporal_patch_size: int, me
     return x.reshape(t * gh * gw, C * tp * p * p), [t, gh, gw]
 
 
+_PIL_CODES = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+
+
+def _pil_code(resample: str) -> int | None:
+    """Pillow's filter code for ``resample`` (None: not a Pillow filter, the torch path resizes)."""
+    from ..media.transforms import resolve_resample
+
+    return _PIL_CODES.get(resolve_resample(resample))
+
+
+def _pil_resize_frame(frame: np.ndarray, height: int, width: int, code: int) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(np.ascontiguousarray(frame)).resize((width, height), code))
+
+
 def _pil_resize(frames: torch.Tensor, height: int, width: int, resample: str) -> torch.Tensor:
     """uint8 ``(T, H, W, 3)`` -> ``(T, height, width, 3)`` with Pillow itself (what transformers' PIL path runs;
     :func:`~hf_videollm.media.transforms.resize` gives the same bytes, Pillow's SIMD code is faster)."""
-    from PIL import Image
-
     from ..media.transforms import resolve_resample
 
-    codes = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
-    name = resolve_resample(resample)
-    if name not in codes:
-        return resize(frames.permute(0, 3, 1, 2), (height, width), name).permute(0, 2, 3, 1)
+    code = _pil_code(resample)
+    if code is None:
+        return resize(frames.permute(0, 3, 1, 2), (height, width), resolve_resample(resample)).permute(0, 2, 3, 1)
     out = np.empty((frames.shape[0], height, width, 3), dtype=np.uint8)
     src = frames.numpy()
 
     def one(i: int) -> None:  # Pillow releases the GIL while resizing: frames go to worker threads
-        out[i] = np.asarray(Image.fromarray(src[i]).resize((width, height), codes[name]))
+        out[i] = _pil_resize_frame(src[i], height, width, code)
 
     _run_parallel(one, [(i,) for i in range(len(src))])
     return torch.from_numpy(out)
 
 
+def _patch_rows(frames: torch.Tensor, out: torch.Tensor, patch: int, temporal: int, merge: int,
+                scale: torch.Tensor, shift: torch.Tensor) -> None:
+    """uint8 ``(T, H, W, C)`` frames (``T`` a multiple of ``temporal``) -> their float32 patch rows, written into
+    ``out`` of shape ``(t, h/m, w/m, m, m, C, tp, p, p)``: the patch layout is a view of the uint8 frames; one strided
+    copy writes it as float32 (no uint8 copy in between), then rescale + normalize in place."""
+    p, tp, m = patch, temporal, merge
+    T, H, W, C = frames.shape
+    view = frames.reshape(T // tp, tp, H // p // m, m, p, W // p // m, m, p, C).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
+    out.copy_(view)
+    out.mul_(scale.view(C, 1, 1, 1)).add_(shift.view(C, 1, 1, 1))
+
+
+class _FramePipeline:
+    """Resizes and patches a video's frames on worker threads while the decoder continues (``load_video``'s
+    ``on_frame``). The output size and the frames kept are planned at the first frame -- the sample's budget needs
+    only the frame count and size, known then -- on copies of the sample's other items (already loaded). The result
+    is used only if the processor's own decision after loading is the same plan (:meth:`result`); anything else
+    (a plan that fails, a video reloaded for ``min_frames``, padding, a non-Pillow filter) leaves the frames to the
+    usual pass, so the output never depends on the pipeline."""
+
+    def __init__(self, processor: VideoLLMQwen2VLProcessor, known: list[_Item], sample: int):
+        self.proc, self.known, self.sample = processor, known, sample
+        self.plan: tuple[int, int, list[int], int] | None = None  # (h, w, rows kept, frames decoded)
+        self.failed = False
+        self.waiting: dict[int, np.ndarray] = {}
+        self.futures: list[Future] = []
+        self.pool: ThreadPoolExecutor | None = None
+
+    def _start(self, count: int, height: int, width: int) -> None:
+        proc, tp = self.proc, self.proc.temporal_patch_size
+        code = _pil_code(proc.resample)
+        if count < max(tp, proc.min_frames) or code is None:  # reloaded for min_frames / padded / torch resize
+            self.failed = True
+            return
+        check_aspect_ratio(height, width, proc.max_aspect_ratio)
+        rows = _round_to_temporal(count, tp)
+        item = _Item("video", None, None, proc.video_max_pixels, proc.video_min_pixels, len(rows), (height, width),
+                     len(rows), rows)
+        proc._fit([replace(it) for it in self.known] + [item], proc.max_visual_tokens, self.sample, log=False)
+        h, w = smart_resize(height, width, proc.factor, item.floor, max(item.floor, item.cap),
+                            max_ratio=proc.max_aspect_ratio)
+        self.plan = (h, w, list(item.rows), count)
+        p, m = proc.patch_size, proc.merge_size
+        self.out = torch.empty((len(item.rows) // tp, h // p // m, w // p // m, m, m, 3, tp, p, p), dtype=torch.float32)
+        self.pos = {r: k for k, r in enumerate(item.rows)}
+        self.code, self.affine = code, proc._affine()
+        workers = max(1, min(torch.get_num_threads(), 8))
+        if workers > 1:
+            self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf_videollm_qwen2vl")
+
+    def __call__(self, row: int, frame: np.ndarray, count: int) -> None:
+        if self.failed:
+            return
+        if self.plan is None:
+            try:
+                self._start(count, frame.shape[0], frame.shape[1])
+            except ValueError:  # refused (aspect ratio, budget): the usual pass raises it with its context
+                self.failed = True
+            if self.failed:
+                return
+        k = self.pos.get(row)
+        if k is None:
+            return
+        tp = self.proc.temporal_patch_size
+        self.waiting[k] = frame
+        t = k // tp
+        if all(j in self.waiting for j in range(t * tp, t * tp + tp)):
+            pair = [self.waiting.pop(j) for j in range(t * tp, t * tp + tp)]
+            if self.pool is None:
+                self._rows(t, pair)
+            else:
+                self.futures.append(self.pool.submit(self._rows, t, pair))
+
+    def _rows(self, t: int, frames: list[np.ndarray]) -> None:
+        h, w = self.plan[0], self.plan[1]
+        frames = [f if f.shape[:2] == (h, w) else _pil_resize_frame(f, h, w, self.code) for f in frames]
+        proc = self.proc
+        _patch_rows(torch.from_numpy(np.stack(frames)), self.out[t : t + 1], proc.patch_size,
+                    proc.temporal_patch_size, proc.merge_size, *self.affine)
+
+    def result(self, height: int, width: int, rows: list[int], count: int) -> torch.Tensor | None:
+        """The patch rows, if the processor's final choice ``(height, width, rows, count)`` is what was planned."""
+        for fut in self.futures:
+            fut.result()
+        if self.pool is not None:
+            self.pool.shutdown()
+        if self.failed or self.plan != (height, width, rows, count) or self.waiting:
+            return None
+        return self.out.view(-1, math.prod(self.out.shape[-4:]))  # rows laid out (C, tp, p, p)
+
+
+def _round_to_temporal(n: int, tp: int) -> list[int]:
+    """Frames kept of ``n`` decoded: the count rounded down to the temporal patch, spread over the whole clip."""
+    if n > tp and n % tp:
+        return np.linspace(0, n - 1, n - n % tp).round().astype(int).tolist()
+    return list(range(n))
+
+
 @dataclass
 class _Item:
     modality: str
-    frames: torch.Tensor  # uint8 (T, H, W, 3), contiguous; an image has T = 1
-    timestamps: list[float] | None  # videos: seconds of each frame
+    frames: torch.Tensor | None  # uint8 (T, H, W, 3) as loaded; an image has T = 1 (None: a pipeline's plan)
+    timestamps: list[float] | None  # videos: seconds of each frame in `rows`
     cap: int  # max pixels per frame
     floor: int  # min pixels per frame
     keep: int  # frames kept (videos)
-
-    @property
-    def size(self) -> tuple[int, int]:
-        return int(self.frames.shape[1]), int(self.frames.shape[2])
+    size: tuple[int, int]  # (H, W) of the frames
+    count: int  # frames available before the budget (len(rows))
+    rows: list[int] | None = None  # indices into frames of the frames used (None: all)
+    pipeline: _FramePipeline | None = None
 
 
 class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
@@ -159,30 +274,36 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         return self.item_tokens(h, w, frames, min_pixels=it.floor, max_pixels=max(it.floor, cap if cap is not None else it.cap))
 
     # ---------------------------------------------------------------------------------------------- loading
-    def _load_video(self, video: Any, index: int) -> tuple[torch.Tensor, list[float]]:
-        """uint8 ``(T, H, W, 3)`` frames sampled at ``video_fps`` (count in ``[min_frames, max_frames]``, a multiple
-        of the temporal patch) and their timestamps in seconds."""
+    def _read_video(self, video: Any, index: int, on_frame=None) -> tuple[torch.Tensor, list[float], list[int]]:
+        """uint8 ``(T, H, W, 3)`` frames sampled at ``video_fps`` (count in ``[min_frames, max_frames]``), the
+        timestamps in seconds of the frames used and their indices (the count rounded down to the temporal patch).
+        ``on_frame`` goes to :func:`load_video` (file videos)."""
         tp = self.temporal_patch_size
         if not _is_video_source(video):
             frames = load_frames(video, index=index, num_frames=None, fps=None, max_frames=self.max_frames,
                                  max_aspect_ratio=self.max_aspect_ratio)
-            return frames.permute(0, 2, 3, 1).contiguous(), [i / (self.video_fps or ARRAY_FPS) for i in range(frames.shape[0])]
+            stamps = [i / (self.video_fps or ARRAY_FPS) for i in range(frames.shape[0])]
+            return frames.permute(0, 2, 3, 1).contiguous(), stamps, list(range(frames.shape[0]))
         try:
             if self.num_frames is not None:
                 count = max(tp, round(self.num_frames / tp) * tp)
-                frames, meta = load_video(video, num_frames=count, max_frames=self.max_frames)
+                frames, meta = load_video(video, num_frames=count, max_frames=self.max_frames, on_frame=on_frame)
             else:
-                frames, meta = load_video(video, fps=self.video_fps, max_frames=self.max_frames)
+                frames, meta = load_video(video, fps=self.video_fps, max_frames=self.max_frames, on_frame=on_frame)
             if self.num_frames is None and frames.shape[0] < self.min_frames and meta.total_frames > frames.shape[0]:
                 frames, meta = load_video(video, num_frames=min(self.min_frames, meta.total_frames))
             check_aspect_ratio(frames.shape[1], frames.shape[2], self.max_aspect_ratio)
         except (ValueError, ImageLoadError) as e:
             raise type(e)(f"video {index}: {e}") from e
-        stamps = list(meta.timestamps)
-        n = frames.shape[0]
-        if n > tp and n % tp:  # round the count down to the temporal patch, frames spread over the whole clip
-            keep = np.linspace(0, n - 1, n - n % tp).round().astype(int).tolist()
-            frames, stamps = frames[keep], [stamps[i] for i in keep]
+        rows = _round_to_temporal(frames.shape[0], tp)
+        return frames, [meta.timestamps[i] for i in rows], rows
+
+    def _load_video(self, video: Any, index: int) -> tuple[torch.Tensor, list[float]]:
+        """uint8 ``(T, H, W, 3)`` frames sampled at ``video_fps`` (count in ``[min_frames, max_frames]``, a multiple
+        of the temporal patch) and their timestamps in seconds."""
+        frames, stamps, rows = self._read_video(video, index)
+        if len(rows) < frames.shape[0]:
+            frames = frames[rows]
         return frames.contiguous(), stamps
 
     def sample_frames(self, video: Any, index: int = 0) -> torch.Tensor:
@@ -191,17 +312,30 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         baseline use it)."""
         return self._load_video(video, index)[0].permute(0, 3, 1, 2)
 
-    def _load(self, given: dict[str, list]) -> dict[str, list[_Item]]:
+    def _load(self, given: dict[str, list], samples: list[dict[str, list[int]]]) -> dict[str, list[_Item]]:
+        """Images, then videos; ``samples``: each sample's item indices per modality (the budget's groups). The last
+        video of a sample is resized and patched while it decodes (:class:`_FramePipeline`): the sample's other
+        items are known by then."""
         items: dict[str, list[_Item]] = {"image": [], "video": []}
         for img in load_images(given.get("image", []), self.max_image_pixels, self.max_aspect_ratio):
-            items["image"].append(_Item("image", img.permute(1, 2, 0).contiguous()[None], None, self.max_pixels, self.min_pixels, 1))
+            frame = img.permute(1, 2, 0).contiguous()[None]
+            items["image"].append(_Item("image", frame, None, self.max_pixels, self.min_pixels, 1,
+                                        (frame.shape[1], frame.shape[2]), 1))
+        last = {s["video"][-1]: (b, s) for b, s in enumerate(samples) if s.get("video")}
         for i, video in enumerate(given.get("video", [])):
-            frames, stamps = self._load_video(video, i)
-            items["video"].append(_Item("video", frames, stamps, self.video_max_pixels, self.video_min_pixels, frames.shape[0]))
+            pipe = None
+            if i in last and _is_video_source(video):
+                b, s = last[i]
+                if all(j < i for j in s["video"][:-1]):
+                    known = [items["image"][j] for j in s.get("image", [])] + [items["video"][j] for j in s["video"][:-1]]
+                    pipe = _FramePipeline(self, known, b)
+            frames, stamps, rows = self._read_video(video, i, on_frame=pipe)
+            items["video"].append(_Item("video", frames, stamps, self.video_max_pixels, self.video_min_pixels,
+                                        len(rows), (frames.shape[1], frames.shape[2]), len(rows), rows, pipe))
         return items
 
     # ---------------------------------------------------------------------------------------------- budget
-    def _fit(self, items: list[_Item], budget: int | None, sample: int) -> None:
+    def _fit(self, items: list[_Item], budget: int | None, sample: int, *, log: bool = True) -> None:
         """Lower the items' resolution, then the videos' frame counts, until the sample fits ``budget`` tokens."""
         if budget is None or not items:
             return
@@ -219,8 +353,9 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
                 lo, hi = (mid, hi) if at_scale(mid) <= budget else (lo, mid)
             for it in items:
                 it.cap = max(it.floor, int(it.cap * lo))
-            logger.info("sample %d: %d visual tokens over max_visual_tokens=%d; pixel caps scaled by %.3f -> %d tokens",
-                        sample, need, budget, lo, sum(self._tokens(it) for it in items))
+            if log:
+                    logger.info("sample %d: %d visual tokens over max_visual_tokens=%d; pixel caps scaled by %.3f -> %d "
+                            "tokens", sample, need, budget, lo, sum(self._tokens(it) for it in items))
             return
         for it in items:
             it.cap = it.floor
@@ -228,8 +363,8 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         tp = self.temporal_patch_size
 
         def frames_at(it: _Item, f: float) -> int:
-            least = min(it.frames.shape[0], max(tp, math.ceil(self.min_frames / tp) * tp))
-            return max(least, int(it.frames.shape[0] * f) // tp * tp)
+            least = min(it.count, max(tp, math.ceil(self.min_frames / tp) * tp))
+            return max(least, int(it.count * f) // tp * tp)
 
         def at_frames(f: float) -> int:
             return sum(self._tokens(it, keep=frames_at(it, f) if it.modality == "video" else None) for it in items)
@@ -246,8 +381,11 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
             lo, hi = (mid, hi) if at_frames(mid) <= budget else (lo, mid)
         for it in videos:
             keep = frames_at(it, lo)
-            idx = np.linspace(0, it.frames.shape[0] - 1, keep).round().astype(int).tolist()
-            it.frames, it.timestamps, it.keep = it.frames[idx], [it.timestamps[i] for i in idx], keep
+            idx = np.linspace(0, it.count - 1, keep).round().astype(int).tolist()
+            it.rows = [(it.rows or list(range(it.count)))[i] for i in idx]
+            it.timestamps, it.keep = [it.timestamps[i] for i in idx] if it.timestamps else None, keep
+        if not log:
+            return
         logger.info(
             "sample %d: %d visual tokens over max_visual_tokens=%d; minimum resolution and %s frames -> %d tokens",
             sample, need, budget, [it.keep for it in videos], sum(self._tokens(it) for it in items),
@@ -264,22 +402,21 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
     def _pixels(self, it: _Item) -> tuple[torch.Tensor, list[int]]:
         H, W = it.size
         h, w = smart_resize(H, W, self.factor, it.floor, max(it.floor, it.cap), max_ratio=self.max_aspect_ratio)
-        frames = it.frames
+        tp, p, m = self.temporal_patch_size, self.patch_size, self.merge_size
+        rows = it.rows if it.rows is not None else list(range(it.frames.shape[0]))
+        if it.pipeline is not None:  # resized and patched while decoding, if that plan is the one chosen
+            done = it.pipeline.result(h, w, rows, it.frames.shape[0])
+            if done is not None:
+                return done, [len(rows) // tp, h // p, w // p]
+        frames = it.frames if len(rows) == it.frames.shape[0] else it.frames[rows]
         if (h, w) != (H, W):
             frames = _pil_resize(frames, h, w, self.resample)
-        tp = self.temporal_patch_size
         if pad := -frames.shape[0] % tp:  # images: repeated over the temporal patch; videos: last frame repeated
             frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
-        # the patch layout is a view of the uint8 frames; one strided copy writes it as float32 rows (no uint8 copy
-        # in between), then rescale + normalize in place (each row is laid out (C, tp, p, p))
-        p, m = self.patch_size, self.merge_size
-        T, H, W, C = frames.shape
-        t, gh, gw = T // tp, H // p, W // p
-        view = frames.reshape(t, tp, gh // m, m, p, gw // m, m, p, C).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
-        out = torch.empty(view.shape, dtype=torch.float32)
-        out.copy_(view)
-        scale, shift = self._affine()
-        out.mul_(scale.view(C, 1, 1, 1)).add_(shift.view(C, 1, 1, 1))
+        T, C = frames.shape[0], frames.shape[3]
+        t, gh, gw = T // tp, h // p, w // p
+        out = torch.empty((t, gh // m, gw // m, m, m, C, tp, p, p), dtype=torch.float32)
+        _patch_rows(frames, out, p, tp, m, *self._affine())
         return out.view(t * gh * gw, C * tp * p * p), [t, gh, gw]
 
     def _second_per_grid(self, it: _Item) -> float:
@@ -311,24 +448,24 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
 
     def _process_media(self, given: dict[str, list]) -> tuple[dict[str, Any], dict[str, list]]:
         samples = self.__dict__.pop("_samples", None)
-        items = self._load(given)
         if samples is None:
-            groups = [[it for m in ("image", "video") for it in items[m]]]
+            members = [{m: list(range(len(given.get(m, [])))) for m in ("image", "video")}]
         else:
-            groups = [[items[m][i] for m in ("image", "video") for i in s.items.get(m, [])] for s in samples]
-        for b, group in enumerate(groups):
-            self._fit(group, self.max_visual_tokens, b)
+            members = [s.items for s in samples]
+        items = self._load(given, members)
+        for b, s in enumerate(members):
+            self._fit([items[m][i] for m in ("image", "video") for i in s.get(m, [])], self.max_visual_tokens, b)
         return self._encode(items)
 
     def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
         """Images processed as one sample (budget shared)."""
-        items = self._load({"image": images})
+        items = self._load({"image": images}, [{"image": list(range(len(images)))}])
         self._fit(items["image"], self.max_visual_tokens, 0)
         data, tokens = self._encode(items)
         return data, tokens.get("image", [])
 
     def _process_videos(self, videos: list) -> tuple[dict[str, Any], list[int]]:
-        items = self._load({"video": videos})
+        items = self._load({"video": videos}, [{"video": list(range(len(videos)))}])
         self._fit(items["video"], self.max_visual_tokens, 0)
         data, tokens = self._encode(items)
         return data, tokens.get("video", [])
