@@ -119,3 +119,16 @@ def test_a_missing_tracker_is_one_clear_error_before_anything_is_written(tracker
     assert rc == 2 and "hf-videollm[tracking]" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()  # nothing loaded or written
     assert check_report_to("none") == [] and check_report_to(None) == []
+
+
+def test_an_unknown_tracker_name_is_a_clear_error_before_anything_is_loaded(tmp_path):
+    from hf_videollm.training.train import TrainConfig, check_report_to, train
+
+    assert check_report_to("none") == [] and check_report_to("tensorboard, none") == ["tensorboard"]
+    with pytest.raises(ValueError, match=r"unknown tracker\(s\) \['wandbb'\].*none, tensorboard or wandb"):
+        check_report_to("tensorboard,wandbb")
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="wandbb"):
+        train(TrainConfig(model="tiny:llava", data=[str(tmp_path / "absent.jsonl")], output_dir=str(out),
+                          report_to="wandbb"))
+    assert not out.exists()  # refused before the data, the model or the output directory

@@ -219,6 +219,14 @@ def check_report_to(report_to: str | list[str] | None) -> list[str]:
 
     names = report_to if isinstance(report_to, (list, tuple)) else str(report_to or "none").split(",")
     names = [n.strip() for n in names if n.strip() and n.strip() != "none"]
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK and n != "all"]
+    if unknown:
+        raise ValueError(
+            f"report_to names unknown tracker(s) {unknown}: use none, tensorboard or wandb (or another of transformers' "
+            f"integrations: {', '.join(sorted(INTEGRATION_TO_CALLBACK))}), comma-separated for several"
+        )
     for name in names:
         modules = _TRACKERS.get(name)
         if modules and not any(importlib.util.find_spec(m) for m in modules):
