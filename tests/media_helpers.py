@@ -1,4 +1,4 @@
-"""Synthetic grey-ramp videos whose frames encode their own index, shared by the reliability tests."""
+"""Synthetic frames that encode their own index (grey ramps, binary stripes), shared by the media tests."""
 
 from __future__ import annotations
 
@@ -23,3 +23,18 @@ def videollama2_frame_sample(total: int, n: int) -> list[int]:
     oracle written from the spec, independent of ``hf_videollm.media.video_read.index_midpoints``)."""
     seg = (total - 1) / n
     return [int(np.round((i + 0.5) * seg + 1e-6)) for i in range(n)]
+
+
+STRIPES_W, STRIPES_H = 64, 48
+
+
+def stripes(i: int, marker: bool = False) -> np.ndarray:
+    """A 64x48 RGB frame showing ``i`` in binary as 8 white/black vertical stripes (robust to lossy codecs);
+    ``marker`` adds a red top-left corner so that a rotation is visible."""
+    a = np.zeros((STRIPES_H, STRIPES_W, 3), np.uint8)
+    for b in range(8):
+        if (i >> b) & 1:
+            a[:, b * 8 : (b + 1) * 8] = 255
+    if marker:
+        a[:4, :4] = (255, 0, 0)
+    return a

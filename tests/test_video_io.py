@@ -15,6 +15,9 @@ import av
 import numpy as np
 import pytest
 import torch
+from media_helpers import STRIPES_H as H
+from media_helpers import STRIPES_W as W
+from media_helpers import stripes
 
 from hf_videollm.media import (
     AudioDecodeError,
@@ -25,16 +28,6 @@ from hf_videollm.media import (
     video_read,
     write_video,
 )
-
-W, H = 64, 48
-
-
-def stripes(i: int) -> np.ndarray:
-    a = np.zeros((H, W, 3), np.uint8)
-    for b in range(8):
-        if (i >> b) & 1:
-            a[:, b * 8 : (b + 1) * 8] = 255
-    return a
 
 
 def ident(video: torch.Tensor) -> list[int]:

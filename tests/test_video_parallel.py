@@ -16,19 +16,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from media_helpers import STRIPES_H as H
+from media_helpers import STRIPES_W as W
+from media_helpers import stripes as _stripes
 
 from hf_videollm.media import VideoDecodeError, load_video, video_read, write_video
 
-W, H = 64, 48
-
 
 def stripes(i: int) -> np.ndarray:
-    a = np.zeros((H, W, 3), np.uint8)
-    for b in range(8):
-        if (i >> b) & 1:
-            a[:, b * 8 : (b + 1) * 8] = 255
-    a[:4, :4] = (255, 0, 0)  # a red corner marker: rotation is visible
-    return a
+    return _stripes(i, marker=True)  # the red corner shows rotation
 
 
 def ident(video: torch.Tensor) -> list[int]:
