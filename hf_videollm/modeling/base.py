@@ -554,6 +554,16 @@ class VisionTowerModel(VideoLLMPreTrainedModel):
             )
         return list(pixel_values_videos.unbind(0))
 
+    @classmethod
+    def _video_frames(cls, pixel_values_videos: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        """All frames of all videos as one ``(sum T_i, 3, H, W)`` tensor, and each video's frame count. A
+        ``(V, T, 3, H, W)`` tensor (or a single video) gives a view, not a copy of the pixels."""
+        if isinstance(pixel_values_videos, torch.Tensor) and pixel_values_videos.ndim == 5:
+            v, t = pixel_values_videos.shape[:2]
+            return pixel_values_videos.flatten(0, 1), [t] * v
+        videos = cls._video_list(pixel_values_videos)
+        return (videos[0] if len(videos) == 1 else torch.cat(videos, dim=0)), [x.shape[0] for x in videos]
+
     def unused_parameter_prefixes(self) -> list[str]:
         return unused_tower_prefixes(self.config.vision_config, self.config.vision_feature_layer)
 
