@@ -157,7 +157,7 @@ def build_videollama2_pair(frames: int):
 
 
 # ---------------------------------------------------------------------------------------------------- runs
-def run_llava(args) -> tuple[str, list[str], list[tuple]]:
+def run_llava(args) -> tuple[str, list[str], list[tuple], tuple[float, bool]]:
     ours, theirs, processor = build_pair()
     rng = np.random.default_rng(0)
     pics = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(args.images)]
@@ -175,10 +175,10 @@ def run_llava(args) -> tuple[str, list[str], list[tuple]]:
         ("forward", lambda: ours(**ins), lambda: theirs(**ins)),
         (f"generate {n} tokens", lambda: ours.generate(**ins, **gen), lambda: theirs.generate(**ins, **gen)),
     ]
-    return "Model forward / generate vs transformers' LlavaForConditionalGeneration (same weights)", [head], rows
+    return "Model forward / generate vs transformers' LlavaForConditionalGeneration (same weights)", [head], rows, (diff, same)
 
 
-def run_videollama2(args) -> tuple[str, list[str], list[tuple]]:
+def run_videollama2(args) -> tuple[str, list[str], list[tuple], tuple[float, bool]]:
     ours, theirs, processor = build_videollama2_pair(args.frames)
     rng = np.random.default_rng(0)
     video = rng.integers(0, 256, (args.frames, 720, 1280, 3), dtype=np.uint8)
@@ -201,7 +201,7 @@ def run_videollama2(args) -> tuple[str, list[str], list[tuple]]:
         ("forward", lambda: ours(**ins), lambda: theirs(ids, pixels)),
         (f"generate {n} tokens", lambda: ours.generate(**ins, **gen), lambda: theirs.generate(ids, pixels, **gen)),
     ]
-    return "Model forward / generate: VideoLLaMA 2 vs the original's computation (same weights)", [head], rows
+    return "Model forward / generate: VideoLLaMA 2 vs the original's computation (same weights)", [head], rows, (diff, same)
 
 
 RUNS = {"llava": run_llava, "videollama2": run_videollama2}
@@ -219,10 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     cmd = ("python3 bench/bench_model.py " + " ".join(argv if argv is not None else sys.argv[1:])).strip()
+    status = 0
     for name in RUNS if args.model == "all" else [args.model]:
         with torch.no_grad():
-            title, head, rows = RUNS[name](args)
+            title, head, rows, (diff, same) = RUNS[name](args)
             print(head[0], flush=True)
+            if diff > 1e-4 or not same:
+                print(f"{name}: ours and the reference disagree (logits diff {diff:.2e}, same tokens {same})", flush=True)
+                status = 1
             table = [*head, "", "| stage | ours s | reference s | ratio |", "|---|---:|---:|---:|"]
             for stage, fa, fb in rows:
                 ta, tb = alternate(fa, fb, args.repeats)
@@ -232,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_record:
             record(title, cmd, table, f"Median of {args.repeats} alternating runs in one process ({args.threads} "
                    "threads); shared machine, only the ratios are meaningful.")
-    return 0
+    return status
 
 
 if __name__ == "__main__":
