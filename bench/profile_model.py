@@ -1,6 +1,7 @@
 """Per-op profile of bench_model's pairs: ours vs the reference, same inputs, runs alternating (A B A B ...).
 
     OMP_NUM_THREADS=2 python bench/profile_model.py --model llava --stage forward --repeats 4
+    OMP_NUM_THREADS=2 python bench/profile_model.py --model videollama2 --stage parts --repeats 7
 
 Prints, per aten op, the summed self CPU time of each side over ``--repeats`` profiled runs (after one warm-up each),
 and the wall time of each side; the ops are those of ``torch.profiler`` (Python overhead shows as the difference
@@ -49,15 +50,65 @@ def cases(model: str, new_tokens: int):
     }
 
 
+def parts(model: str, repeats: int) -> None:
+    """Fastest of ``repeats`` alternating runs of each part: tower (ours: up to the selected layer; reference: every
+    layer with all hidden states), connector, language model on the merged embeddings (full logits), and the
+    whole-forward ratio those parts imply if nothing else differed."""
+    rng = np.random.default_rng(0)
+    if model == "llava":
+        ours, theirs, processor = bm.build_pair()
+        pics = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(2)]
+        batch = processor(text=[" ".join([processor.image_token] * 2) + " describe the picture"], images=pics)
+        px, key = batch["pixel_values"], "pixel_values"
+        tower_ref = theirs.model.vision_tower
+    else:
+        ours, theirs, processor = bm.build_videollama2_pair(16)
+        video = rng.integers(0, 256, (16, 720, 1280, 3), dtype=np.uint8)
+        batch = processor(text=[processor.video_token + " describe the video"], videos=[video])
+        px, key = batch["pixel_values_videos"].flatten(0, 1), "pixel_values_videos"
+        tower_ref = theirs.vision_tower
+    with torch.no_grad():
+        feats = ours.get_vision_features(px)
+        conn_in = feats if model == "llava" else feats[None]
+        emb = ours.build_inputs_embeds(batch["input_ids"], ours.encode_media(**{key: batch[key]}), batch["attention_mask"])
+        fns = {
+            "tower ours": lambda: ours.get_vision_features(px),
+            "tower ref": lambda: tower_ref(px, output_hidden_states=True),
+            "connector": lambda: ours.multi_modal_projector(conn_in),
+            "language model": lambda: ours.language_model(inputs_embeds=emb, attention_mask=batch["attention_mask"]),
+            "forward ours": lambda: ours(**{k: batch[k] for k in ("input_ids", "attention_mask", key)}),
+        }
+        for f in fns.values():
+            f()
+        best = {k: float("inf") for k in fns}
+        for _ in range(repeats):
+            for k, f in fns.items():
+                t = time.perf_counter()
+                f()
+                best[k] = min(best[k], time.perf_counter() - t)
+    print(f"{model}: fastest of {repeats} alternating runs per part")
+    print("| part | s |\n|---|---:|")
+    for k, v in best.items():
+        print(f"| {k} | {v:.3f} |")
+    shared = best["connector"] + best["language model"]
+    print(f"| implied forward ratio (tower ours + shared) / (tower ref + shared) | "
+          f"{(best['tower ours'] + shared) / (best['tower ref'] + shared):.3f} |")
+    print(f"| overhead of ours beyond its parts (forward ours - tower - connector - LM) | "
+          f"{best['forward ours'] - best['tower ours'] - shared:.3f} |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=["llava", "videollama2"], default="llava")
-    p.add_argument("--stage", choices=["forward", "generate", "encode"], default="forward")
+    p.add_argument("--stage", choices=["forward", "generate", "encode", "parts"], default="forward")
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=8)
     p.add_argument("--rows", type=int, default=18)
     args = p.parse_args()
     torch.set_num_threads(2)
+    if args.stage == "parts":
+        parts(args.model, args.repeats)
+        return 0
     fa, fb = cases(args.model, args.new_tokens)[args.stage]
     ops = {"ours": defaultdict(float), "ref": defaultdict(float)}
     calls = {"ours": defaultdict(int), "ref": defaultdict(int)}

@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -38,6 +38,7 @@ from transformers.modeling_outputs import (
 )
 
 from .contract import InputSpec, Modality, ModelInputs, expand_items
+from .kv_cache import use_growing_layers
 from .merge import MediaMismatchError, as_item_list, assign_items_to_samples, media_mask, merge_media_embeddings
 from .parts import PartsMixin
 from .quantization import QuantizationMixin
@@ -423,6 +424,21 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         # Media were encoded in ``generate`` already; transformers' own pre-encoding would pop the layout inputs its
         # signature lookup finds (e.g. grids) and encode nothing.
         return model_kwargs
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length):
+        """transformers' cache for this call; its default ``DynamicCache`` gets layers that append in place
+        (:class:`~.kv_cache.GrowingKVLayer`: no copy of the whole cache per generated token, same numbers). A cache
+        the caller passed, or one chosen with ``cache_implementation``, is used as given."""
+        out = super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+        )
+        cache = model_kwargs.get("cache")
+        if (
+            type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False)
+            and generation_config.cache_implementation in (None, "dynamic")
+        ):
+            use_growing_layers(cache, max_cache_length)
+        return out
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         """transformers 5.24 builds 1-D position ids from the attention mask before the loop and advances them by
