@@ -9,7 +9,7 @@
   module, and the same ``MistralForCausalLM``: a prompt with ONE ``<video>`` id per video, its text pieces embedded
   and ``torch.cat`` with the video features sample by sample; ``generate`` = the LM's ``generate(inputs_embeds=)``
   (the media encoded once). 16 frames of 720p -> CLIP 336 (6 x 256) -> ``stc_connector`` (depth 4, 9 x 13 x 13 =
-  1521 tokens) -> Mistral 4 x 256.
+  1521 tokens) -> Mistral 4 x 256 (no sliding window, as the release's Mistral-7B-Instruct-v0.2).
 
 Both sides get the same pixels (our processor's output) and weights (deep copies); float32, each side's default
 attention (SDPA). The logits are compared (max abs diff) and the greedy tokens must match. Times are medians of
@@ -166,8 +166,10 @@ def collapse_runs(input_ids: torch.Tensor, token_id: int) -> torch.Tensor:
 def build_videollama2_pair(frames: int):
     from hf_videollm.tiny import build_tiny
 
+    # sliding_window=None as the release's Mistral-7B-Instruct-v0.2 (transformers' MistralConfig default is 4096)
     ours, processor = build_tiny(
-        "videollama2", image_size=336, vision_config=dict(VISION), text_config=dict(TEXT), num_frames=frames,
+        "videollama2", image_size=336, vision_config=dict(VISION), text_config=dict(TEXT, sliding_window=None),
+        num_frames=frames,
     )
     ours.eval()
     ours.generation_config.pad_token_id = processor.tokenizer.pad_token_id
