@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=2 python bench/profile_model.py --model llava --stage forward --repeats 4
     OMP_NUM_THREADS=2 python bench/profile_model.py --model videollama2 --stage parts --repeats 7
+    OMP_NUM_THREADS=2 python bench/profile_model.py --model llava --stage cache --new-tokens 32 --repeats 7
 
 Prints, per aten op, the summed self CPU time of each side over ``--repeats`` profiled runs (after one warm-up each),
 and the wall time of each side; the ops are those of ``torch.profiler`` (Python overhead shows as the difference
@@ -97,10 +98,55 @@ def parts(model: str, repeats: int) -> None:
           f"{best['forward ours'] - best['tower ours'] - shared:.3f} |")
 
 
+def cache_ab(model: str, new_tokens: int, repeats: int) -> None:
+    """``generate`` A/B/C alternating: ours (default: in-place KV cache), ours with transformers' ``DynamicCache``
+    passed explicitly (``torch.cat`` per token), the reference; the outputs of the first two must be identical."""
+    from transformers import DynamicCache
+
+    rng = np.random.default_rng(0)
+    gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    if model == "llava":
+        ours, theirs, processor = bm.build_pair()
+        pics = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(2)]
+        batch = processor(text=[" ".join([processor.image_token] * 2) + " describe the picture"], images=pics)
+        ins = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+        ref = lambda: theirs.generate(**ins, **gen)  # noqa: E731
+    else:
+        ours, theirs, processor = bm.build_videollama2_pair(16)
+        video = rng.integers(0, 256, (16, 720, 1280, 3), dtype=np.uint8)
+        batch = processor(text=[processor.video_token + " describe the video"], videos=[video])
+        ins = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos")}
+        ids = bm.collapse_runs(ins["input_ids"], ours.config.video_token_id)
+        ref = lambda: theirs.generate(ids, ins["pixel_values_videos"], **gen)  # noqa: E731
+    fns = {
+        "ours (in-place cache)": lambda: ours.generate(**ins, **gen),
+        "ours with DynamicCache": lambda: ours.generate(**ins, **gen, cache=DynamicCache(config=ours.language_model.config)),
+        "reference": ref,
+    }
+    with torch.no_grad():
+        outs = [f() for f in fns.values()]
+        if not torch.equal(outs[0], outs[1]):
+            raise SystemExit("the in-place cache changed the generated tokens")
+        times = {k: [] for k in fns}
+        for _ in range(repeats):
+            for k, f in fns.items():
+                t = time.perf_counter()
+                f()
+                times[k].append(time.perf_counter() - t)
+    names = list(fns)
+    print(f"{model}, generate {new_tokens} tokens, {repeats} alternating runs (same tokens: True)")
+    print("| run | median s | fastest s |\n|---|---:|---:|")
+    for k in names:
+        print(f"| {k} | {np.median(times[k]):.3f} | {min(times[k]):.3f} |")
+    for a, b in ((0, 1), (0, 2), (1, 2)):
+        pair = np.median([x / y for x, y in zip(times[names[a]], times[names[b]])])
+        print(f"| {names[a]} / {names[b]} (median of pair ratios) | {pair:.3f} | |")
+
+
 def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--model", choices=["llava", "videollama2"], default="llava")
-    p.add_argument("--stage", choices=["forward", "generate", "encode", "parts"], default="forward")
+    p.add_argument("--stage", choices=["forward", "generate", "encode", "parts", "cache"], default="forward")
     p.add_argument("--repeats", type=int, default=4)
     p.add_argument("--new-tokens", type=int, default=8)
     p.add_argument("--rows", type=int, default=18)
@@ -108,6 +154,9 @@ def main() -> int:
     torch.set_num_threads(2)
     if args.stage == "parts":
         parts(args.model, args.repeats)
+        return 0
+    if args.stage == "cache":
+        cache_ab(args.model, args.new_tokens, args.repeats)
         return 0
     fa, fb = cases(args.model, args.new_tokens)[args.stage]
     ops = {"ours": defaultdict(float), "ref": defaultdict(float)}
