@@ -177,7 +177,7 @@ def main() -> int:
     n = args.repeats
     print(f"{args.model} {args.stage}: wall median ours {np.median(wall['ours']):.3f} s, ref {np.median(wall['ref']):.3f} s "
           f"(ratio {np.median(wall['ours']) / np.median(wall['ref']):.2f}); op self-CPU per run:")
-    print(f"| op | ours ms | calls | ref ms | calls |\n|---|---:|---:|---:|---:|")
+    print("| op | ours ms | calls | ref ms | calls |\n|---|---:|---:|---:|---:|")
     for k in names[: args.rows]:
         print(f"| {k} | {ops['ours'][k] / n * 1e3:.1f} | {calls['ours'][k] // n} | {ops['ref'][k] / n * 1e3:.1f} | {calls['ref'][k] // n} |")
     tot = {s: sum(ops[s].values()) / n for s in ops}

@@ -399,7 +399,8 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         ``mm_encoder_outputs`` (transformers forwards them at prefill only when a cache is used, and at every step
         without a cache, where the full sequence is re-embedded); layout inputs stay in the keyword arguments and
         reach every step. An encoder-decoder LM generates from the merged encoder embeddings; the output is then the
-        decoder sequence only (no prompt), as for any seq2seq model.
+        decoder sequence only (no prompt), as for any seq2seq model. The default KV cache appends in place
+        (:mod:`.kv_cache`; same outputs as transformers' ``DynamicCache``, without copying the cache per token).
         """
         encoder_inputs, step_inputs = self.input_spec.split(kwargs)
         kwargs.update(step_inputs)
