@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
-from transformers import PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import (
     BaseModelOutputWithPast,
     CausalLMOutputWithPast,
@@ -38,6 +38,7 @@ from transformers.modeling_outputs import (
 )
 
 from .contract import InputSpec, Modality, ModelInputs, expand_items
+from .kv_cache import use_growing_layers
 from .merge import MediaMismatchError, as_item_list, assign_items_to_samples, media_mask, merge_media_embeddings
 from .parts import PartsMixin
 from .quantization import QuantizationMixin
@@ -398,7 +399,8 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         ``mm_encoder_outputs`` (transformers forwards them at prefill only when a cache is used, and at every step
         without a cache, where the full sequence is re-embedded); layout inputs stay in the keyword arguments and
         reach every step. An encoder-decoder LM generates from the merged encoder embeddings; the output is then the
-        decoder sequence only (no prompt), as for any seq2seq model.
+        decoder sequence only (no prompt), as for any seq2seq model. The default KV cache appends in place
+        (:mod:`.kv_cache`; same outputs as transformers' ``DynamicCache``, without copying the cache per token).
         """
         encoder_inputs, step_inputs = self.input_spec.split(kwargs)
         kwargs.update(step_inputs)
@@ -423,6 +425,21 @@ class VideoLLMPreTrainedModel(QuantizationMixin, PartsMixin, PreTrainedModel):
         # Media were encoded in ``generate`` already; transformers' own pre-encoding would pop the layout inputs its
         # signature lookup finds (e.g. grids) and encode nothing.
         return model_kwargs
+
+    def _prepare_cache_for_generation(self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length):
+        """transformers' cache for this call; its default ``DynamicCache`` gets layers that append in place
+        (:class:`~.kv_cache.GrowingKVLayer`: no copy of the whole cache per generated token, same numbers). A cache
+        the caller passed, or one chosen with ``cache_implementation``, is used as given."""
+        out = super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+        )
+        cache = model_kwargs.get("cache")
+        if (
+            type(cache) is DynamicCache and not getattr(cache, "_is_user_defined", False)
+            and generation_config.cache_implementation in (None, "dynamic")
+        ):
+            use_growing_layers(cache, max_cache_length)
+        return out
 
     def _prepare_position_ids_for_generation(self, inputs_tensor, model_kwargs):
         """transformers 5.24 builds 1-D position ids from the attention mask before the loop and advances them by
@@ -553,6 +570,16 @@ class VisionTowerModel(VideoLLMPreTrainedModel):
                 f"pixel_values_videos must be (num_videos, frames, 3, H, W), got {tuple(pixel_values_videos.shape)}"
             )
         return list(pixel_values_videos.unbind(0))
+
+    @classmethod
+    def _video_frames(cls, pixel_values_videos: torch.Tensor | Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        """All frames of all videos as one ``(sum T_i, 3, H, W)`` tensor, and each video's frame count. A
+        ``(V, T, 3, H, W)`` tensor (or a single video) gives a view, not a copy of the pixels."""
+        if isinstance(pixel_values_videos, torch.Tensor) and pixel_values_videos.ndim == 5:
+            v, t = pixel_values_videos.shape[:2]
+            return pixel_values_videos.flatten(0, 1), [t] * v
+        videos = cls._video_list(pixel_values_videos)
+        return (videos[0] if len(videos) == 1 else torch.cat(videos, dim=0)), [x.shape[0] for x in videos]
 
     def unused_parameter_prefixes(self) -> list[str]:
         return unused_tower_prefixes(self.config.vision_config, self.config.vision_feature_layer)

@@ -119,9 +119,7 @@ class VideoLLMLlavaModel(VisionTowerModel):
 
     def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """``(V, T, 3, H, W)`` (or a list of ``(T_i, 3, H, W)``) -> one ``(T_i * tokens_per_frame, D_llm)`` per video."""
-        videos = self._video_list(pixel_values_videos)
-        lengths = [v.shape[0] for v in videos]
-        frames = torch.cat(videos, dim=0)
+        frames, lengths = self._video_frames(pixel_values_videos)
         feats = self.get_vision_features(frames)
         feats = spatial_pool(feats, self.config.video_pool_stride, self.config.video_pool_mode)
         tokens = self.multi_modal_projector(self._cast_for(self.multi_modal_projector, feats))

@@ -154,10 +154,12 @@ class VideoLLMVideoLlama2Model(VisionTowerModel):
 
     def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor]) -> list[torch.Tensor]:
         """``(V, T, 3, H, W)`` (or a list of ``(T_i, 3, H, W)``) -> one ``(tokens_i, D_llm)`` per video."""
-        videos = self._video_list(pixel_values_videos)
-        lengths = [v.shape[0] for v in videos]
-        feats = self.get_vision_features(torch.cat(videos, dim=0)).split(lengths, dim=0)
-        out: list[torch.Tensor | None] = [None] * len(videos)
+        frames, lengths = self._video_frames(pixel_values_videos)
+        feats = self.get_vision_features(frames)
+        if len(set(lengths)) == 1:  # equal lengths (any (V, T, ...) tensor): one connector call on a view
+            return list(self._connect(feats.unflatten(0, (len(lengths), lengths[0]))).unbind(0))
+        feats = feats.split(lengths, dim=0)
+        out: list[torch.Tensor | None] = [None] * len(lengths)
         for t in sorted(set(lengths)):  # the connector mixes frames: one batched call per video length
             idx = [i for i, n in enumerate(lengths) if n == t]
             tokens = self._connect(torch.stack([feats[i] for i in idx]))
