@@ -287,9 +287,11 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         try:
             if self.num_frames is not None:
                 count = max(tp, round(self.num_frames / tp) * tp)
-                frames, meta = load_video(video, num_frames=count, max_frames=self.max_frames, on_frame=on_frame)
+                frames, meta = load_video(video, num_frames=count, max_frames=self.max_frames, on_frame=on_frame,
+                                          on_frame_order="any")
             else:
-                frames, meta = load_video(video, fps=self.video_fps, max_frames=self.max_frames, on_frame=on_frame)
+                frames, meta = load_video(video, fps=self.video_fps, max_frames=self.max_frames, on_frame=on_frame,
+                                          on_frame_order="any")
             if self.num_frames is None and frames.shape[0] < self.min_frames and meta.total_frames > frames.shape[0]:
                 frames, meta = load_video(video, num_frames=min(self.min_frames, meta.total_frames))
             check_aspect_ratio(frames.shape[1], frames.shape[2], self.max_aspect_ratio)
