@@ -243,6 +243,48 @@ def test_on_frame_any_order_reports_later_groups_while_earlier_ones_decode(video
     assert spy.groups == 12 and spy.fallbacks == 0
 
 
+@pytest.mark.parametrize("cpus", [1, 64])
+def test_on_frame_any_order_waits_for_a_free_cpu(videos, monkeypatch, cpus):
+    """on_frame_order="any" while the decode threads take every available CPU: rows are handed over only once the
+    first decode thread is done (the consumer would slow the decoders down before); with spare CPUs, at once."""
+    import time
+
+    done: list[float] = []
+    group = video_read._decode_group
+
+    class Events:  # the threads' event queue, noting when a thread reports that it is done
+        def __init__(self, q):
+            self.q = q
+
+        def put(self, event):
+            if event[0] == "done":
+                done.append(time.perf_counter())
+            self.q.put(event)
+
+    def spy_group(*args):
+        return group(*args[:9], Events(args[9]), *args[10:])
+
+    frame_at = video_read._PyAVReader.frame_at
+
+    def slow(self, target):  # every thread is slow after its first row: each takes >= 0.1 s
+        if self.prev is not None:
+            time.sleep(0.02)
+        return frame_at(self, target)
+
+    monkeypatch.setattr(video_read, "_decode_group", spy_group)
+    monkeypatch.setattr(video_read._PyAVReader, "frame_at", slow)
+    monkeypatch.setattr(video_read, "_available_cpus", lambda: cpus)
+    calls: list[float] = []
+    video, _ = load_video(videos["mkv"], num_frames=30, decode_threads=3, on_frame_order="any",
+                          on_frame=lambda i, f, n: calls.append(time.perf_counter()))
+    assert len(calls) == 30 and len(done) == 3
+    if cpus == 1:
+        assert min(calls) > min(done)  # held until a thread was done
+    else:
+        assert min(calls) < min(done)  # group 0's first row at once
+    assert torch.equal(video, load_video(videos["mkv"], num_frames=30, decode_threads=1)[0])
+
+
 def test_on_frame_any_order_and_a_failing_thread(videos, monkeypatch):
     """A thread fails after rows of several groups were reported out of time order: the serial redo reports only
     the other rows, so every row is reported exactly once, with the serial bytes."""

@@ -1115,12 +1115,20 @@ def _decode_group(source, name, stream_index, info, targets_pts, rows, out, rota
         events.put(("fail", g, exc))
 
 
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_frame, in_order=True):
     """Decode ``groups`` in one thread each. Returns ``((picked, out, rotation), emitted)``; ``(None, emitted)``
     when a thread failed (the caller then decodes serially, and ``on_frame`` was already called for the rows in the
     set ``emitted``: the serial pass reports only the others). ``on_frame`` is called here, on the caller's thread:
     ``in_order``, as soon as the next row in time order is decoded; else as soon as each row is decoded (the rows of
-    later groups need not wait for the earlier groups to finish)."""
+    later groups need not wait for the earlier groups to finish) -- or, when the threads take every available CPU,
+    from the moment the first thread is done."""
     n = len(targets_pts)
     if isinstance(source, (bytearray, memoryview)):
         source = bytes(source)  # one copy shared by the threads (their BytesIO share an immutable bytes object)
@@ -1139,6 +1147,10 @@ def _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_
     ]
     for th in threads:
         th.start()
+    # "any" order while the decode threads take every CPU this process may use: a consumer's work (resizing...)
+    # would only slow them down, so rows are handed over once the first thread is done -- the groups are cut at
+    # keyframes and differ in work, and the held rows then keep the CPU that thread leaves busy
+    hold = not in_order and len(threads) >= _available_cpus()
     ready = [False] * n
     picked: list[_Frame | None] = [None] * n
     emitted: set[int] = set()
@@ -1171,7 +1183,7 @@ def _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_
                     while cursor < n and ready[order[cursor]]:
                         report(order[cursor])
                         cursor += 1
-                elif ready[order[0]]:  # group 0 has its rotation (the result's) once the first row is decoded
+                elif ready[order[0]] and (remaining < len(threads) or not hold):  # group 0 has its rotation now
                     for i in decoded:
                         report(i)
                     decoded.clear()
@@ -1255,7 +1267,11 @@ def load_video(
             group's rows wait until every earlier row is decoded); ``"any"``: each row as soon as it is decoded
             (with ``decode_threads``, the groups' rows interleave; still on the caller's thread, every row exactly
             once, also when a failed parallel attempt is redone serially), so a consumer that does not need time
-            order (e.g. resizing each frame) keeps working while an earlier group is still decoding.
+            order (e.g. resizing each frame) keeps working while an earlier group is still decoding. When the
+            decode threads already take every CPU this process may use (``os.sched_getaffinity``), rows are held
+            until the first decode thread is done: the consumer's work would only slow the decoders down before,
+            and the held rows then fill the CPU that thread leaves (the groups are cut at keyframes, so their work
+            differs).
 
     Returns:
         ``(frames, metadata)``: uint8 tensor ``(T, H, W, 3)`` RGB (upright: display rotation applied) and
