@@ -434,3 +434,70 @@ def test_left_padded_forward_equals_each_sample_alone(tiny):
             alone = model(**one).logits[0]
             real = batch["attention_mask"][b].bool()
             assert torch.allclose(together[b, real], alone, atol=1e-5)
+
+
+def test_mm_token_type_ids_as_transformers_processor_makes_them(tiny):
+    """return_mm_token_type_ids=True: ``mm_token_type_ids`` as transformers 5.24's Qwen2VLProcessor builds them
+    (0 text / padding, 1 image, 2 video) on an image + video batch, left padded, with the same input_ids; off by
+    default (the setting turns it on); our model accepts it and gives the same logits and tokens."""
+    from transformers import BatchFeature, Qwen2VLProcessor
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from hf_videollm.processors.qwen2vl import VideoLLMQwen2VLProcessor
+    from hf_videollm.tiny import QWEN2VL_SPECIAL_TOKENS, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    tok.add_tokens([*QWEN2VL_SPECIAL_TOKENS, "<|image_pad|>", "<|video_pad|>"], special_tokens=True)
+    pixels = dict(patch_size=4, min_pixels=8 * 8, max_pixels=64 * 64, video_min_pixels=8 * 8, video_max_pixels=32 * 32)
+    ours = VideoLLMQwen2VLProcessor(tok, tokenization="whole", image_token_id=tok.convert_tokens_to_ids("<|image_pad|>"),
+                                    video_token_id=tok.convert_tokens_to_ids("<|video_pad|>"), **pixels)
+    texts = ["<|vision_start|><|image_pad|><|vision_end|> what is shown <|vision_start|><|video_pad|><|vision_end|>",
+             "describe <|vision_start|><|video_pad|><|vision_end|> the video and <|vision_start|><|image_pad|><|vision_end|> image"]
+    images = [tiny_media("image", 0, height=40 + 16 * i, width=52 - 8 * i) for i in range(2)]
+    videos = [tiny_media("video", i, frames=4 + 2 * i) for i in range(2)]
+    ours_batch = ours(text=texts, images=images, videos=videos, return_mm_token_type_ids=True, padding_side="left")
+    assert "mm_token_type_ids" not in ours(text=texts, images=images, videos=videos)
+
+    class VideoTensors:  # stands in for Qwen2VLVideoProcessor (it needs torchvision): our video tensors
+        merge_size = 2
+
+        def __call__(self, videos, **kwargs):
+            return BatchFeature({k: ours_batch[k] for k in ("pixel_values_videos", "video_grid_thw")})
+
+    class Reference(Qwen2VLProcessor):
+        def check_argument_for_proper_class(self, name, arg):
+            return type(arg) if name == "video_processor" else super().check_argument_for_proper_class(name, arg)
+
+    image_processor = Qwen2VLImageProcessorPil(size={"shortest_edge": 8 * 8, "longest_edge": 64 * 64}, patch_size=4,
+                                               merge_size=2, temporal_patch_size=2)
+    tok.padding_side = "left"
+    ref = Reference(image_processor=image_processor, tokenizer=tok, video_processor=VideoTensors())(
+        text=texts, images=[im.permute(1, 2, 0).numpy() for im in images], videos=videos, return_tensors="pt",
+        padding=True)
+    for key in ("input_ids", "attention_mask", "mm_token_type_ids", "image_grid_thw"):
+        assert torch.equal(torch.as_tensor(ref[key]), ours_batch[key]), key
+    types = ours_batch["mm_token_type_ids"]
+    assert {1, 2} <= set(types.unique().tolist()) and (types[ours_batch["attention_mask"] == 0] == 0).all()
+    listed = ours(text=texts, images=images, videos=videos, return_mm_token_type_ids=True, padding_side="left",
+                  return_tensors=None)
+    assert listed["mm_token_type_ids"] == types.tolist()
+    ours.return_mm_token_type_ids = True  # the setting (saved with the processor) turns it on for every call
+    assert torch.equal(ours(text=texts, images=images, videos=videos, padding_side="left")["mm_token_type_ids"], types)
+
+    model, processor = tiny
+    batch = _batch(processor)
+    with_types = processor(text=["<|vision_start|><|image_pad|><|vision_end|> what is shown <|vision_start|><|video_pad|><|vision_end|>"],
+                           images=[tiny_media("image", 0, height=40, width=52)], videos=[tiny_media("video", 0, frames=4)],
+                           return_mm_token_type_ids=True)
+    assert "mm_token_type_ids" in with_types and "mm_token_type_ids" not in batch
+    plain = {k: v for k, v in with_types.items() if k != "mm_token_type_ids"}
+    gen = dict(max_new_tokens=4, do_sample=False)
+    with torch.no_grad():
+        assert torch.equal(model(**with_types).logits, model(**plain).logits)
+        assert torch.equal(model.generate(**with_types, **gen), model.generate(**plain, **gen))
+    bad = with_types["mm_token_type_ids"].clone()
+    bad[0, 0] = 1
+    with pytest.raises(ValueError, match="mm_token_type_ids .* disagree with the placeholder ids"):
+        model(**{**with_types, "mm_token_type_ids": bad})
+    with pytest.raises(ValueError, match="disagree with the placeholder ids"):
+        model.generate(**{**with_types, "mm_token_type_ids": bad}, **gen)

@@ -66,8 +66,8 @@ class Spy:
             self.groups += 1
             return group(*args)
 
-        def spy_parallel(*args):
-            result, emitted = parallel(*args)
+        def spy_parallel(*args, **kw):
+            result, emitted = parallel(*args, **kw)
             self.fallbacks += result is None
             return result, emitted
 
@@ -206,6 +206,114 @@ def test_a_failing_thread_falls_back_to_serial(videos, monkeypatch):
     assert torch.equal(video, ref) and asdict(meta) == asdict(ref_meta)
     assert [i for i, _ in calls] == list(range(30))
     assert all(np.array_equal(f, ref[i].numpy()) for i, f in calls)
+
+
+def test_on_frame_any_order_reports_later_groups_while_earlier_ones_decode(videos, monkeypatch):
+    """on_frame_order="any": a row is reported as soon as it is decoded -- here group 0 is slowed down, so rows of
+    groups 1-2 are reported before group 0's last row (with "time" they wait for it); every row exactly once, the
+    result's bytes, on the caller's thread; the result itself is the serial one."""
+    import time
+
+    spy = Spy(monkeypatch)
+    frame_at = video_read._PyAVReader.frame_at
+
+    def slow_group0(self, target):
+        if threading.current_thread().name == "load_video-decode-0":
+            time.sleep(0.02)
+        return frame_at(self, target)
+
+    monkeypatch.setattr(video_read._PyAVReader, "frame_at", slow_group0)
+    for name in ("mkv", "rot90"):
+        path = videos[name]
+        ref, ref_meta = load_video(path, num_frames=30, decode_threads=1)
+        order = sorted(range(30), key=lambda i: ref_meta.timestamps[i])
+        for how in ("any", "time"):
+            calls = []
+            video, meta = load_video(path, num_frames=30, decode_threads=3, on_frame_order=how,
+                                     on_frame=lambda i, f, n: calls.append((i, f.copy(), n, threading.get_ident())))
+            assert torch.equal(video, ref) and asdict(meta) == asdict(ref_meta)
+            rows = [i for i, *_ in calls]
+            assert sorted(rows) == list(range(30)) and {n for _, _, n, _ in calls} == {30}
+            assert all(np.array_equal(f, ref[i].numpy()) for i, f, *_ in calls)
+            assert {t for *_, t in calls} == {threading.get_ident()}
+            if how == "time":
+                assert rows == order
+            else:
+                assert rows.index(order[-1]) < rows.index(order[5])  # group 2 was reported before group 0 finished
+    assert spy.groups == 12 and spy.fallbacks == 0
+
+
+@pytest.mark.parametrize("cpus", [1, 64])
+def test_on_frame_any_order_waits_for_a_free_cpu(videos, monkeypatch, cpus):
+    """on_frame_order="any" while the decode threads take every available CPU: rows are handed over only once the
+    first decode thread is done (the consumer would slow the decoders down before); with spare CPUs, at once."""
+    import time
+
+    done: list[float] = []
+    group = video_read._decode_group
+
+    class Events:  # the threads' event queue, noting when a thread reports that it is done
+        def __init__(self, q):
+            self.q = q
+
+        def put(self, event):
+            if event[0] == "done":
+                done.append(time.perf_counter())
+            self.q.put(event)
+
+    def spy_group(*args):
+        return group(*args[:9], Events(args[9]), *args[10:])
+
+    frame_at = video_read._PyAVReader.frame_at
+
+    def slow(self, target):  # every thread is slow after its first row: each takes >= 0.1 s
+        if self.prev is not None:
+            time.sleep(0.02)
+        return frame_at(self, target)
+
+    monkeypatch.setattr(video_read, "_decode_group", spy_group)
+    monkeypatch.setattr(video_read._PyAVReader, "frame_at", slow)
+    monkeypatch.setattr(video_read, "_available_cpus", lambda: cpus)
+    calls: list[float] = []
+    video, _ = load_video(videos["mkv"], num_frames=30, decode_threads=3, on_frame_order="any",
+                          on_frame=lambda i, f, n: calls.append(time.perf_counter()))
+    assert len(calls) == 30 and len(done) == 3
+    if cpus == 1:
+        assert min(calls) > min(done)  # held until a thread was done
+    else:
+        assert min(calls) < min(done)  # group 0's first row at once
+    assert torch.equal(video, load_video(videos["mkv"], num_frames=30, decode_threads=1)[0])
+
+
+def test_on_frame_any_order_and_a_failing_thread(videos, monkeypatch):
+    """A thread fails after rows of several groups were reported out of time order: the serial redo reports only
+    the other rows, so every row is reported exactly once, with the serial bytes."""
+    spy = Spy(monkeypatch)
+    frame_at = video_read._PyAVReader.frame_at
+    seen = {"n": 0}
+
+    def flaky(self, target):
+        if threading.current_thread().name == "load_video-decode-2":
+            seen["n"] += 1
+            if seen["n"] == 4:
+                raise RuntimeError("forced failure")
+        return frame_at(self, target)
+
+    monkeypatch.setattr(video_read._PyAVReader, "frame_at", flaky)
+    path = videos["mkv"]
+    calls = []
+    video, meta = load_video(path, num_frames=30, decode_threads=3, on_frame_order="any",
+                             on_frame=lambda i, f, n: calls.append((i, f.copy())))
+    assert spy.groups == 3 and spy.fallbacks == 1
+    ref, ref_meta = load_video(path, num_frames=30, decode_threads=1)
+    assert torch.equal(video, ref) and asdict(meta) == asdict(ref_meta)
+    assert sorted(i for i, _ in calls) == list(range(30))
+    assert all(np.array_equal(f, ref[i].numpy()) for i, f in calls)
+
+
+def test_on_frame_order_must_be_known(videos):
+    with pytest.raises(VideoDecodeError, match="on_frame_order must be 'time' or 'any'"):
+        load_video(videos["mp4"], num_frames=4, on_frame_order="random")
 
 
 def test_damaged_data_gives_the_serial_error(tmp):

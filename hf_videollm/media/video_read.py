@@ -37,7 +37,9 @@ each thread with its own container opened from the same path / bytes (file objec
 position). A thread decodes exactly what the serial loop would from the same keyframes, so rows, frames and metadata
 are identical; anything unusual (corrupt packets, decode errors, a frame size change, a failing thread) discards the
 threads' work and decodes serially, which then reports it as always. ``on_frame`` stays on the caller's thread, rows in
-time order (each as soon as it and every earlier row are decoded).
+time order (each as soon as it and every earlier row are decoded), or with ``on_frame_order="any"`` each row as soon as
+it is decoded (a consumer then works on a later group's frames while an earlier group still decodes: the groups are
+cut at keyframes, so their decoding work differs and the consumer's work fills the gap).
 
 Other PyAV / FFmpeg behaviour worth knowing:
 
@@ -1004,9 +1006,9 @@ MAX_DECODE_THREADS = 4
 MIN_SEEKS_PER_THREAD = 2
 
 
-def _decode_serial(reader, stream, targets_pts, order, mode, on_frame, skip=0):
+def _decode_serial(reader, stream, targets_pts, order, mode, on_frame, skip=frozenset()):
     """Decode the targets in time order on ``reader``: ``(picked, out, rotation)``. ``on_frame`` is called for the
-    rows after the first ``skip`` (in time order) -- those were reported by a parallel attempt that fell back."""
+    rows not in ``skip`` -- those were reported by a parallel attempt that fell back."""
     picked: list[_Frame | None] = [None] * len(targets_pts)
     out: np.ndarray | None = None
     size: tuple[int, int] | None = None
@@ -1028,7 +1030,7 @@ def _decode_serial(reader, stream, targets_pts, order, mode, on_frame, skip=0):
             out[i] = _to_rgb(fr.frame, size, reformatter)  # convert right away, keep no decoded frame alive
             fr.frame = None
             row_of[id(fr)] = i
-        if on_frame is not None and pos >= skip:  # upright, as in the result (np.rot90: torch.rot90's turn, a view)
+        if on_frame is not None and i not in skip:  # upright, as in the result (np.rot90: torch.rot90's turn, a view)
             on_frame(i, np.rot90(out[i], -(rotation // 90) % 4) if rotation else out[i], len(targets_pts))
     return picked, out, rotation
 
@@ -1113,11 +1115,20 @@ def _decode_group(source, name, stream_index, info, targets_pts, rows, out, rota
         events.put(("fail", g, exc))
 
 
-def _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_frame):
+def _available_cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_frame, in_order=True):
     """Decode ``groups`` in one thread each. Returns ``((picked, out, rotation), emitted)``; ``(None, emitted)``
-    when a thread failed (the caller then decodes serially, and ``on_frame`` was already called for the first
-    ``emitted`` rows in time order: the serial pass reports only the others). ``on_frame`` is called here, on the
-    caller's thread, in time order: as soon as the next row in time order is decoded."""
+    when a thread failed (the caller then decodes serially, and ``on_frame`` was already called for the rows in the
+    set ``emitted``: the serial pass reports only the others). ``on_frame`` is called here, on the caller's thread:
+    ``in_order``, as soon as the next row in time order is decoded; else as soon as each row is decoded (the rows of
+    later groups need not wait for the earlier groups to finish) -- or, when the threads take every available CPU,
+    from the moment the first thread is done."""
     n = len(targets_pts)
     if isinstance(source, (bytearray, memoryview)):
         source = bytes(source)  # one copy shared by the threads (their BytesIO share an immutable bytes object)
@@ -1136,16 +1147,29 @@ def _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_
     ]
     for th in threads:
         th.start()
+    # "any" order while the decode threads take every CPU this process may use: a consumer's work (resizing...)
+    # would only slow them down, so rows are handed over once the first thread is done -- the groups are cut at
+    # keyframes and differ in work, and the held rows then keep the CPU that thread leaves busy
+    hold = not in_order and len(threads) >= _available_cpus()
     ready = [False] * n
     picked: list[_Frame | None] = [None] * n
-    emitted = 0
+    emitted: set[int] = set()
+    decoded: list[int] = []  # rows decoded and not yet reported (any order)
+    cursor = 0  # in time order: rows order[:cursor] reported
     failed = None
+
+    def report(i: int) -> None:
+        rot = rotations[0] or 0  # set by group 0's first row (every row is reported after it)
+        on_frame(i, np.rot90(out[i], -(rot // 90) % 4) if rot else out[i], n)
+        emitted.add(i)
+
     try:
         remaining = len(threads)
         while remaining:
             event = events.get()
             if event[0] == "row":
                 ready[event[1]] = True
+                decoded.append(event[1])
             elif event[0] == "done":
                 remaining -= 1
                 for i, fr in event[2].items():
@@ -1155,11 +1179,14 @@ def _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_
                 failed = failed or event[2]
                 stop.set()
             if on_frame is not None and failed is None:
-                while emitted < n and ready[order[emitted]]:
-                    i = order[emitted]
-                    rot = rotations[0] or 0  # the first row in time order is group 0's: set by now
-                    on_frame(i, np.rot90(out[i], -(rot // 90) % 4) if rot else out[i], n)
-                    emitted += 1
+                if in_order:
+                    while cursor < n and ready[order[cursor]]:
+                        report(order[cursor])
+                        cursor += 1
+                elif ready[order[0]] and (remaining < len(threads) or not hold):  # group 0 has its rotation now
+                    for i in decoded:
+                        report(i)
+                    decoded.clear()
     finally:
         stop.set()
         for th in threads:
@@ -1196,6 +1223,7 @@ def load_video(
     backend: str = "pyav",
     on_frame: Callable[[int, np.ndarray, int], Any] | None = None,
     decode_threads: int | None = None,
+    on_frame_order: str = "time",
 ) -> tuple[torch.Tensor, VideoMetadata]:
     """Decode frames of a video sampled by timestamp.
 
@@ -1235,6 +1263,15 @@ def load_video(
             metadata); ``on_frame`` is still called on the caller's thread, in time order, each row as soon as it
             and all earlier rows are decoded. Damaged data (corrupt packets, decode errors, a failing thread) and a
             frame size that changes mid-stream are redone serially, so warnings and errors are the serial ones.
+        on_frame_order: ``"time"``: ``on_frame`` gets the rows in time order (with ``decode_threads``, a later
+            group's rows wait until every earlier row is decoded); ``"any"``: each row as soon as it is decoded
+            (with ``decode_threads``, the groups' rows interleave; still on the caller's thread, every row exactly
+            once, also when a failed parallel attempt is redone serially), so a consumer that does not need time
+            order (e.g. resizing each frame) keeps working while an earlier group is still decoding. When the
+            decode threads already take every CPU this process may use (``os.sched_getaffinity``), rows are held
+            until the first decode thread is done: the consumer's work would only slow the decoders down before,
+            and the held rows then fill the CPU that thread leaves (the groups are cut at keyframes, so their work
+            differs).
 
     Returns:
         ``(frames, metadata)``: uint8 tensor ``(T, H, W, 3)`` RGB (upright: display rotation applied) and
@@ -1245,6 +1282,8 @@ def load_video(
     _validate_args(name, num_frames, fps, start, end, mode, max_frames, sampling, backend)
     if decode_threads is not None:
         _check_positive_int(decode_threads, "decode_threads", name)
+    if on_frame_order not in ("time", "any"):
+        raise VideoDecodeError(f"{name}: on_frame_order must be 'time' or 'any', got {on_frame_order!r}")
     # NumPy scalars (np.float32(2.0), np.int64(8)) are accepted where a number is; use plain Python numbers below
     num_frames = None if num_frames is None else int(num_frames)
     max_frames = None if max_frames is None else int(max_frames)
@@ -1309,11 +1348,12 @@ def load_video(
 
         order = sorted(range(len(targets_pts)), key=lambda i: targets_pts[i])
         result = None
-        emitted = 0  # rows already reported to on_frame (in time order) before a fall back to the serial path
+        emitted: set[int] = set()  # rows already reported to on_frame before a fall back to the serial path
         if mode == "exact" and _reopenable(source) and not reader.corrupt and not reader.decode_errors:
             groups = _plan_groups(info, targets_pts, order, _decode_thread_count(decode_threads))
             if groups is not None:
-                result, emitted = _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_frame)
+                result, emitted = _decode_parallel(source, name, stream, info, targets_pts, order, groups, on_frame,
+                                                   in_order=on_frame_order == "time")
         if result is None:
             result = _decode_serial(reader, stream, targets_pts, order, mode, on_frame, skip=emitted)
         picked, out, rotation = result

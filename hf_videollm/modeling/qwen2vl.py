@@ -317,6 +317,37 @@ class VideoLLMQwen2VLModel(VideoLLMPreTrainedModel):
             return {"pixel_values": pixels, "image_grid_thw": grid}
         return {"pixel_values_videos": pixels, "video_grid_thw": grid}
 
+    # --------------------------------------------------------------------------------------- mm_token_type_ids
+    def _check_mm_token_type_ids(self, input_ids, mm_token_type_ids) -> None:
+        """transformers' Qwen2-VL needs ``mm_token_type_ids`` (1 image / 2 video token); ours reads the placeholder
+        ids, so batches made for transformers (or by our processor with ``return_mm_token_type_ids=True``) are
+        accepted and the ids only checked against ``input_ids``."""
+        if mm_token_type_ids is None or input_ids is None:
+            return
+        types = torch.as_tensor(mm_token_type_ids, device=input_ids.device)
+        want = (input_ids == self.config.image_token_id).long() + 2 * (input_ids == self.config.video_token_id).long()
+        if types.shape != want.shape or not torch.equal(types.long(), want):
+            raise ValueError(
+                f"mm_token_type_ids (shape {tuple(types.shape)}) disagree with the placeholder ids in input_ids (shape "
+                f"{tuple(input_ids.shape)}; 1 at image_token_id={self.config.image_token_id}, 2 at video_token_id="
+                f"{self.config.video_token_id}, 0 elsewhere): this model reads the placeholders; drop "
+                f"mm_token_type_ids or build both with the same processor"
+            )
+
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, inputs_embeds=None,
+                labels=None, use_cache=None, logits_to_keep: int | torch.Tensor = 0, mm_encoder_outputs=None,
+                mm_token_type_ids=None, **kwargs):
+        """:meth:`VideoLLMPreTrainedModel.forward`; ``mm_token_type_ids`` (transformers' input) is checked and
+        not used."""
+        self._check_mm_token_type_ids(input_ids, mm_token_type_ids)
+        return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               cache=cache, inputs_embeds=inputs_embeds, labels=labels, use_cache=use_cache,
+                               logits_to_keep=logits_to_keep, mm_encoder_outputs=mm_encoder_outputs, **kwargs)
+
+    def generate(self, input_ids=None, attention_mask=None, mm_token_type_ids=None, **kwargs):
+        self._check_mm_token_type_ids(input_ids, mm_token_type_ids)
+        return super().generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
     # --------------------------------------------------------------------------------------------- positions
     def compute_position_ids(self, input_ids, attention_mask, image_grid_thw=None, video_grid_thw=None,
                              video_second_per_grid=None):

@@ -239,10 +239,27 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         "image_token_id": 151655,
         "video_token_id": 151656,
         "tokenization": "whole",
+        "return_mm_token_type_ids": False,  # also emit transformers' mm_token_type_ids (our model does not need it)
     }
 
     def default_chat_template(self) -> str:
         return qwen2vl_template(image_token=self.image_token, video_token=self.video_token)
+
+    def __call__(self, *args: Any, return_mm_token_type_ids: bool | None = None, **kwargs: Any):
+        """As :meth:`VideoLLMProcessor.__call__`; with ``return_mm_token_type_ids`` (default: the setting of that
+        name) the batch also holds ``mm_token_type_ids`` as transformers 5.24's ``Qwen2VLProcessor`` makes it
+        (``create_mm_token_type_ids`` on the padded ``input_ids``): 1 at ``image_token_id``, 2 at
+        ``video_token_id``, 0 elsewhere (text and padding). Our model reads the placeholder ids and accepts it
+        without using it; transformers' ``Qwen2VLForConditionalGeneration`` requires it with grids."""
+        out = super().__call__(*args, **kwargs)
+        if self.return_mm_token_type_ids if return_mm_token_type_ids is None else return_mm_token_type_ids:
+            ids = out["input_ids"]
+            if isinstance(ids, torch.Tensor):
+                out["mm_token_type_ids"] = (ids == self.image_token_id).long() + 2 * (ids == self.video_token_id).long()
+            else:
+                kinds = {self.image_token_id: 1, self.video_token_id: 2}
+                out["mm_token_type_ids"] = [[kinds.get(t, 0) for t in row] for row in ids]
+        return out
 
     def _check_settings(self) -> None:
         super()._check_settings()
@@ -287,9 +304,11 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         try:
             if self.num_frames is not None:
                 count = max(tp, round(self.num_frames / tp) * tp)
-                frames, meta = load_video(video, num_frames=count, max_frames=self.max_frames, on_frame=on_frame)
+                frames, meta = load_video(video, num_frames=count, max_frames=self.max_frames, on_frame=on_frame,
+                                          on_frame_order="any")
             else:
-                frames, meta = load_video(video, fps=self.video_fps, max_frames=self.max_frames, on_frame=on_frame)
+                frames, meta = load_video(video, fps=self.video_fps, max_frames=self.max_frames, on_frame=on_frame,
+                                          on_frame_order="any")
             if self.num_frames is None and frames.shape[0] < self.min_frames and meta.total_frames > frames.shape[0]:
                 frames, meta = load_video(video, num_frames=min(self.min_frames, meta.total_frames))
             check_aspect_ratio(frames.shape[1], frames.shape[2], self.max_aspect_ratio)
