@@ -129,6 +129,15 @@ def bench_processor(path: Path, repeats: int, serial: bool = False, time_order: 
 
     ref_rows, ref_grid = theirs()
     assert list(ref_grid[1:]) == [gh, gw], (ref_grid, (gh, gw))
+    # the same pixels from the same frames: each side samples its own frames from the file (ours: the middle of each
+    # 1/fps interval; transformers' load_video: the interval starts -- the same decoding work), so the check feeds ours
+    # the frames transformers decoded (an array video: same count, so the same budgeted size)
+    hf_frames, _ = hf_load_video(str(path), fps=ours.video_fps, backend="pyav")
+    ours_rows = ours(text=text, videos=[torch.from_numpy(hf_frames[: len(hf_frames) // tp * tp])])["pixel_values_videos"]
+    del hf_frames
+    if tuple(ours_rows.shape) != ref_rows.shape:
+        raise SystemExit(f"pixel rows differ in shape: ours {tuple(ours_rows.shape)}, transformers {ref_rows.shape}")
+    max_diff = float((ours_rows - torch.from_numpy(ref_rows)).abs().max())
     times = {"ours": [], "transformers": []} | ({"ours_serial": []} if serial else {}) | (
         {"ours_time_order": []} if time_order else {})
     for _ in range(repeats):  # alternating
@@ -140,7 +149,7 @@ def bench_processor(path: Path, repeats: int, serial: bool = False, time_order: 
             times["ours_time_order"].append(_timed(lambda: _time_order(lambda: ours(text=text, videos=[str(path)])))[0])
     med = {k: statistics.median(v) for k, v in times.items()}
     return {
-        "grid_thw": [t, gh, gw], "frames": t * ours.temporal_patch_size, "visual_tokens": tokens,
+        "grid_thw": [t, gh, gw], "frames": t * ours.temporal_patch_size, "visual_tokens": tokens, "max_abs_diff": max_diff,
         "visual_tokens_without_budget": tokens_unbounded, "ref_grid": list(ref_grid),
         "seconds": med, "ratio": med["ours"] / med["transformers"],
         "ratio_serial": med["ours_serial"] / med["transformers"] if serial else None,
@@ -235,7 +244,7 @@ def main() -> None:
         print(f"[processor] {args.duration:g} s 1280x720 video: grid {p['grid_thw']} ({p['frames']} frames), "
               f"{p['visual_tokens']} visual tokens under the default budget ({p['visual_tokens_without_budget']} "
               f"without); ours {p['seconds']['ours']:.2f} s, transformers PIL path {p['seconds']['transformers']:.2f} s "
-              f"-> ratio {p['ratio']:.2f}")
+              f"-> ratio {p['ratio']:.2f}; pixel_values_videos of the same frames: max abs diff {p['max_abs_diff']:.1e}")
         if args.serial:
             print(f"[processor] ours without the decode-time pipeline {p['seconds']['ours_serial']:.2f} s -> ratio "
                   f"{p['ratio_serial']:.2f}")

@@ -99,15 +99,17 @@ def _pil_resize(frames: torch.Tensor, height: int, width: int, resample: str) ->
 
 
 def _patch_rows(frames: torch.Tensor, out: torch.Tensor, patch: int, temporal: int, merge: int,
-                scale: torch.Tensor, shift: torch.Tensor) -> None:
+                lut: np.ndarray) -> None:
     """uint8 ``(T, H, W, C)`` frames (``T`` a multiple of ``temporal``) -> their float32 patch rows, written into
-    ``out`` of shape ``(t, h/m, w/m, m, m, C, tp, p, p)``: the patch layout is a view of the uint8 frames; one strided
-    copy writes it as float32 (no uint8 copy in between), then rescale + normalize in place."""
+    ``out`` of shape ``(t, h/m, w/m, m, m, C, tp, p, p)``: the patch layout is a view of the uint8 frames, and each
+    channel's values are looked up in ``lut`` (``(C, 256)``, :meth:`VideoLLMQwen2VLProcessor._lookup_table`) straight
+    into ``out`` -- one pass, no uint8 or float copy in between."""
     p, tp, m = patch, temporal, merge
     T, H, W, C = frames.shape
     view = frames.reshape(T // tp, tp, H // p // m, m, p, W // p // m, m, p, C).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
-    out.copy_(view)
-    out.mul_(scale.view(C, 1, 1, 1)).add_(shift.view(C, 1, 1, 1))
+    src, dst = view.numpy(), out.numpy()
+    for k in range(C):  # mode="wrap": uint8 indices are always in range, and numpy then writes ``dst`` unbuffered
+        np.take(lut[k], src[:, :, :, :, :, k], out=dst[:, :, :, :, :, k], mode="wrap")
 
 
 class _FramePipeline:
@@ -143,7 +145,7 @@ class _FramePipeline:
         p, m = proc.patch_size, proc.merge_size
         self.out = torch.empty((len(item.rows) // tp, h // p // m, w // p // m, m, m, 3, tp, p, p), dtype=torch.float32)
         self.pos = {r: k for k, r in enumerate(item.rows)}
-        self.code, self.affine = code, proc._affine()
+        self.code, self.lut = code, proc._lookup_table()
         workers = max(1, min(torch.get_num_threads(), 8))
         if workers > 1:
             self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf_videollm_qwen2vl")
@@ -176,7 +178,7 @@ class _FramePipeline:
         frames = [f if f.shape[:2] == (h, w) else _pil_resize_frame(f, h, w, self.code) for f in frames]
         proc = self.proc
         _patch_rows(torch.from_numpy(np.stack(frames)), self.out[t : t + 1], proc.patch_size,
-                    proc.temporal_patch_size, proc.merge_size, *self.affine)
+                    proc.temporal_patch_size, proc.merge_size, self.lut)
 
     def result(self, height: int, width: int, rows: list[int], count: int) -> torch.Tensor | None:
         """The patch rows, if the processor's final choice ``(height, width, rows, count)`` is what was planned."""
@@ -411,12 +413,16 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         )
 
     # ---------------------------------------------------------------------------------------------- pixels
-    def _affine(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel ``(scale, shift)``: ``(v * rescale_factor - mean) / std == v * scale + shift``."""
-        std = torch.tensor(self.image_std, dtype=torch.float64)
-        scale = (self.rescale_factor / std).float()
-        shift = (-torch.tensor(self.image_mean, dtype=torch.float64) / std).float()
-        return scale, shift
+    def _lookup_table(self) -> np.ndarray:
+        """``(C, 256)`` float32: rescale + normalize of every uint8 value per channel with the reference's own
+        arithmetic (transformers' numpy ``rescale``: ``float64(v) * rescale_factor`` cast to float32, then ``normalize``:
+        ``(x - mean) / std`` in float32), so the rows equal its PIL path bit for bit. A fused ``v * scale + shift``
+        differs from it in the last bit for ~70 % of the values."""
+        levels = np.arange(256, dtype=np.float64)
+        rescaled = (levels * self.rescale_factor).astype(np.float32)
+        mean = np.asarray(self.image_mean, dtype=np.float32).reshape(-1, 1)
+        std = np.asarray(self.image_std, dtype=np.float32).reshape(-1, 1)
+        return (rescaled[None, :] - mean) / std
 
     def _pixels(self, it: _Item) -> tuple[torch.Tensor, list[int]]:
         H, W = it.size
@@ -435,7 +441,7 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         T, C = frames.shape[0], frames.shape[3]
         t, gh, gw = T // tp, h // p, w // p
         out = torch.empty((t, gh // m, gw // m, m, m, C, tp, p, p), dtype=torch.float32)
-        _patch_rows(frames, out, p, tp, m, *self._affine())
+        _patch_rows(frames, out, p, tp, m, self._lookup_table())
         return out.view(t * gh * gw, C * tp * p * p), [t, gh, gw]
 
     def _second_per_grid(self, it: _Item) -> float:
