@@ -319,6 +319,13 @@ def _build_base(settings: BenchSettings, out: Path):
     return sum(p.numel() for p in model.parameters()), model.part_names()
 
 
+def _scheduler_args(preset, max_steps: int) -> dict:
+    """``lr_scheduler_kwargs`` of the preset's schedule at ``max_steps`` (warmup_stable_decay: the decay's length)."""
+    if preset.lr_scheduler_type == "warmup_stable_decay":
+        return {"lr_scheduler_kwargs": {"num_decay_steps": max(1, round(preset.decay_fraction * max_steps))}}
+    return {}
+
+
 def _data_workers(settings: BenchSettings, per_kind: dict[str, int] | int) -> int:
     videos = sum(per_kind.values()) if isinstance(per_kind, dict) else per_kind * len(settings.kinds)
     return min(settings.data_workers, os.cpu_count() or 1) if videos >= 1000 else 1
@@ -382,12 +389,13 @@ def run_benchmark(settings: BenchSettings) -> dict:
             model_family=settings.model, stage=preset.stage, trainable_parts=list(parts),
             learning_rate=settings.learning_rate, max_steps=settings.max_steps,
             per_device_train_batch_size=settings.batch_size, warmup_ratio=settings.warmup_ratio,
-            weight_decay=0.0, lr_scheduler_type="cosine", seed=settings.seed, cache_encoded_samples=True,
+            weight_decay=0.0, lr_scheduler_type=preset.lr_scheduler_type, seed=settings.seed, cache_encoded_samples=True,
             # every video decoded once, before the first step, on every core: the tensors the first epoch would make
             prefill_cache_threads=min(2, os.cpu_count() or 1),
             logging_steps=max(1, settings.max_steps // 10), use_cpu=not torch.cuda.is_available(),
             extra_training_args={
-                "disable_tqdm": not settings.progress, "max_grad_norm": 1.0, **preset.trainer_args, **settings.extra,
+                "disable_tqdm": not settings.progress, "max_grad_norm": 1.0, **_scheduler_args(preset, settings.max_steps),
+                **preset.trainer_args, **settings.extra,
             },
         )
         trainer = train(cfg) if settings.progress else _quiet(train, cfg)
