@@ -263,6 +263,26 @@ def test_image_pixels_match_transformers_pil_image_processor():
         assert tokens == [int(r["image_grid_thw"].prod()) // 4]
 
 
+@pytest.mark.parametrize("factor", [1 / 255, 1 / 127.5, 0.003])
+def test_rescale_and_normalize_equal_transformers_numpy_arithmetic(factor):
+    """Both ways the rows are normalized (torch in-place ops where float32 ``v / (1 / factor)`` is the reference's
+    rescale -- 1/255 -- else a per-channel lookup) give transformers' numpy rescale + normalize bit for bit."""
+    from transformers.image_transforms import normalize, rescale
+
+    from hf_videollm.processors.qwen2vl import _Normalizer
+
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    norm = _Normalizer.build(factor, mean, std)
+    assert (norm.divisor is None) == (factor == 0.003)  # 0.003 takes the lookup
+    src = torch.arange(256, dtype=torch.uint8).reshape(1, 16, 16).repeat(3, 1, 1)  # every uint8 value per channel
+    src[1] = src[1].flip(0)
+    out = torch.empty(src.shape, dtype=torch.float32)
+    norm(src, out, channel_dim=0)
+    ref = normalize(rescale(src.numpy(), factor, data_format="channels_first", input_data_format="channels_first"),
+                    mean, std, data_format="channels_first", input_data_format="channels_first")
+    assert torch.equal(out, torch.from_numpy(ref))
+
+
 def test_video_pixels_match_transformers_pil_steps_on_worker_threads():
     """Video frames: resized per frame on worker threads, patch layout written straight as float32 -- the same rows
     as transformers' steps (Qwen2VLImageProcessorPil resize / rescale / normalize per frame, then the video

@@ -98,18 +98,53 @@ def _pil_resize(frames: torch.Tensor, height: int, width: int, resample: str) ->
     return torch.from_numpy(out)
 
 
+@dataclass(frozen=True)
+class _Normalizer:
+    """Rescale + normalize of uint8 values, equal bit for bit to the reference's arithmetic (transformers' numpy
+    ``rescale``: ``float64(v) * rescale_factor`` cast to float32; ``normalize``: ``(x - mean) / std`` in float32).
+    ``lut`` holds that result for every uint8 value per channel (``(C, 256)``). When float32 ``v / divisor`` gives the
+    same rescaled values (1/255 does), the rows are made with torch's in-place ops (which release the GIL: the rows are
+    written on worker threads while PyAV decodes); otherwise they are looked up in ``lut``."""
+
+    lut: np.ndarray
+    divisor: float | None
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def build(cls, rescale_factor: float, mean: list[float], std: list[float]) -> _Normalizer:
+        levels = np.arange(256, dtype=np.float64)
+        mean32 = np.asarray(mean, dtype=np.float32).reshape(-1, 1)
+        std32 = np.asarray(std, dtype=np.float32).reshape(-1, 1)
+        lut = ((levels * rescale_factor).astype(np.float32)[None, :] - mean32) / std32
+        divisor = 1 / rescale_factor
+        ops = (torch.arange(256, dtype=torch.float32) / divisor - torch.from_numpy(mean32)) / torch.from_numpy(std32)
+        exact = torch.equal(ops, torch.from_numpy(lut))
+        return cls(lut, divisor if exact else None, torch.from_numpy(mean32), torch.from_numpy(std32))
+
+    def __call__(self, src: torch.Tensor, out: torch.Tensor, channel_dim: int) -> None:
+        """uint8 ``src`` -> normalized float32 ``out`` (same shape; channels along ``channel_dim``)."""
+        if self.divisor is not None:
+            shape = [1] * out.ndim
+            shape[channel_dim] = -1
+            out.copy_(src)
+            out.div_(self.divisor).sub_(self.mean.view(shape)).div_(self.std.view(shape))
+            return
+        s, d = src.numpy(), out.numpy()
+        for k in range(src.shape[channel_dim]):  # mode="wrap": uint8 indices are in range, and ``d`` is written unbuffered
+            index = (slice(None),) * channel_dim + (k,)
+            np.take(self.lut[k], s[index], out=d[index], mode="wrap")
+
+
 def _patch_rows(frames: torch.Tensor, out: torch.Tensor, patch: int, temporal: int, merge: int,
-                lut: np.ndarray) -> None:
+                normalize: _Normalizer) -> None:
     """uint8 ``(T, H, W, C)`` frames (``T`` a multiple of ``temporal``) -> their float32 patch rows, written into
-    ``out`` of shape ``(t, h/m, w/m, m, m, C, tp, p, p)``: the patch layout is a view of the uint8 frames, and each
-    channel's values are looked up in ``lut`` (``(C, 256)``, :meth:`VideoLLMQwen2VLProcessor._lookup_table`) straight
-    into ``out`` -- one pass, no uint8 or float copy in between."""
+    ``out`` of shape ``(t, h/m, w/m, m, m, C, tp, p, p)``: the patch layout is a view of the uint8 frames, written as
+    float32 by one strided copy (no uint8 copy in between), then rescaled + normalized in place."""
     p, tp, m = patch, temporal, merge
     T, H, W, C = frames.shape
     view = frames.reshape(T // tp, tp, H // p // m, m, p, W // p // m, m, p, C).permute(0, 2, 5, 3, 6, 8, 1, 4, 7)
-    src, dst = view.numpy(), out.numpy()
-    for k in range(C):  # mode="wrap": uint8 indices are always in range, and numpy then writes ``dst`` unbuffered
-        np.take(lut[k], src[:, :, :, :, :, k], out=dst[:, :, :, :, :, k], mode="wrap")
+    normalize(view, out, channel_dim=5)
 
 
 class _FramePipeline:
@@ -145,7 +180,7 @@ class _FramePipeline:
         p, m = proc.patch_size, proc.merge_size
         self.out = torch.empty((len(item.rows) // tp, h // p // m, w // p // m, m, m, 3, tp, p, p), dtype=torch.float32)
         self.pos = {r: k for k, r in enumerate(item.rows)}
-        self.code, self.lut = code, proc._lookup_table()
+        self.code, self.normalize = code, proc._normalizer()
         workers = max(1, min(torch.get_num_threads(), 8))
         if workers > 1:
             self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="hf_videollm_qwen2vl")
@@ -178,7 +213,7 @@ class _FramePipeline:
         frames = [f if f.shape[:2] == (h, w) else _pil_resize_frame(f, h, w, self.code) for f in frames]
         proc = self.proc
         _patch_rows(torch.from_numpy(np.stack(frames)), self.out[t : t + 1], proc.patch_size,
-                    proc.temporal_patch_size, proc.merge_size, self.lut)
+                    proc.temporal_patch_size, proc.merge_size, self.normalize)
 
     def result(self, height: int, width: int, rows: list[int], count: int) -> torch.Tensor | None:
         """The patch rows, if the processor's final choice ``(height, width, rows, count)`` is what was planned."""
@@ -413,16 +448,10 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         )
 
     # ---------------------------------------------------------------------------------------------- pixels
-    def _lookup_table(self) -> np.ndarray:
-        """``(C, 256)`` float32: rescale + normalize of every uint8 value per channel with the reference's own
-        arithmetic (transformers' numpy ``rescale``: ``float64(v) * rescale_factor`` cast to float32, then ``normalize``:
-        ``(x - mean) / std`` in float32), so the rows equal its PIL path bit for bit. A fused ``v * scale + shift``
-        differs from it in the last bit for ~70 % of the values."""
-        levels = np.arange(256, dtype=np.float64)
-        rescaled = (levels * self.rescale_factor).astype(np.float32)
-        mean = np.asarray(self.image_mean, dtype=np.float32).reshape(-1, 1)
-        std = np.asarray(self.image_std, dtype=np.float32).reshape(-1, 1)
-        return (rescaled[None, :] - mean) / std
+    def _normalizer(self) -> _Normalizer:
+        """Rescale + normalize as transformers' PIL path computes it (a fused ``v * scale + shift`` differs from it in
+        the last bit for ~70 % of the values)."""
+        return _Normalizer.build(self.rescale_factor, self.image_mean, self.image_std)
 
     def _pixels(self, it: _Item) -> tuple[torch.Tensor, list[int]]:
         H, W = it.size
@@ -441,7 +470,7 @@ class VideoLLMQwen2VLProcessor(VideoLLMProcessor):
         T, C = frames.shape[0], frames.shape[3]
         t, gh, gw = T // tp, h // p, w // p
         out = torch.empty((t, gh // m, gw // m, m, m, C, tp, p, p), dtype=torch.float32)
-        _patch_rows(frames, out, p, tp, m, self._lookup_table())
+        _patch_rows(frames, out, p, tp, m, self._normalizer())
         return out.view(t * gh * gw, C * tp * p * p), [t, gh, gw]
 
     def _second_per_grid(self, it: _Item) -> float:
