@@ -24,9 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -35,25 +33,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_preprocess import record  # noqa: E402
-
-
-def alternate(a, b, repeats: int) -> tuple[float, float, float, float]:
-    """A B A B ... after one warm-up each: (median a, median b, median of the per-pair ratios a/b, min a / min b).
-
-    The machine may be shared: a load spike slows both runs of a pair alike, so the per-pair ratio and the ratio of
-    the fastest runs are steadier than the ratio of the medians."""
-    a(), b()
-    ta, tb = [], []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        a()
-        ta.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        b()
-        tb.append(time.perf_counter() - t)
-    pairs = statistics.median(x / y for x, y in zip(ta, tb))
-    return statistics.median(ta), statistics.median(tb), pairs, min(ta) / min(tb)
+from bench_preprocess import alternate_stats, record  # noqa: E402
 
 VISION = dict(hidden_size=256, intermediate_size=1024, num_hidden_layers=6, num_attention_heads=4)
 TEXT = dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4)
@@ -252,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             table = [*head, "", "| stage | ours s | reference s | ratio of medians | median of pair ratios | ratio of fastest |",
                      "|---|---:|---:|---:|---:|---:|"]
             for stage, fa, fb in rows:
-                ta, tb, pairs, fastest = alternate(fa, fb, args.repeats)
+                ta, tb, pairs, fastest = alternate_stats(fa, fb, args.repeats)
                 row = f"| {stage} | {ta:.3f} | {tb:.3f} | {ta / tb:.2f} | **{pairs:.2f}** | {fastest:.2f} |"
                 print(row, flush=True)
                 table.append(row)

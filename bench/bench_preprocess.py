@@ -47,8 +47,11 @@ def record(title: str, command: str, table: list[str], notes: str = "") -> None:
         f.write(text)
 
 
-def alternate(a, b, repeats: int) -> tuple[float, float]:
-    """Median seconds of ``a`` and ``b`` run alternately (A B A B ...) after one warm-up each."""
+def alternate_stats(a, b, repeats: int) -> tuple[float, float, float, float]:
+    """A B A B ... after one warm-up each: (median a, median b, median of the per-pair ratios a/b, min a / min b).
+
+    The machine may be shared: a load spike slows both runs of a pair alike, so the per-pair ratio and the ratio of
+    the fastest runs are steadier than the ratio of the medians."""
     a(), b()
     ta, tb = [], []
     for _ in range(repeats):
@@ -58,7 +61,13 @@ def alternate(a, b, repeats: int) -> tuple[float, float]:
         t = time.perf_counter()
         b()
         tb.append(time.perf_counter() - t)
-    return statistics.median(ta), statistics.median(tb)
+    pairs = statistics.median(x / y for x, y in zip(ta, tb))
+    return statistics.median(ta), statistics.median(tb), pairs, min(ta) / min(tb)
+
+
+def alternate(a, b, repeats: int) -> tuple[float, float]:
+    """Median seconds of ``a`` and ``b`` run alternately (A B A B ...) after one warm-up each."""
+    return alternate_stats(a, b, repeats)[:2]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,25 +25,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_model as bm  # noqa: E402
 
 
-def cases(model: str, new_tokens: int):
+def setup(model: str):
+    """``(ours, reference, processor, batch, ins, ref_args)``: the bench_model pair with the same weights and its
+    inputs (LLaVA: 2 x 720p images; VideoLLaMA 2: a 16-frame 720p video; ``ref_args``: what the VideoLLaMA 2
+    reference takes, ``(ids, pixels)``)."""
     rng = np.random.default_rng(0)
-    gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
     if model == "llava":
         ours, theirs, processor = bm.build_pair()
         pics = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(2)]
         batch = processor(text=[" ".join([processor.image_token] * 2) + " describe the picture"], images=pics)
         ins = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
+        return ours, theirs, processor, batch, ins, None
+    ours, theirs, processor = bm.build_videollama2_pair(16)
+    video = rng.integers(0, 256, (16, 720, 1280, 3), dtype=np.uint8)
+    batch = processor(text=[processor.video_token + " describe the video"], videos=[video])
+    ins = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos")}
+    ref_args = (bm.collapse_runs(ins["input_ids"], ours.config.video_token_id), ins["pixel_values_videos"])
+    return ours, theirs, processor, batch, ins, ref_args
+
+
+def cases(model: str, new_tokens: int):
+    gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    ours, theirs, _, _, ins, ref_args = setup(model)
+    if model == "llava":
         return {
             "forward": (lambda: ours(**ins), lambda: theirs(**ins)),
             "generate": (lambda: ours.generate(**ins, **gen), lambda: theirs.generate(**ins, **gen)),
             "encode": (lambda: ours.encode_media(pixel_values=ins["pixel_values"]),
                        lambda: theirs.model.get_image_features(pixel_values=ins["pixel_values"])),
         }
-    ours, theirs, processor = bm.build_videollama2_pair(16)
-    video = rng.integers(0, 256, (16, 720, 1280, 3), dtype=np.uint8)
-    batch = processor(text=[processor.video_token + " describe the video"], videos=[video])
-    ins = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos")}
-    ids, px = bm.collapse_runs(ins["input_ids"], ours.config.video_token_id), ins["pixel_values_videos"]
+    ids, px = ref_args
     return {
         "forward": (lambda: ours(**ins), lambda: theirs(ids, px)),
         "generate": (lambda: ours.generate(**ins, **gen), lambda: theirs.generate(ids, px, **gen)),
@@ -55,17 +66,11 @@ def parts(model: str, repeats: int) -> None:
     """Fastest of ``repeats`` alternating runs of each part: tower (ours: up to the selected layer; reference: every
     layer with all hidden states), connector, language model on the merged embeddings (full logits), and the
     whole-forward ratio those parts imply if nothing else differed."""
-    rng = np.random.default_rng(0)
+    ours, theirs, _, batch, _, _ = setup(model)
     if model == "llava":
-        ours, theirs, processor = bm.build_pair()
-        pics = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(2)]
-        batch = processor(text=[" ".join([processor.image_token] * 2) + " describe the picture"], images=pics)
         px, key = batch["pixel_values"], "pixel_values"
         tower_ref = theirs.model.vision_tower
     else:
-        ours, theirs, processor = bm.build_videollama2_pair(16)
-        video = rng.integers(0, 256, (16, 720, 1280, 3), dtype=np.uint8)
-        batch = processor(text=[processor.video_token + " describe the video"], videos=[video])
         px, key = batch["pixel_values_videos"].flatten(0, 1), "pixel_values_videos"
         tower_ref = theirs.vision_tower
     with torch.no_grad():
@@ -103,21 +108,12 @@ def cache_ab(model: str, new_tokens: int, repeats: int) -> None:
     passed explicitly (``torch.cat`` per token), the reference; the outputs of the first two must be identical."""
     from transformers import DynamicCache
 
-    rng = np.random.default_rng(0)
     gen = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+    ours, theirs, _, _, ins, ref_args = setup(model)
     if model == "llava":
-        ours, theirs, processor = bm.build_pair()
-        pics = [rng.integers(0, 256, (720, 1280, 3), dtype=np.uint8) for _ in range(2)]
-        batch = processor(text=[" ".join([processor.image_token] * 2) + " describe the picture"], images=pics)
-        ins = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values")}
         ref = lambda: theirs.generate(**ins, **gen)  # noqa: E731
     else:
-        ours, theirs, processor = bm.build_videollama2_pair(16)
-        video = rng.integers(0, 256, (16, 720, 1280, 3), dtype=np.uint8)
-        batch = processor(text=[processor.video_token + " describe the video"], videos=[video])
-        ins = {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values_videos")}
-        ids = bm.collapse_runs(ins["input_ids"], ours.config.video_token_id)
-        ref = lambda: theirs.generate(ids, ins["pixel_values_videos"], **gen)  # noqa: E731
+        ref = lambda: theirs.generate(*ref_args, **gen)  # noqa: E731
     fns = {
         "ours (in-place cache)": lambda: ours.generate(**ins, **gen),
         "ours with DynamicCache": lambda: ours.generate(**ins, **gen, cache=DynamicCache(config=ours.language_model.config)),

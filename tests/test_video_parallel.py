@@ -181,21 +181,26 @@ def test_groups_cut_between_keyframe_intervals(videos):
         assert video_read._plan_groups(info, targets, order, 1) is None
 
 
-def test_a_failing_thread_falls_back_to_serial(videos, monkeypatch):
-    """A thread that fails (here: forced) makes load_video decode serially: same result, each row reported to
-    on_frame exactly once and in time order, also when some rows were reported before the failure."""
-    spy = Spy(monkeypatch)
+def fail_in_thread(monkeypatch, thread: int, at_frame: int) -> None:
+    """Decode thread ``thread`` raises (a forced failure) at its ``at_frame``-th frame."""
     frame_at = video_read._PyAVReader.frame_at
     seen = {"n": 0}
 
     def flaky(self, target):
-        if threading.current_thread().name == "load_video-decode-1":
+        if threading.current_thread().name == f"load_video-decode-{thread}":
             seen["n"] += 1
-            if seen["n"] == 3:
+            if seen["n"] == at_frame:
                 raise RuntimeError("forced failure")
         return frame_at(self, target)
 
     monkeypatch.setattr(video_read._PyAVReader, "frame_at", flaky)
+
+
+def test_a_failing_thread_falls_back_to_serial(videos, monkeypatch):
+    """A thread that fails (here: forced) makes load_video decode serially: same result, each row reported to
+    on_frame exactly once and in time order, also when some rows were reported before the failure."""
+    spy = Spy(monkeypatch)
+    fail_in_thread(monkeypatch, 1, at_frame=3)
     path = videos["mkv"]
     calls = []
     video, meta = load_video(
@@ -230,7 +235,7 @@ def test_on_frame_any_order_reports_later_groups_while_earlier_ones_decode(video
         for how in ("any", "time"):
             calls = []
             video, meta = load_video(path, num_frames=30, decode_threads=3, on_frame_order=how,
-                                     on_frame=lambda i, f, n: calls.append((i, f.copy(), n, threading.get_ident())))
+                                     on_frame=lambda i, f, n, calls=calls: calls.append((i, f.copy(), n, threading.get_ident())))
             assert torch.equal(video, ref) and asdict(meta) == asdict(ref_meta)
             rows = [i for i, *_ in calls]
             assert sorted(rows) == list(range(30)) and {n for _, _, n, _ in calls} == {30}
@@ -289,17 +294,7 @@ def test_on_frame_any_order_and_a_failing_thread(videos, monkeypatch):
     """A thread fails after rows of several groups were reported out of time order: the serial redo reports only
     the other rows, so every row is reported exactly once, with the serial bytes."""
     spy = Spy(monkeypatch)
-    frame_at = video_read._PyAVReader.frame_at
-    seen = {"n": 0}
-
-    def flaky(self, target):
-        if threading.current_thread().name == "load_video-decode-2":
-            seen["n"] += 1
-            if seen["n"] == 4:
-                raise RuntimeError("forced failure")
-        return frame_at(self, target)
-
-    monkeypatch.setattr(video_read._PyAVReader, "frame_at", flaky)
+    fail_in_thread(monkeypatch, 2, at_frame=4)
     path = videos["mkv"]
     calls = []
     video, meta = load_video(path, num_frames=30, decode_threads=3, on_frame_order="any",

@@ -1015,7 +1015,7 @@ def _decode_serial(reader, stream, targets_pts, order, mode, on_frame, skip=froz
     rotation = 0
     row_of: dict[int, int] = {}  # id(_Frame) -> first output row (the objects stay alive in `picked`)
     reformatter = VideoReformatter()
-    for pos, i in enumerate(order):
+    for i in order:
         t = targets_pts[i]
         fr = reader.keyframe_near(t) if mode == "keyframe" else reader.frame_at(t)
         picked[i] = fr
