@@ -1,6 +1,6 @@
 """Model forward / ``generate``: hf_videollm against the reference computation of each model, same weights.
 
-* ``--model llava`` (default part of ``all``): ours vs transformers' ``LlavaForConditionalGeneration``. CLIP at
+* ``--model llava``: ours vs transformers' ``LlavaForConditionalGeneration``. CLIP at
   336 px, patch 14 (576 tokens per image; ``vision_feature_layer=-2``), CLIP 6 x 256, LLaMA 4 x 256.
 * ``--model videollama2``: transformers has no VideoLLaMA 2, so the reference is the ORIGINAL release's inference
   computation (DAMO-NLP-SG/VideoLLaMA2, ``encoder.py`` / ``videollama2_arch.py`` / its ``generate``), written here
@@ -15,9 +15,9 @@ Both sides get the same pixels (our processor's output) and weights (deep copies
 attention (SDPA). The logits are compared (max abs diff) and the greedy tokens must match. Times are medians of
 ``--repeats`` alternating runs (A B A B ...) in one process -- only the ratio is meaningful on a shared machine.
 
-    python3 bench/bench_model.py                       # LLaVA; prints the table, appends it to bench/RESULTS.md
+    python3 bench/bench_model.py                       # both (--model all); prints the tables, appends them to bench/RESULTS.md
+    python3 bench/bench_model.py --model llava         # LLaVA only
     python3 bench/bench_model.py --model videollama2   # VideoLLaMA 2 against the original's computation
-    python3 bench/bench_model.py --model all
 """
 
 from __future__ import annotations
@@ -211,7 +211,7 @@ RUNS = {"llava": run_llava, "videollama2": run_videollama2}
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", choices=[*RUNS, "all"], default="llava")
+    p.add_argument("--model", choices=[*RUNS, "all"], default="all")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--images", type=int, default=2, help="LLaVA: 720p images in the prompt")

@@ -70,6 +70,7 @@ BENCH_SUITE = {
     "model": "bench_model.py",
     "convert": "bench_convert.py",
     "load_video": "bench_load_video.py",
+    "e2e": "bench_e2e.py",
 }
 
 

@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--device", default="cpu")
     b.add_argument("--suite", default=None, metavar="PARTS",
                    help="run the bench/ scripts instead (source checkout): 'all' or comma-separated parts of "
-                        "preprocess, model, convert, load_video; each prints its table and appends it to bench/RESULTS.md")
+                        "preprocess, model, convert, load_video, e2e; each prints its table and appends it to bench/RESULTS.md")
     b.add_argument("--no-record", action="store_true", help="with --suite: print only, do not append to bench/RESULTS.md")
     b.set_defaults(func=_cmd_bench)
     return p
