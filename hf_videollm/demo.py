@@ -484,8 +484,12 @@ def _new_videos(settings: BenchSettings, out: Path) -> list[dict]:
 
 
 def answer_in_fresh_process(model_dir: str | Path, items: list[dict], timeout: float = 300) -> list[str]:
-    """Load ``model_dir`` with the Auto classes in a new Python process and answer each item's question."""
-    cmd = [sys.executable, "-m", "hf_videollm.demo", "--answer", str(model_dir), json.dumps(items)]
+    """Load ``model_dir`` with the Auto classes in a new Python process and answer each item's question.
+
+    ``-P``: the current directory is not put on the new process' ``sys.path`` -- run from the folder that holds a clone
+    named ``hf_videollm``, ``import hf_videollm`` would find that folder as an empty namespace package (ahead of the
+    editable install), register nothing, and the Auto classes would ask for ``trust_remote_code``."""
+    cmd = [sys.executable, "-P", "-m", "hf_videollm.demo", "--answer", str(model_dir), json.dumps(items)]
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     if done.returncode != 0:

@@ -315,3 +315,21 @@ def test_every_demo_preset_builds_and_answers_through_the_evaluation_path(tmp_pa
         assert torch.equal(torch.as_tensor(from_file[key]), torch.as_tensor(from_frames[key])), key
     accuracy = evaluate(model, processor, data)
     assert set(accuracy["video"]) == set(settings.kinds) and all(accuracy["count"][k] == 1 for k in settings.kinds)
+
+
+def test_fresh_process_answers_from_a_folder_holding_a_clone_named_like_the_package(tmp_path, monkeypatch):
+    """The demo's reload in a fresh process run from a folder that holds a directory ``hf_videollm`` (the clone's own
+    name, e.g. ``~`` after ``git clone``): the real package is imported there, not that folder as a namespace package
+    (which registered nothing, so loading asked for ``trust_remote_code`` and the demo failed at its last step)."""
+    from hf_videollm.demo import answer_in_fresh_process
+    from hf_videollm.media.video_write import write_video
+    from hf_videollm.tiny import build_tiny, tiny_media
+
+    model, processor = build_tiny("videollama2")
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    video = write_video(tmp_path / "v.mp4", tiny_media("video", 0, frames=8), 8)
+    (tmp_path / "hf_videollm").mkdir()  # a clone's folder: no __init__.py at its top
+    monkeypatch.chdir(tmp_path)
+    answers = answer_in_fresh_process(tmp_path / "model", [{"video": str(video), "question": "what moves?"}])
+    assert len(answers) == 1 and isinstance(answers[0], str)
