@@ -33,7 +33,15 @@ import torch
 
 from ..media.frames import _is_video_source, load_frames, load_images
 from ..media.image_io import ImageLoadError, check_aspect_ratio
-from ..media.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, _run_parallel, resize, smart_resize
+from ..media.transforms import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    _run_parallel,
+    normalize,
+    rescale,
+    resize,
+    smart_resize,
+)
 from ..media.video_read import load_video
 from ..modeling.qwen2vl import QWEN2VL_INPUTS
 from .base import ProcessorInputError, Sample, VideoLLMProcessor
@@ -113,14 +121,13 @@ class _Normalizer:
 
     @classmethod
     def build(cls, rescale_factor: float, mean: list[float], std: list[float]) -> _Normalizer:
-        levels = np.arange(256, dtype=np.float64)
-        mean32 = np.asarray(mean, dtype=np.float32).reshape(-1, 1)
-        std32 = np.asarray(std, dtype=np.float32).reshape(-1, 1)
-        lut = ((levels * rescale_factor).astype(np.float32)[None, :] - mean32) / std32
+        levels = torch.arange(256, dtype=torch.uint8).expand(len(mean), 1, 256)  # (C, 1, 256): channels at -3
+        lut = normalize(rescale(levels, rescale_factor), mean, std)  # the reference's arithmetic (media.transforms)
+        mean32 = torch.tensor(mean, dtype=torch.float32).reshape(-1, 1, 1)
+        std32 = torch.tensor(std, dtype=torch.float32).reshape(-1, 1, 1)
         divisor = 1 / rescale_factor
-        ops = (torch.arange(256, dtype=torch.float32) / divisor - torch.from_numpy(mean32)) / torch.from_numpy(std32)
-        exact = torch.equal(ops, torch.from_numpy(lut))
-        return cls(lut, divisor if exact else None, torch.from_numpy(mean32), torch.from_numpy(std32))
+        exact = torch.equal((levels.to(torch.float32) / divisor - mean32) / std32, lut)
+        return cls(lut.reshape(len(mean), 256).numpy(), divisor if exact else None, mean32.flatten(), std32.flatten())
 
     def __call__(self, src: torch.Tensor, out: torch.Tensor, channel_dim: int) -> None:
         """uint8 ``src`` -> normalized float32 ``out`` (same shape; channels along ``channel_dim``)."""
