@@ -151,7 +151,8 @@ class VideoLLMQwenVLVisionConfig(PreTrainedConfig):
     """Sizes of Qwen-VL's visual encoder (the original ``config.visual``; defaults = the release, ViT-bigG/14 at 448).
 
     ``hidden_size`` / ``num_hidden_layers`` / ``num_attention_heads`` are the original's ``width`` / ``layers`` /
-    ``heads``; ``output_dim`` is the resampler width (= the LLM width); ``n_queries`` the visual tokens per image.
+    ``heads``; ``output_dim`` is the resampler width (= the LLM width); ``n_queries`` the visual tokens per image;
+    ``resampler_num_heads`` ``None`` = ``output_dim // 128`` (the original's rule; 32 for Qwen-7B).
     """
 
     model_type = "videollm_qwen_vl_vision"
@@ -164,6 +165,7 @@ class VideoLLMQwenVLVisionConfig(PreTrainedConfig):
     patch_size: int = 14
     output_dim: int = 4096
     n_queries: int = 256
+    resampler_num_heads: int | None = None
     layer_norm_eps: float = 1e-6
     initializer_range: float = 0.02
 
@@ -175,8 +177,13 @@ class VideoLLMQwenVLVisionConfig(PreTrainedConfig):
             )
         if math.isqrt(self.n_queries) ** 2 != self.n_queries:
             raise ValueError(f"n_queries must be a square (the queries form a grid), got {self.n_queries}")
-        if self.output_dim % 128 or self.output_dim % 4:
-            raise ValueError(f"output_dim must be a multiple of 128 (resampler heads = output_dim // 128), got {self.output_dim}")
+        if self.resampler_num_heads is None:
+            self.resampler_num_heads = self.output_dim // 128  # the original's rule
+        if self.resampler_num_heads < 1 or self.output_dim % self.resampler_num_heads or self.output_dim % 4:
+            raise ValueError(
+                f"output_dim {self.output_dim} must be a multiple of 4 and of resampler_num_heads "
+                f"{self.resampler_num_heads} (default output_dim // 128, as the original)"
+            )
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
 
@@ -336,13 +343,13 @@ class VideoLLMQwenVLVisionModel(PreTrainedModel):
 class QwenVLAttnPool(nn.Module):
     """The original's ``Resampler``: learned queries, one ``nn.MultiheadAttention`` over the ViT tokens."""
 
-    def __init__(self, n_queries: int, embed_dim: int, kv_dim: int, eps: float):
+    def __init__(self, n_queries: int, embed_dim: int, kv_dim: int, eps: float, num_heads: int):
         super().__init__()
         self.grid = math.isqrt(n_queries)
         self.query = nn.Parameter(torch.zeros(n_queries, embed_dim))
         self.register_buffer("pos_embed", sincos_2d_table(embed_dim, self.grid), persistent=True)
         self.kv_proj = nn.Linear(kv_dim, embed_dim, bias=False) if kv_dim != embed_dim else nn.Identity()
-        self.attn = nn.MultiheadAttention(embed_dim, embed_dim // 128, batch_first=True)
+        self.attn = nn.MultiheadAttention(embed_dim, num_heads, batch_first=True)
         self.ln_q = nn.LayerNorm(embed_dim, eps=eps)
         self.ln_kv = nn.LayerNorm(embed_dim, eps=eps)
 
@@ -370,7 +377,9 @@ class QwenVLResampler(nn.Module):
     def __init__(self, config: VideoLLMQwenVLVisionConfig):
         super().__init__()
         d = config.output_dim
-        self.attn_pool = QwenVLAttnPool(config.n_queries, d, config.hidden_size, config.layer_norm_eps)
+        self.attn_pool = QwenVLAttnPool(
+            config.n_queries, d, config.hidden_size, config.layer_norm_eps, config.resampler_num_heads
+        )
         self.ln_post = nn.LayerNorm(d, eps=config.layer_norm_eps)
         self.proj = QwenVLOutputProjection(d)
 

@@ -80,8 +80,11 @@ def qwen2vl_template(system: str = QWEN2_SYSTEM, image_token: str = "<|image_pad
     return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("qwen2vl.jinja")
 
 
-def qwen_vl_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", video_token: str = "<video>") -> str:
+def qwen_vl_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", video_token: str = "<video>", *,
+                     finetune_labels: bool = False) -> str:
     """Qwen-VL-Chat's ChatML (``make_context``): ``Picture {n}:{image}\\n`` per image (numbered per user turn, as
-    ``from_list_format``), the default system prompt always present; labels as ``finetune.py`` (``<|im_start|>`` and
-    ``<|im_end|>\\n`` of every turn + the assistant's answers)."""
-    return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("qwen_vl.jinja")
+    ``from_list_format``), the system turn always present (default prompt when none is given). Labels: the
+    assistant's answers + ``<|im_end|>\\n``; ``finetune_labels=True``: as the original ``finetune.py``, which also
+    supervises ``<|im_start|>`` and ``<|im_end|>\\n`` of every turn (system and user turns included)."""
+    return _preamble(default_system=system, image_token=image_token, video_token=video_token,
+                     finetune_labels=finetune_labels) + _body("qwen_vl.jinja")

@@ -22,9 +22,10 @@ class VideoLLMQwenVLProcessor(FramePixelsMixin, VideoLLMProcessor):
     """Turns text + images/videos into Qwen-VL inputs.
 
     Pixels as the original ``VisionTransformer.image_transform``: resize to ``(image_size, image_size)`` (bicubic, no
-    aspect preservation, no crop), ``/255``, CLIP mean/std. ``tokenization="whole"`` by default: the text (special
-    tokens such as ``<|im_start|>``, ``<ref>``, ``<box>`` recognised in it, as the original's ``allowed_special="all"``)
-    is tokenized around the media slots, which are bounded by special tokens in the original too.
+    aspect preservation, no crop), ``/255``, CLIP mean/std. The text between media slots is tokenized chunk by chunk
+    (special tokens such as ``<|im_start|>``, ``<ref>``, ``<box>`` recognised in it, as the original's
+    ``allowed_special="all"``); the slots are bounded by the special ``<img>`` / ``</img>`` in the original too, so
+    the ids are the original's.
     """
 
     input_spec = QWENVL_INPUTS
@@ -38,10 +39,14 @@ class VideoLLMQwenVLProcessor(FramePixelsMixin, VideoLLMProcessor):
         "image_token_id": 151859,
         "video_token_id": 151860,
         "tokenization": "chunks",
+        # labels as the original finetune.py: also <|im_start|> and "<|im_end|>\n" of every turn (default: the
+        # assistant's answers + their "<|im_end|>\n" only)
+        "finetune_labels": False,
     }
 
     def default_chat_template(self) -> str:
-        return qwen_vl_template(image_token=self.image_token, video_token=self.video_token)
+        return qwen_vl_template(image_token=self.image_token, video_token=self.video_token,
+                                finetune_labels=self.finetune_labels)
 
     def image_tokens(self) -> int:
         return self.image_tokens_per_item
