@@ -354,9 +354,10 @@ class QwenVLAttnPool(nn.Module):
         self.ln_kv = nn.LayerNorm(embed_dim, eps=eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        key_pos = resize_abs_pos(self.pos_embed, x.shape[1])
+        pos = self.pos_embed.to(self.query.dtype)  # a buffer keeps float32 when the model is cast; the original's is a parameter
+        key_pos = resize_abs_pos(pos, x.shape[1])
         x = self.ln_kv(self.kv_proj(x))
-        q = (self.ln_q(self.query) + self.pos_embed).unsqueeze(0).expand(x.shape[0], -1, -1)
+        q = (self.ln_q(self.query) + pos).unsqueeze(0).expand(x.shape[0], -1, -1)
         return self.attn(q, x + key_pos, x, need_weights=False)[0]
 
 
