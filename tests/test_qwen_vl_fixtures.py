@@ -63,6 +63,9 @@ def test_qwen_vl_release(case_name, tmp_path):
     assert text.seq_length == orig["seq_length"] and text.use_dynamic_ntk and text.use_logn_attn
     assert text.intermediate_size == orig["intermediate_size"] // 2
     assert model.config.vision_config.n_queries == 256 and model.config.image_start_token_id == orig["visual"]["image_start_id"]
+    eod = orig["visual"]["image_start_id"] - 214  # <|endoftext|>: 3 + 205 extras + 6 grounding tokens before <img>
+    chat = case_name == "chat"  # Qwen-VL-Chat stops at <|im_end|> / <|im_start|> too (the original's stop words)
+    assert model.generation_config.eos_token_id == ([eod, eod + 2, eod + 1] if chat else eod)
 
     inputs, expected = load_tensors(case_dir / "inputs.safetensors"), load_tensors(case_dir / "expected.safetensors")
     pixels, mask = inputs["pixel_values"], inputs["attention_mask"]

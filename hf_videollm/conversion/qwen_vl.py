@@ -183,6 +183,29 @@ def load_qwen_tokenizer(path: str | Path, *, model_max_length: int = 8192):
     return tokenizer
 
 
+# ---------------------------------------------------------------------------------------------------- generation
+def _generation_config_dir(src: Path, tokenizer) -> Path | None:
+    """The release's generation config with the original's stop words as ``eos_token_id``: ChatML (Qwen-VL-Chat)
+    stops at ``<|im_end|>`` / ``<|im_start|>`` (``get_stop_words_ids("chatml")``; the original then emits
+    ``<|endoftext|>``, here generation ends at the stop word itself) besides ``<|endoftext|>``. The raw format (Qwen-VL)
+    keeps ``<|endoftext|>`` (its other stop word, the string ``"Human:"``, is ``stop_strings`` territory). Written to a
+    temporary folder that :func:`write_converted` copies from."""
+    if not (src / "generation_config.json").is_file():
+        return None
+    import tempfile
+
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig.from_pretrained(str(src))
+    if getattr(gen, "chat_format", "chatml") == "chatml":
+        eod, im_end, im_start = tokenizer.convert_tokens_to_ids(["<|endoftext|>", "<|im_end|>", "<|im_start|>"])
+        gen.eos_token_id = [eod, im_end, im_start]
+        gen.pad_token_id = eod if gen.pad_token_id is None else gen.pad_token_id
+    out = Path(tempfile.mkdtemp(prefix="qwen_vl_generation_"))
+    gen.save_pretrained(out)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- reader
 def read_qwen_vl(src: str | Path) -> Release:
     """A Qwen-VL / Qwen-VL-Chat Hub folder -> the :class:`Release` to write."""
@@ -229,5 +252,5 @@ def read_qwen_vl(src: str | Path) -> Release:
         processor=processor,
         converted_from=src_id,
         converter="hf_videollm qwen_vl original",
-        generation_config_from=src if (src / "generation_config.json").is_file() else None,
+        generation_config_from=_generation_config_dir(src, tokenizer),
     )
