@@ -135,3 +135,21 @@ def test_bad_inputs_are_named(tiny):
         model.get_video_features(torch.zeros(1, 3, 28, 28))
     with pytest.raises(ValueError, match="must equal text_config.hidden_size"):
         type(model.config)(vision_config={"output_dim": 256}, text_config=model.config.text_config.to_dict())
+
+
+def test_gradient_checkpointing_reaches_the_vision_blocks(tiny):
+    model, processor = tiny
+    batch = processor(text="see <image> here", images=[tiny_media("image")])
+    model.train()
+
+    def grads():
+        model.zero_grad()
+        model(**batch, labels=batch["input_ids"]).loss.backward()
+        return {n: p.grad.clone() for n, p in model.vision_tower.named_parameters()}
+
+    plain = grads()
+    model.gradient_checkpointing_enable()
+    assert all(block.gradient_checkpointing for block in model.vision_tower.blocks)
+    checkpointed = grads()
+    for name, g in plain.items():
+        torch.testing.assert_close(checkpointed[name], g, atol=1e-6, rtol=1e-5)

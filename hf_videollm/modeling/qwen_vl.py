@@ -38,6 +38,7 @@ from torch import nn
 from transformers import AutoConfig, DynamicCache, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.qwen2.modeling_qwen2 import (
     Qwen2Attention,
@@ -282,8 +283,9 @@ class QwenVLVisionMLP(nn.Module):
         return self.c_proj(F.gelu(self.c_fc(x)))
 
 
-class QwenVLVisionBlock(nn.Module):
-    """Pre-LN block: ``x + attn(ln_1(x))``, ``x + mlp(ln_2(x))``."""
+class QwenVLVisionBlock(GradientCheckpointingLayer):
+    """Pre-LN block: ``x + attn(ln_1(x))``, ``x + mlp(ln_2(x))`` (checkpointed with the model's gradient checkpointing:
+    stages 1-2 train the 48 ViT-bigG blocks)."""
 
     def __init__(self, config: VideoLLMQwenVLVisionConfig):
         super().__init__()
@@ -308,6 +310,7 @@ class VideoLLMQwenVLVisionModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_attention_backend = True
+    supports_gradient_checkpointing = True
     _no_split_modules = ["QwenVLVisionBlock"]
 
     def __init__(self, config: VideoLLMQwenVLVisionConfig):
