@@ -153,3 +153,25 @@ def test_gradient_checkpointing_reaches_the_vision_blocks(tiny):
     checkpointed = grads()
     for name, g in plain.items():
         torch.testing.assert_close(checkpointed[name], g, atol=1e-6, rtol=1e-5)
+
+
+def test_qwen_vl_finetune_records_with_img_paths_in_the_text(tiny, tmp_path):
+    """Qwen-VL's own fine-tuning data (finetune.py / README): the image path inside the text as
+    ``Picture 1: <img>path</img>\\n``, roles user / assistant, grounding as <ref>/<box> text."""
+    from hf_videollm.training.data import normalize_record
+
+    _, processor = tiny
+    record = {"id": "identity_0", "conversations": [
+        {"from": "user", "value": "Picture 1: <img>imgs/a.jpg</img>\nWhere is the dog?"},
+        {"from": "assistant", "value": "<ref>the dog</ref><box>(10,20),(300,400)</box>"},
+    ]}
+    messages = normalize_record(record, media_root=str(tmp_path))
+    assert messages[0]["content"] == [{"type": "image", "image": str(tmp_path / "imgs" / "a.jpg")},
+                                      {"type": "text", "text": "Where is the dog?"}]
+    text = processor.apply_chat_template(messages)
+    assert "<|im_start|>user\nPicture 1:<image>\nWhere is the dog?<|im_end|>\n" in text
+    assert "<|im_start|>assistant\n<ref>the dog</ref><box>(10,20),(300,400)</box><|im_end|>\n" in text
+    ids = processor.tokenizer(text.replace("<image>", ""), add_special_tokens=False)["input_ids"]
+    assert set(_ids(processor, "<ref>", "</ref>", "<box>", "</box>")) <= set(ids)  # markers are special tokens
+    plain = normalize_record({"conversations": [{"from": "human", "value": "write an <img> tag\nand </img>"}]})
+    assert plain[0]["content"] == [{"type": "text", "text": "write an <img> tag\nand </img>"}]  # no path: text
