@@ -181,6 +181,7 @@ def _entries() -> dict[str, ModelEntry]:
             tiny="hf_videollm.tiny:tiny_qwen_vl",
             readers={"original": "hf_videollm.conversion.qwen_vl:read_qwen_vl"},
             recipes="hf_videollm.training.recipes:QWEN_VL_STAGES",
+            demo="hf_videollm.demo_presets:qwen_vl_demo_preset",
         ),
     ]
     return {e.name: e for e in entries}
