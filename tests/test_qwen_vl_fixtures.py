@@ -129,11 +129,11 @@ def test_cached_decoding_keeps_the_prefill_ntk_alpha(tmp_path):
     with torch.no_grad():
         out = model(input_ids=ids, cache=cache, use_cache=True)
         assert out.cache.get_seq_length() == 255
-        assert model.language_model.model._ntk_alpha(None, out.cache, 1, 1, ids.device).tolist() == [3]
+        assert model.language_model.model._ntk_alpha(None, out.cache, 1, 1).tolist() == [3]
         nxt = out.logits[:, -1:].argmax(-1)
         model(input_ids=nxt, cache=out.cache, use_cache=True, position_ids=torch.tensor([[255]]))
         model(input_ids=nxt, cache=out.cache, use_cache=True, position_ids=torch.tensor([[256]]))
-        assert model.language_model.model._ntk_alpha(None, out.cache, 1, 1, ids.device).tolist() == [3]
+        assert model.language_model.model._ntk_alpha(None, out.cache, 1, 1).tolist() == [3]
 
 
 @pytest.mark.parametrize("case_name", CASES)

@@ -459,7 +459,7 @@ class VideoLLMQwenTextModel(Qwen2Model):
         for layer in self.layers:
             layer.self_attn.__class__ = VideoLLMQwenAttention  # same parameters; forward adds the logN scaling
 
-    def _ntk_alpha(self, attention_mask, cache, length: int, batch: int, device) -> torch.Tensor | None:
+    def _ntk_alpha(self, attention_mask, cache, length: int, batch: int) -> torch.Tensor | None:
         cfg = self.config
         if not getattr(cfg, "use_dynamic_ntk", False) or self.training or not getattr(cfg, "seq_length", None):
             return None
@@ -487,7 +487,7 @@ class VideoLLMQwenTextModel(Qwen2Model):
         use_cache = use_cache if use_cache is not None else self.config.use_cache
         if use_cache and cache is None and not self.training:
             cache = DynamicCache(config=self.config)
-        alpha = self._ntk_alpha(attention_mask, cache, ref.shape[1], ref.shape[0], ref.device)
+        alpha = self._ntk_alpha(attention_mask, cache, ref.shape[1], ref.shape[0])
         self.rotary_emb.ntk_alpha = alpha
         try:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
