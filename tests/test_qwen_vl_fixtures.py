@@ -182,3 +182,29 @@ def test_gptq_release_and_foreign_configs_are_refused(tmp_path):
         (bad / "config.json").write_text(json.dumps({**cfg, field: value}))
         with pytest.raises(ConversionError, match=message):
             convert("qwen_vl", bad, tmp_path / "out2", progress=False)
+
+
+def test_sharded_release_through_the_cli(tmp_path, capsys):
+    """The Hub releases are sharded (``model-0000k-of-0000n.safetensors`` + index); ``hf-videollm convert qwen_vl``
+    reads them like the single file, and refuses options that do not apply."""
+    from safetensors.torch import load_file
+
+    from hf_videollm_cli import main
+
+    case_dir = fixture_case("qwen_vl", "chat")
+    src = tmp_path / "sharded"
+    shutil.copytree(case_dir / "original", src, ignore=shutil.ignore_patterns("model.safetensors"))
+    tensors = load_file(str(case_dir / "original" / "model.safetensors"))
+    names = sorted(tensors)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for file, keys in shards.items():
+        save_file({k: tensors[k] for k in keys}, str(src / file), metadata={"format": "pt"})
+    index = {"metadata": {}, "weight_map": {k: f for f, keys in shards.items() for k in keys}}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert main(["convert", "qwen_vl", str(src), str(tmp_path / "out"), "--vision-tower", "x"]) != 0
+    assert "does not apply to qwen_vl" in capsys.readouterr().err
+    assert main(["convert", "qwen_vl", str(src), str(tmp_path / "out")]) == 0
+    sharded = VideoLLMQwenVLForConditionalGeneration.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    single, _ = _convert(case_dir, tmp_path)
+    for (name, a), (_, b) in zip(sorted(sharded.state_dict().items()), sorted(single.state_dict().items())):
+        assert torch.equal(a, b), name
