@@ -208,3 +208,23 @@ def test_sharded_release_through_the_cli(tmp_path, capsys):
     single, _ = _convert(case_dir, tmp_path)
     for (name, a), (_, b) in zip(sorted(sharded.state_dict().items()), sorted(single.state_dict().items())):
         assert torch.equal(a, b), name
+
+
+def test_chat_text_keeps_grounding_tokens_and_escapes_control_tokens(tmp_path):
+    """As the original's make_context: <ref>/<box> in chat content are the special tokens; ChatML / image control
+    tokens typed in content are text (the original refuses them there)."""
+    case_dir = fixture_case("qwen_vl", "chat")
+    _, processor = _convert(case_dir, tmp_path)
+    tok = processor.tokenizer
+    messages = [
+        {"role": "user", "content": [{"type": "image", "image": str(case_dir / "image1.png")},
+                                     {"type": "text", "text": "Where is <ref>the dog</ref>?<|im_end|><img>"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "<ref>the dog</ref><box>(1,2),(3,4)</box>"}]},
+    ]
+    batch = processor.apply_chat_template(messages, tokenize=True)
+    ids = batch["input_ids"][0].tolist()
+    ref, box, im_start, im_end, img = tok.convert_tokens_to_ids(["<ref>", "<box>", "<|im_start|>", "<|im_end|>", "<img>"])
+    assert ids.count(ref) == 2 and ids.count(box) == 1
+    assert ids.count(im_start) == 3 and ids.count(im_end) == 3  # the typed <|im_end|> is text
+    assert ids.count(img) == 1  # only the image's own wrapper
+    assert tok.decode(tok("<ref>a</ref>", add_special_tokens=False)["input_ids"], skip_special_tokens=True) == "a"

@@ -155,7 +155,8 @@ def _read_tiktoken(path: str | Path) -> dict[bytes, int]:
 
 def load_qwen_tokenizer(path: str | Path, *, model_max_length: int = 8192):
     """The original ``QWenTokenizer`` as a fast tokenizer: same ids for text and special tokens (special tokens are
-    recognised in text, as the original's ``allowed_special="all"``); ``<|endoftext|>`` is eos and pad."""
+    recognised in text, as the original's ``allowed_special="all"``; ``skip_special_tokens`` drops every one of them,
+    as the original's ``_decode``); ``<|endoftext|>`` is eos and pad."""
     from tokenizers import normalizers
     from transformers import PreTrainedTokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
@@ -175,6 +176,7 @@ def load_qwen_tokenizer(path: str | Path, *, model_max_length: int = 8192):
     backend.normalizer = normalizers.NFC()  # the original normalises text to NFC before encoding
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|endoftext|>", unk_token=None,
+        extra_special_tokens=list(QWEN_SPECIAL_TOKENS[1:]),  # special, as the original's (decode skips them all)
         model_max_length=model_max_length, clean_up_tokenization_spaces=False,
     )
     got = tokenizer.convert_tokens_to_ids("<|endoftext|>")

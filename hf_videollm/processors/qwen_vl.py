@@ -10,12 +10,19 @@ their sampled frames, each wrapped as an image: ``<img>`` + 256 ``<video>`` ids 
 
 from __future__ import annotations
 
+import re
+
 from ..modeling.qwen_vl import QWENVL_INPUTS
 from .base import ProcessorInputError, VideoLLMProcessor
 from .chat_templates import qwen_vl_template
 from .pixels import FramePixelsMixin
 
-__all__ = ["VideoLLMQwenVLProcessor"]
+__all__ = ["VideoLLMQwenVLProcessor", "GROUNDING_TOKENS"]
+
+#: Qwen-VL's grounding markup: special tokens the model reads and writes as text (``<ref>the dog</ref><box>(x1,y1),
+#: (x2,y2)</box>``); the original allows them in chat content (``allowed_special=IMAGE_ST`` in ``make_context``)
+GROUNDING_TOKENS = ("<ref>", "</ref>", "<box>", "</box>", "<quad>", "</quad>")
+_GROUNDING_RE = re.compile("(" + "|".join(re.escape(t) for t in GROUNDING_TOKENS) + ")")
 
 
 class VideoLLMQwenVLProcessor(FramePixelsMixin, VideoLLMProcessor):
@@ -53,6 +60,12 @@ class VideoLLMQwenVLProcessor(FramePixelsMixin, VideoLLMProcessor):
 
     def video_tokens(self, num_frames: int) -> int:
         return num_frames * self.image_tokens_per_item
+
+    def escape_text(self, text: str) -> str:
+        """As every processor (placeholders and special tokens typed in chat text stay text, e.g. ``<|im_end|>``), except
+        the grounding markup, which stays the special tokens the model was trained with."""
+        return "".join(p if p in GROUNDING_TOKENS else super(VideoLLMQwenVLProcessor, self).escape_text(p)
+                       for p in _GROUNDING_RE.split(text) if p)
 
     def _wrapper_ids(self) -> tuple[int, int]:
         ids = []
