@@ -96,8 +96,9 @@ STAGES = {'llava': [('stage1',
               'trained; ViT, ln_post and proj frozen'),
              ('lora',
               'finetune_lora_ds.sh: LoRA r64/alpha16/dropout 0.05 on the LLM (the original targets c_attn, '
-              'attn.c_proj, w1, w2 = q/k/v/o, up, gate; here every LLM linear layer, down_proj too), everything '
-              'else frozen')]}
+              'attn.c_proj, w1, w2 = q/k/v/o, up, gate; here every LLM linear layer, down_proj too) with the token '
+              "embeddings and LM head trained fully (finetune.py's modules_to_save ['wte', 'lm_head'] without "
+              'Q-LoRA), everything else frozen')]}
 
 TRAIN_FIELDS = [('model', 'str'),
  ('data', 'list[str]'),

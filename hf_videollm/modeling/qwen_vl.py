@@ -521,6 +521,9 @@ class VideoLLMQwenVLModel(VideoLLMPreTrainedModel):
         # ``ln_post`` + ``proj``: frozen with the ViT by the original's ``fix_vit``
         "vision_projection": ("multi_modal_projector.ln_post", "multi_modal_projector.proj"),
         "language_model": ("language_model",),
+        # inside language_model: the token embeddings and the LM head, which the original's LoRA fine-tuning trains
+        # fully (modules_to_save ["wte", "lm_head"]); the bare model has no lm_head
+        "embeddings": ("language_model.model.embed_tokens", "language_model.embed_tokens", "language_model.lm_head"),
     }
 
     def __init__(self, config: VideoLLMQwenVLConfig):

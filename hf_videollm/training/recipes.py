@@ -171,13 +171,13 @@ QWEN_VL_STAGES: dict[str, Stage] = {
         original_global_batch_size=30720, weight_decay=0.05,
     ),
     "stage2": Stage(
-        "stage2", ("vision_tower", "connector", "vision_projection", "language_model"), 5e-5,
+        "stage2", ("vision_tower", "connector", "vision_projection", "language_model", "embeddings"), 5e-5,
         "multi-task pre-training at 448 px (captioning, VQA, grounding, OCR, interleaved): every part trained (paper; "
         "global batch 4096, 19k steps)",
         original_global_batch_size=4096, weight_decay=0.05,
     ),
     "stage3": Stage(
-        "stage3", ("connector", "language_model"), 1e-5,
+        "stage3", ("connector", "language_model", "embeddings"), 1e-5,
         "supervised fine-tuning in ChatML (finetune_ds.sh, fix_vit): LLM + the resampler's attn_pool trained; ViT, "
         "ln_post and proj frozen",
         original_global_batch_size=128, original_epochs=5, warmup_ratio=0.01, weight_decay=0.1,
@@ -185,8 +185,9 @@ QWEN_VL_STAGES: dict[str, Stage] = {
     "lora": Stage(
         "lora", (), 1e-5,
         "finetune_lora_ds.sh: LoRA r64/alpha16/dropout 0.05 on the LLM (the original targets c_attn, attn.c_proj, w1, "
-        "w2 = q/k/v/o, up, gate; here every LLM linear layer, down_proj too), everything else frozen",
-        lora=True, lora_r=64, lora_alpha=16, lora_dropout=0.05,
+        "w2 = q/k/v/o, up, gate; here every LLM linear layer, down_proj too) with the token embeddings and LM head "
+        "trained fully (finetune.py's modules_to_save ['wte', 'lm_head'] without Q-LoRA), everything else frozen",
+        lora=True, lora_r=64, lora_alpha=16, lora_dropout=0.05, modules_to_save_parts=("embeddings",),
         original_global_batch_size=128, original_epochs=5, warmup_ratio=0.01, weight_decay=0.1,
     ),
 }
