@@ -245,6 +245,7 @@ def read_qwen_vl(src: str | Path) -> Release:
                                   tie_word_embeddings=text["tie_word_embeddings"], **ids)
     processor = VideoLLMQwenVLProcessor(
         tokenizer, image_size=vision["image_size"], patch_size=vision["patch_size"],
+        image_tokens_per_item=vision["n_queries"],
         image_token_id=ids["image_token_id"], video_token_id=ids["video_token_id"],
     )
     return Release(
