@@ -175,3 +175,18 @@ def test_qwen_vl_finetune_records_with_img_paths_in_the_text(tiny, tmp_path):
     assert set(_ids(processor, "<ref>", "</ref>", "<box>", "</box>")) <= set(ids)  # markers are special tokens
     plain = normalize_record({"conversations": [{"from": "human", "value": "write an <img> tag\nand </img>"}]})
     assert plain[0]["content"] == [{"type": "text", "text": "write an <img> tag\nand </img>"}]  # no path: text
+
+
+def test_tokenizer_splits_digits_one_by_one_as_qwen(tmp_path):
+    """Qwen's pre-tokenization takes single digits (``\\p{N}``; cl100k's takes up to three): with a merge for "20" in
+    the ranks, "2048" stays four tokens, and "20" alone is one."""
+    import base64
+
+    from hf_videollm.conversion.qwen_vl import load_qwen_tokenizer
+
+    ranks = [bytes([b]) for b in range(256)] + [b"20", b"48"]
+    (tmp_path / "qwen.tiktoken").write_text("".join(f"{base64.b64encode(t).decode()} {i}\n" for i, t in enumerate(ranks)))
+    tok = load_qwen_tokenizer(tmp_path)
+    assert tok("2048", add_special_tokens=False)["input_ids"] == [ord("2"), ord("0"), ord("4"), ord("8")]
+    assert tok("x 20", add_special_tokens=False)["input_ids"] == [ord("x"), ord(" "), ord("2"), ord("0")]
+    assert tok.convert_tokens_to_ids("<|endoftext|>") == 258

@@ -166,6 +166,7 @@ def test_tokenizer_is_read_from_qwen_tiktoken_with_the_original_special_ids():
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text
     assert ids.count(n + 1) == 1 and n + 208 in ids  # special tokens are recognised in text (allowed_special="all")
+    assert tok("caf\u00e9", add_special_tokens=False)["input_ids"] == tok("cafe\u0301", add_special_tokens=False)["input_ids"]  # NFC
 
 
 def test_gptq_release_and_foreign_configs_are_refused(tmp_path):
