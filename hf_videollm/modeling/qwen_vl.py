@@ -20,6 +20,9 @@ original, :class:`VideoLLMQwenForCausalLM`).
   ``theta * alpha^(d/(d-2))`` with ``alpha = max(2^ceil(log2(L/seq_length) + 1) - 1, 1)`` chosen at prefill and kept
   while decoding, and queries at 1-based positions ``i > seq_length`` scaled by ``log(i) / log(seq_length)``. Both are
   no-ops up to ``seq_length`` tokens (2048 in the release) and off in training mode, as in the original.
+  Padding: the original takes RoPE / logN positions and the NTK length from the padded row (it ignores
+  ``position_ids``), so a left-padded sample's output depends on its padding; here positions follow the attention
+  mask and alpha each row's real length (a padded sample equals itself alone; identical without padding).
 * Placement: each image is ``<img>`` + 256 ``<imgpad>`` + ``</img>`` in the text; the 256 ``<imgpad>`` slots are the
   placeholder (the original writes the image path's bytes there and overwrites them; the processor writes pads).
 * Video (not in the original, which is image-only): a video is its sampled frames, each encoded as an image (256
