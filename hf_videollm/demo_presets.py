@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset", "videollama2_av_demo_preset", "qwen2vl_demo_preset", "blip2_demo_preset", "instructblip_demo_preset", "longvlm_demo_preset"]
+__all__ = ["DemoPreset", "llava_demo_preset", "videollama2_demo_preset", "videollama2_av_demo_preset", "qwen2vl_demo_preset", "blip2_demo_preset", "instructblip_demo_preset", "longvlm_demo_preset", "qwen_vl_demo_preset"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,25 @@ def qwen2vl_demo_preset() -> DemoPreset:
     return DemoPreset(
         model_overrides=dict(
             vision_config=dict(depth=2, embed_dim=64, num_heads=4),
+            text_config=dict(hidden_size=64, intermediate_size=128, initializer_range=0.1),
+            processor=processor,
+        ),
+        num_frames=8,
+        max_steps=1500,
+    )
+
+
+def qwen_vl_demo_preset() -> DemoPreset:
+    """Tiny Qwen-VL on the synthetic videos: every 32 px frame (8x8 patches of 4 px) through the ViT and the resampler
+    (16 queries) as a ``<img>``-wrapped image, frames in order. Qwen-VL-Chat's ChatML with an empty system prompt.
+    Not tuned (the other presets' LLM settings)."""
+    from .processors.chat_templates import qwen_vl_template
+
+    processor = {**_synthetic_processor(), "chat_template": qwen_vl_template(system="")}
+    return DemoPreset(
+        model_overrides=dict(
+            vision_config=dict(image_size=32, patch_size=4, hidden_size=64, num_attention_heads=4, n_queries=16,
+                               resampler_num_heads=4),
             text_config=dict(hidden_size=64, intermediate_size=128, initializer_range=0.1),
             processor=processor,
         ),

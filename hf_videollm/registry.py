@@ -79,6 +79,7 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMQwen2VLForConditionalGeneration,
         VideoLLMQwen2VLModel,
     )
+    from .modeling.qwen_vl import VideoLLMQwenVLConfig, VideoLLMQwenVLForConditionalGeneration, VideoLLMQwenVLModel
     from .modeling.videollama2 import (
         VideoLLMVideoLlama2Config,
         VideoLLMVideoLlama2ForConditionalGeneration,
@@ -93,6 +94,7 @@ def _entries() -> dict[str, ModelEntry]:
     from .processors.llava import VideoLLMLlavaProcessor
     from .processors.longvlm import VideoLLMLongVLMProcessor
     from .processors.qwen2vl import VideoLLMQwen2VLProcessor
+    from .processors.qwen_vl import VideoLLMQwenVLProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
 
@@ -172,6 +174,14 @@ def _entries() -> dict[str, ModelEntry]:
             readers={"original": "hf_videollm.conversion.longvlm:read_longvlm"},
             recipes="hf_videollm.training.recipes:LONGVLM_STAGES",
             demo="hf_videollm.demo_presets:longvlm_demo_preset",
+        ),
+        ModelEntry(
+            "qwen_vl", VideoLLMQwenVLConfig, VideoLLMQwenVLForConditionalGeneration, VideoLLMQwenVLModel,
+            VideoLLMQwenVLProcessor,
+            tiny="hf_videollm.tiny:tiny_qwen_vl",
+            readers={"original": "hf_videollm.conversion.qwen_vl:read_qwen_vl"},
+            recipes="hf_videollm.training.recipes:QWEN_VL_STAGES",
+            demo="hf_videollm.demo_presets:qwen_vl_demo_preset",
         ),
     ]
     return {e.name: e for e in entries}

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS", "tiny_qwen2vl", "tiny_longvlm"]
+__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS", "tiny_qwen2vl", "tiny_longvlm", "tiny_qwen_vl"]
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 BASE_WORDS = (
@@ -383,3 +383,38 @@ def tiny_instructblip(tokenizer, seed: int = 0, *, llm: str = "llama", processor
 
 def tiny_instructblip_t5(tokenizer, seed: int = 0, **kwargs):
     return tiny_instructblip(tokenizer, seed, llm="t5", **kwargs)
+
+
+QWEN_VL_SPECIAL_TOKENS = ("<|im_start|>", "<|im_end|>", "<ref>", "</ref>", "<box>", "</box>", "<img>", "</img>")
+
+
+def tiny_qwen_vl(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+    """A tiny Qwen-VL: ViT 2x32 (28 px, patch 14: 2x2 patches) -> resampler with 4 queries (2 heads) -> Qwen2 2x64
+    with the original's dynamic-NTK / logN options on (no-ops below ``seq_length`` 2048, as released). The ChatML and
+    ``<img>`` / ``<box>`` markers are added to ``tokenizer``; the ``<imgpad>`` / video placeholder ids lie past it.
+    ``overrides``: config fields (nested dicts update ``vision_config`` / ``text_config``); ``processor``: settings."""
+    from .modeling.qwen_vl import VideoLLMQwenVLConfig, VideoLLMQwenVLForConditionalGeneration
+    from .processors.qwen_vl import VideoLLMQwenVLProcessor
+
+    missing = [t for t in QWEN_VL_SPECIAL_TOKENS if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    vocab = len(tokenizer)
+    text = _tiny_text_config(tokenizer, overrides.pop("text_config", {}), "qwen2")
+    text = {"use_dynamic_ntk": True, "use_logn_attn": True, "seq_length": 2048, **text}
+    vision = _merge(
+        dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=28, patch_size=14,
+             output_dim=text.get("hidden_size", 64), n_queries=4, resampler_num_heads=2),
+        overrides.pop("vision_config", {}),
+    )
+    ids = tokenizer.convert_tokens_to_ids
+    cfg = dict(vision_config=vision, text_config=text, image_token_id=vocab, video_token_id=vocab + 1,
+               image_start_token_id=ids("<img>"), image_end_token_id=ids("</img>"))
+    torch.manual_seed(seed)
+    config = VideoLLMQwenVLConfig(**_merge(cfg, overrides))
+    model = VideoLLMQwenVLForConditionalGeneration(config)
+    vc = config.vision_config
+    settings = dict(image_size=vc.image_size, patch_size=vc.patch_size, image_tokens_per_item=vc.n_queries,
+                    num_frames=2, image_token_id=config.image_token_id, video_token_id=config.video_token_id)
+    settings.update(processor or {})
+    return _finish(model, tokenizer), VideoLLMQwenVLProcessor(tokenizer, **settings)

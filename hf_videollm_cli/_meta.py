@@ -84,7 +84,21 @@ STAGES = {'llava': [('stage1',
               "LongVLM's single stage (run.sh, tune_mm_mlp_adapter): the projector only, CLIP and the LLaVA-7B LLM "
               'frozen, on Video-ChatGPT-100K-style video instructions; 3 epochs, 8 x 4 GPUs, lr 2e-5, cosine, '
               'warmup 0.03 (the original also lets the 3 new embedding rows learn; here the embeddings stay '
-              'frozen)')]}
+              'frozen)')],
+ 'qwen_vl': [('stage1',
+              'pre-training on image-text pairs at 224 px: ViT + resampler trained, LLM frozen (paper; global '
+              'batch 30720, 50k steps)'),
+             ('stage2',
+              'multi-task pre-training at 448 px (captioning, VQA, grounding, OCR, interleaved): every part '
+              'trained (paper; global batch 4096, 19k steps)'),
+             ('stage3',
+              "supervised fine-tuning in ChatML (finetune_ds.sh, fix_vit): LLM + the resampler's attn_pool "
+              'trained; ViT, ln_post and proj frozen'),
+             ('lora',
+              'finetune_lora_ds.sh: LoRA r64/alpha16/dropout 0.05 on the LLM (the original targets c_attn, '
+              'attn.c_proj, w1, w2 = q/k/v/o, up, gate; here every LLM linear layer, down_proj too) with the token '
+              "embeddings and LM head trained fully (finetune.py's modules_to_save ['wte', 'lm_head'] without "
+              'Q-LoRA), everything else frozen')]}
 
 TRAIN_FIELDS = [('model', 'str'),
  ('data', 'list[str]'),

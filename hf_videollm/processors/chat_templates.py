@@ -12,7 +12,7 @@ from importlib import resources
 
 __all__ = [
     "LLAVA_V1_SYSTEM", "VICUNA_V1_1_SYSTEM", "QWEN2_SYSTEM", "vicuna_v1_template", "llama2_template", "chatml_template",
-    "qwen2vl_template",
+    "qwen2vl_template", "qwen_vl_template",
 ]
 
 #: ``conv_llava_v1`` (LLaVA v1.5 inference) system prompt.
@@ -78,3 +78,13 @@ def qwen2vl_template(system: str = QWEN2_SYSTEM, image_token: str = "<|image_pad
     """Qwen2-VL's ChatML: each image / video as ``<|vision_start|>{placeholder}<|vision_end|>`` (no newline after it),
     ``<|im_start|>system\\n{system}<|im_end|>\\n`` first when the conversation has no system turn."""
     return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("qwen2vl.jinja")
+
+
+def qwen_vl_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", video_token: str = "<video>", *,
+                     finetune_labels: bool = False) -> str:
+    """Qwen-VL-Chat's ChatML (``make_context``): ``Picture {n}:{image}\\n`` per image (numbered per user turn, as
+    ``from_list_format``), the system turn always present (default prompt when none is given). Labels: the
+    assistant's answers + ``<|im_end|>\\n``; ``finetune_labels=True``: as the original ``finetune.py``, which also
+    supervises ``<|im_start|>`` and ``<|im_end|>\\n`` of every turn (system and user turns included)."""
+    return _preamble(default_system=system, image_token=image_token, video_token=video_token,
+                     finetune_labels=finetune_labels) + _body("qwen_vl.jinja")

@@ -510,7 +510,7 @@ def normalize_record(record: dict, media_root: str | None = None) -> list[dict]:
     if record.get("messages") is not None:
         out = _normalize_messages(record["messages"], root, media, used)
     elif record.get("conversations") is not None:
-        out = _normalize_turns(record["conversations"], media, used)
+        out = _normalize_turns(record["conversations"], media, used, root)
     else:
         raise ValueError("record has neither 'messages' nor 'conversations'")
     # Media without a tag go to the start of the first user turn (LLaVA's preprocess_multimodal).
@@ -533,13 +533,25 @@ def normalize_record(record: dict, media_root: str | None = None) -> list[dict]:
     return out
 
 
-def _split_tags(text: str, media: dict, used: dict) -> list[dict]:
-    """A string with ``<image>``-style tags -> content parts, taking files from the record's media lists in order."""
-    marker_re = re.compile("|".join(re.escape(v) for v in _MARKERS.values()))
+#: Qwen-VL's fine-tuning data names each image inside the text: ``Picture 1: <img>path</img>\n`` (its tokenizer's
+#: convention); the ``Picture n:`` label is the chat template's to write, so it goes with the tag.
+_QWEN_VL_IMAGE = re.compile(r"(?:Picture \d+:\s?)?<img>([^<>\n]{1,256})</img>")
+
+
+def _split_tags(text: str, media: dict, used: dict, root=None) -> list[dict]:
+    """A string with ``<image>``-style tags -> content parts, taking files from the record's media lists in order;
+    a Qwen-VL ``<img>path</img>`` carries its own file (relative to the record's media root)."""
+    marker_re = re.compile("|".join([re.escape(v) for v in _MARKERS.values()] + [_QWEN_VL_IMAGE.pattern]))
     parts, pos = [], 0
     for m in marker_re.finditer(text):
         if m.start() > pos:
             parts.append({"type": "text", "text": text[pos : m.start()]})
+        if m.group(0) not in _MARKERS.values():  # <img>path</img>
+            parts.append({"type": "image", "image": _resolve(m.group(1).strip(), root)})
+            pos = m.end()
+            if pos < len(text) and text[pos] == "\n":
+                pos += 1
+            continue
         kind = next(k for k, v in _MARKERS.items() if v == m.group(0))
         field, paths = media[kind]
         if used[kind] >= len(paths):
@@ -563,7 +575,7 @@ def _normalize_messages(messages, root, media, used) -> list[dict]:
         role = m.get("role")
         content = m.get("content")
         if isinstance(content, str):
-            parts = _split_tags(content, media, used)
+            parts = _split_tags(content, media, used, root)
         else:
             parts = []
             for part in content or []:
@@ -583,14 +595,14 @@ def _normalize_messages(messages, root, media, used) -> list[dict]:
     return out
 
 
-def _normalize_turns(turns, media, used) -> list[dict]:
+def _normalize_turns(turns, media, used, root=None) -> list[dict]:
     out = []
     for turn in turns:
         role = _LLAVA_ROLES.get(turn.get("from", turn.get("role")))
         if role is None:
             raise ValueError(f"unknown conversation role {turn.get('from', turn.get('role'))!r}; use human/gpt")
         text = turn.get("value", turn.get("content")) or ""
-        out.append({"role": role, "content": _split_tags(text, media, used)})
+        out.append({"role": role, "content": _split_tags(text, media, used, root)})
     return out
 
 

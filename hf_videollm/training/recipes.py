@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES", "LONGVLM_STAGES"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES", "LONGVLM_STAGES", "QWEN_VL_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,40 @@ LONGVLM_STAGES: dict[str, Stage] = {
         "on Video-ChatGPT-100K-style video instructions; 3 epochs, 8 x 4 GPUs, lr 2e-5, cosine, warmup 0.03 (the "
         "original also lets the 3 new embedding rows learn; here the embeddings stay frozen)",
         original_global_batch_size=32, original_epochs=3,
+    ),
+}
+
+
+#: Qwen-VL (../shared/specs/qwen_vl.md section 5). Stages 1-2 are the paper's (arXiv 2308.12966; learning rates and
+#: batches from its training table, not in the repo); stage 3 / lora are the repo's fine-tuning scripts
+#: (finetune/finetune_ds.sh, finetune_lora_ds.sh): bf16, lr 1e-5, weight decay 0.1, adam_beta2 0.95, warmup 0.01,
+#: cosine, 5 epochs, model_max_length 2048, global batch 128.
+QWEN_VL_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("vision_tower", "connector", "vision_projection"), 2e-4,
+        "pre-training on image-text pairs at 224 px: ViT + resampler trained, LLM frozen (paper; global batch 30720, "
+        "50k steps)",
+        original_global_batch_size=30720, weight_decay=0.05,
+    ),
+    "stage2": Stage(
+        "stage2", ("vision_tower", "connector", "vision_projection", "language_model", "embeddings"), 5e-5,
+        "multi-task pre-training at 448 px (captioning, VQA, grounding, OCR, interleaved): every part trained (paper; "
+        "global batch 4096, 19k steps)",
+        original_global_batch_size=4096, weight_decay=0.05,
+    ),
+    "stage3": Stage(
+        "stage3", ("connector", "language_model", "embeddings"), 1e-5,
+        "supervised fine-tuning in ChatML (finetune_ds.sh, fix_vit): LLM + the resampler's attn_pool trained; ViT, "
+        "ln_post and proj frozen",
+        original_global_batch_size=128, original_epochs=5, warmup_ratio=0.01, weight_decay=0.1,
+    ),
+    "lora": Stage(
+        "lora", (), 1e-5,
+        "finetune_lora_ds.sh: LoRA r64/alpha16/dropout 0.05 on the LLM (the original targets c_attn, attn.c_proj, w1, "
+        "w2 = q/k/v/o, up, gate; here every LLM linear layer, down_proj too) with the token embeddings and LM head "
+        "trained fully (finetune.py's modules_to_save ['wte', 'lm_head'] without Q-LoRA), everything else frozen",
+        lora=True, lora_r=64, lora_alpha=16, lora_dropout=0.05, modules_to_save_parts=("embeddings",),
+        original_global_batch_size=128, original_epochs=5, warmup_ratio=0.01, weight_decay=0.1,
     ),
 }
 
