@@ -95,6 +95,12 @@ def _entries() -> dict[str, ModelEntry]:
     from .processors.qwen2vl import VideoLLMQwen2VLProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
+    from .modeling.videollama3 import (
+        VideoLLMVideoLlama3Config,
+        VideoLLMVideoLlama3ForConditionalGeneration,
+        VideoLLMVideoLlama3Model,
+    )
+    from .processors.videollama3 import VideoLLMVideoLlama3Processor
 
     entries = [
         ModelEntry(
@@ -172,6 +178,16 @@ def _entries() -> dict[str, ModelEntry]:
             readers={"original": "hf_videollm.conversion.longvlm:read_longvlm"},
             recipes="hf_videollm.training.recipes:LONGVLM_STAGES",
             demo="hf_videollm.demo_presets:longvlm_demo_preset",
+        ),
+        ModelEntry(
+            "videollama3", VideoLLMVideoLlama3Config, VideoLLMVideoLlama3ForConditionalGeneration,
+            VideoLLMVideoLlama3Model, VideoLLMVideoLlama3Processor,
+            tiny="hf_videollm.tiny:tiny_videollama3",
+            readers={
+                "original": "hf_videollm.conversion.videollama3:read_videollama3",
+                "transformers": "hf_videollm.conversion.videollama3:read_videollama3_hf",
+            },
+            recipes="hf_videollm.training.recipes:VIDEOLLAMA3_STAGES",
         ),
     ]
     return {e.name: e for e in entries}

@@ -1,0 +1,183 @@
+"""VideoLLaMA 3 processor: any-resolution images, fps-sampled video with its timestamps in the text, DiffFP.
+
+As the original hub processor (``Videollama3Qwen2Processor`` + ``Videollama3ImageProcessor``):
+
+* Each image / video is resized (bicubic, bit-exact Pillow) to multiples of ``patch_size * merge_size`` by the
+  original's ``simple_batched_resize`` (:func:`~hf_videollm.media.transforms.smart_resize` with
+  ``rule="videollama3"``: ``max_tokens`` shared by the images of the call, by the frames of the videos of the call,
+  at least ``min_tokens``), rescaled, normalised and cut into ``(t*h*w, 3*14*14)`` rows in merge-window order
+  (:func:`~hf_videollm.media.transforms.merge_window_patches`). Merge size 1 for images, 2 for videos (settings).
+* Videos from files: ffmpeg's ``fps`` filter with ``round=down`` (what the original ``load_video`` runs) emits, for
+  each ``1/fps`` slot, the last frame whose time falls in the slot; here frames are decoded by timestamp at the end
+  of each slot (``slot end - 1 ms``), labelled ``k / fps`` as the original does; more than ``max_frames`` frames are
+  cut down by ``np.linspace(0, n - 1, max_frames)`` (truncated). Frames given as arrays are taken as sampled at
+  ``video_fps``.
+* Text: each video frame becomes ``"Time {t:.1f}s:"`` + its tokens, frames separated by ``","`` (the chat template
+  puts ``"\\n"`` after the video); each image ``<image>\\n``.
+* DiffFP (``use_token_compression``): the keep-mask is computed from the very pixel rows returned
+  (:func:`~hf_videollm.modeling.videollama3.difffp_keep_mask`) and returned as ``video_compression_mask``; each frame
+  gets one placeholder per kept token. The model drops the other tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..media.frames import _is_video_source, load_frames, load_images
+from ..media.image_io import ImageLoadError
+from ..media.transforms import ImageTransform, merge_window_patches, smart_resize
+from ..media.video_read import load_video
+from ..modeling.videollama3 import VIDEOLLAMA3_INPUTS, difffp_keep_mask, videollama3_num_tokens
+from .base import VideoLLMProcessor
+from .chat_templates import chatml_template
+
+__all__ = ["VideoLLMVideoLlama3Processor"]
+
+
+class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
+    """Turns text + images/videos into VideoLLaMA 3 inputs (``pixel_values`` + ``image_grid_thw`` +
+    ``image_merge_sizes``; ``pixel_values_videos`` + ``video_grid_thw`` + ``video_merge_sizes`` +
+    ``video_compression_mask``)."""
+
+    input_spec = VIDEOLLAMA3_INPUTS
+    settings = {
+        "patch_size": 14,
+        "image_merge_size": 1,
+        "video_merge_size": 2,
+        "min_tokens": 16,
+        "max_tokens": 16384,
+        "resample": "bicubic",
+        "image_mean": [0.5, 0.5, 0.5],  # the released preprocessor_config.json (the class default is CLIP's)
+        "image_std": [0.5, 0.5, 0.5],
+        "rescale_factor": 1 / 255,
+        "video_fps": 1.0,
+        "max_frames": 180,  # README / training scripts (the processor class default is 128)
+        "use_token_compression": True,
+        "difffp_threshold": 0.1,
+        "difffp_min_tokens": 1,
+        "max_image_pixels": 178_956_970,
+        "max_aspect_ratio": None,
+        "image_token": "<image>",
+        "video_token": "<video>",
+        "image_token_id": 151665,
+        "video_token_id": 151668,
+    }
+
+    def default_chat_template(self) -> str:
+        # the training repo's DEFAULT_CHAT_TEMPLATE: ChatML, no automatic system prompt, "<image>\n" per image
+        return chatml_template(system="", image_token=self.image_token, video_token=self.video_token)
+
+    def _check_settings(self) -> None:
+        super()._check_settings()
+        if self.image_merge_size < 1 or self.video_merge_size < 1:
+            raise ValueError("image_merge_size and video_merge_size must be >= 1")
+        if self.min_tokens < 1 or self.max_tokens < self.min_tokens:
+            raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
+        if self.max_frames < 1:
+            raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
+        self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
+
+    # ---------------------------------------------------------------------------------------------- pixels
+    def target_size(self, height: int, width: int, merge_size: int, num_images: int = 1) -> tuple[int, int]:
+        """Resized ``(h, w)`` of an image / of every frame of a video (``num_images``: images, or video frames, of
+        the call sharing ``max_tokens``)."""
+        f = self.patch_size * merge_size
+        return smart_resize(height, width, f, self.min_tokens * f * f, self.max_tokens * f * f // max(1, num_images),
+                            rule="videollama3")
+
+    def _patches(self, frames: torch.Tensor, size: tuple[int, int], merge_size: int) -> tuple[torch.Tensor, list[int]]:
+        tf = ImageTransform(size, "exact", resample=self.resample, mean=tuple(self.image_mean),
+                            std=tuple(self.image_std), rescale_factor=self.rescale_factor)
+        rows, grid = merge_window_patches(tf(frames), self.patch_size, merge_size)
+        return rows, list(grid)
+
+    def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
+        loaded = load_images(images, self.max_image_pixels, self.max_aspect_ratio)
+        m = self.image_merge_size
+        rows, grids, counts = [], [], []
+        for img in loaded:
+            size = self.target_size(img.shape[-2], img.shape[-1], m, len(loaded))
+            r, g = self._patches(img[None], size, m)
+            rows.append(r)
+            grids.append(g)
+            counts.append(videollama3_num_tokens(g, m))
+        return {
+            "pixel_values": torch.cat(rows),
+            "image_grid_thw": torch.tensor(grids, dtype=torch.long),
+            "image_merge_sizes": torch.full((len(grids),), m, dtype=torch.long),
+        }, counts
+
+    def load_video_frames(self, video: Any, index: int = 0) -> tuple[torch.Tensor, list[float]]:
+        """uint8 ``(T, 3, H, W)`` frames of ``video`` as the original ``load_video`` picks them, and their labels in
+        seconds (``k / fps``)."""
+        fps = float(self.video_fps)
+        if not _is_video_source(video):
+            frames = load_frames(video, index=index, num_frames=None, fps=None, max_frames=None,
+                                 max_aspect_ratio=self.max_aspect_ratio)
+        else:
+            try:
+                # ffmpeg fps filter (round=down): the last frame of each 1/fps slot -> decode at each slot's end
+                out, _ = load_video(video, fps=fps, start=max(0.0, 1.0 / fps - 1e-3), sampling="linspace")
+            except (ValueError, ImageLoadError) as e:
+                raise type(e)(f"video {index}: {e}") from e
+            frames = out.permute(0, 3, 1, 2)
+        stamps = [k / fps for k in range(frames.shape[0])]
+        if frames.shape[0] > self.max_frames:
+            keep = np.linspace(0, frames.shape[0] - 1, self.max_frames, dtype=int).tolist()
+            frames, stamps = frames[keep], [stamps[i] for i in keep]
+        return frames.contiguous(), stamps
+
+    def sample_frames(self, video: Any, index: int = 0) -> torch.Tensor:
+        """The frames this processor feeds the model for ``video``: uint8 ``(T, 3, H, W)``, before resizing."""
+        return self.load_video_frames(video, index)[0]
+
+    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list]:
+        loaded = [self.load_video_frames(v, i) for i, v in enumerate(videos)]
+        m = self.video_merge_size
+        total = sum(f.shape[0] for f, _ in loaded)  # the original shares max_tokens over every frame of the call
+        rows, grids, masks, layouts = [], [], [], []
+        for frames, stamps in loaded:
+            size = self.target_size(frames.shape[-2], frames.shape[-1], m, total)
+            r, g = self._patches(frames, size, m)
+            per_frame = (g[1] // m) * (g[2] // m)
+            if self.use_token_compression and g[0] > 1:
+                mask = difffp_keep_mask(r, g, m, self.difffp_threshold, self.difffp_min_tokens)
+            else:
+                mask = torch.ones(g[0] * per_frame, dtype=torch.bool)
+            rows.append(r)
+            grids.append(g)
+            masks.append(mask)
+            layouts.append((stamps, mask.view(g[0], per_frame).sum(-1).tolist()))
+        out = {
+            "pixel_values_videos": torch.cat(rows),
+            "video_grid_thw": torch.tensor(grids, dtype=torch.long),
+            "video_merge_sizes": torch.full((len(grids),), m, dtype=torch.long),
+        }
+        if self.use_token_compression:
+            same = len({mk.numel() for mk in masks}) == 1
+            out["video_compression_mask"] = torch.stack(masks).long() if same else [mk.long() for mk in masks]
+        return out, layouts
+
+    # ---------------------------------------------------------------------------------------------- text
+    def _expand(self, modality: str, tokens) -> list[int]:
+        """A video's slot: ``"Time {t:.1f}s:"`` + the frame's kept tokens per frame, ``","`` between frames (the
+        original's template text, tokenized as in the original's whole prompt: ``",Time"`` is one pre-token)."""
+        if modality != "video" or isinstance(tokens, int):
+            return super()._expand(modality, tokens)
+        stamps, per_frame = tokens
+        tid = self.media_token_id("video")
+        ids: list[int] = []
+        for k, (t, n) in enumerate(zip(stamps, per_frame)):
+            text = f"{',' if k else ''}Time {t:.1f}s:"
+            ids += self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            ids += [tid] * n
+        return ids
+
+    def video_tokens(self, num_frames: int, height: int, width: int) -> int:
+        """Visual tokens of a video before DiffFP (an upper bound of what it becomes)."""
+        m = self.video_merge_size
+        h, w = self.target_size(height, width, m, num_frames)
+        return videollama3_num_tokens((num_frames, h // self.patch_size, w // self.patch_size), m)
