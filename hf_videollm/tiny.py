@@ -251,12 +251,15 @@ def tiny_longvlm(tokenizer, seed: int = 0, *, processor: dict | None = None, **o
 
 
 def tiny_videollama3(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
-    """A tiny VideoLLaMA 3: SigLIP-NaViT 2x32 (patch 4, 2D RoPE; images merge 1, videos merge 2 with DiffFP) ->
+    """A tiny VideoLLaMA 3 (ChatML markers added to ``tokenizer``): SigLIP-NaViT 2x32 (patch 4, 2D RoPE; images merge 1, videos merge 2 with DiffFP) ->
     MLP-GELU -> Qwen2 2x64; at most 64 visual tokens per image / per video (``max_tokens``). ``overrides``: config
     fields (nested dicts update ``vision_config`` / ``text_config``); ``processor``: processor settings."""
     from .modeling.videollama3 import VideoLLMVideoLlama3Config, VideoLLMVideoLlama3ForConditionalGeneration
     from .processors.videollama3 import VideoLLMVideoLlama3Processor
 
+    missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in tokenizer.get_vocab()]  # ChatML markers
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
     vocab = len(tokenizer)
     text = _tiny_text_config(tokenizer, overrides.pop("text_config", {}), "qwen2")
     vision = _merge(

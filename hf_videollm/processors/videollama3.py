@@ -59,7 +59,7 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         "difffp_threshold": 0.1,
         "difffp_min_tokens": 1,
         "max_image_pixels": 178_956_970,
-        "max_aspect_ratio": None,
+        "max_aspect_ratio": 200.0,  # not in the original (no check); transformers' port refuses > 200 too
         "image_token": "<image>",
         "video_token": "<video>",
         "image_token_id": 151665,
@@ -94,12 +94,48 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         rows, grid = merge_window_patches(tf(frames), self.patch_size, merge_size)
         return rows, list(grid)
 
+    # The original processes one conversation per call and shares ``max_tokens`` over its images and every frame of
+    # its videos; here the share is counted per sample of the batch (so a batch equals its samples one by one).
+    def _scan(self, text, given):
+        samples = super()._scan(text, given)
+        self.__dict__["_samples"] = samples  # read by _process_media of the same call
+        return samples
+
+    def _process_media(self, given: dict[str, list]) -> tuple[dict[str, Any], dict[str, list]]:
+        samples = self.__dict__.pop("_samples", None)
+        videos = [self.load_video_frames(v, i) for i, v in enumerate(given.get("video", []))]
+        members = [s.items for s in samples] if samples is not None else [
+            {m: list(range(len(given.get(m, [])))) for m in ("image", "video")}]
+        share = {"image": [1] * len(given.get("image", [])), "video": [1] * len(videos)}
+        for s in members:
+            n = len(s.get("image", [])) + sum(videos[i][0].shape[0] for i in s.get("video", []))
+            for m in ("image", "video"):
+                for i in s.get(m, []):
+                    share[m][i] = n
+        features, tokens = {}, {}
+        if given.get("image"):
+            data, tokens["image"] = self._images(given["image"], share["image"])
+            features.update(data)
+        if videos:
+            data, tokens["video"] = self._videos(videos, share["video"])
+            features.update(data)
+        return features, tokens
+
     def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
+        """Images processed as one conversation (``max_tokens`` shared)."""
+        return self._images(images, [len(images)] * len(images))
+
+    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list]:
+        loaded = [self.load_video_frames(v, i) for i, v in enumerate(videos)]
+        total = sum(f.shape[0] for f, _ in loaded)
+        return self._videos(loaded, [total] * len(loaded))
+
+    def _images(self, images: list, shares: list[int]) -> tuple[dict[str, Any], list[int]]:
         loaded = load_images(images, self.max_image_pixels, self.max_aspect_ratio)
         m = self.image_merge_size
         rows, grids, counts = [], [], []
-        for img in loaded:
-            size = self.target_size(img.shape[-2], img.shape[-1], m, len(loaded))
+        for img, n in zip(loaded, shares):
+            size = self.target_size(img.shape[-2], img.shape[-1], m, n)
             r, g = self._patches(img[None], size, m)
             rows.append(r)
             grids.append(g)
@@ -134,13 +170,11 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         """The frames this processor feeds the model for ``video``: uint8 ``(T, 3, H, W)``, before resizing."""
         return self.load_video_frames(video, index)[0]
 
-    def _process_videos(self, videos: list) -> tuple[dict[str, Any], list]:
-        loaded = [self.load_video_frames(v, i) for i, v in enumerate(videos)]
+    def _videos(self, loaded: list, shares: list[int]) -> tuple[dict[str, Any], list]:
         m = self.video_merge_size
-        total = sum(f.shape[0] for f, _ in loaded)  # the original shares max_tokens over every frame of the call
         rows, grids, masks, layouts = [], [], [], []
-        for frames, stamps in loaded:
-            size = self.target_size(frames.shape[-2], frames.shape[-1], m, total)
+        for (frames, stamps), n in zip(loaded, shares):
+            size = self.target_size(frames.shape[-2], frames.shape[-1], m, n)
             r, g = self._patches(frames, size, m)
             per_frame = (g[1] // m) * (g[2] // m)
             if self.use_token_compression and g[0] > 1:
