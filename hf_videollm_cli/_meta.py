@@ -84,7 +84,15 @@ STAGES = {'llava': [('stage1',
               "LongVLM's single stage (run.sh, tune_mm_mlp_adapter): the projector only, CLIP and the LLaVA-7B LLM "
               'frozen, on Video-ChatGPT-100K-style video instructions; 3 epochs, 8 x 4 GPUs, lr 2e-5, cosine, '
               'warmup 0.03 (the original also lets the 3 new embedding rows learn; here the embeddings stay '
-              'frozen)')]}
+              'frozen)')],
+ 'videollama3': [('stage1',
+                  'vision-encoder adaptation: encoder (lr 1e-5) + projector (lr 1e-3), LLM frozen (llm_lr unset)'),
+                 ('stage2', 'vision-language alignment: every part, LLM and projector lr 1e-5, encoder lr 2e-6'),
+                 ('stage3',
+                  'multi-task fine-tuning: as stage 2, with DiffFP token compression on (use_token_compression)'),
+                 ('stage4',
+                  'video-centric fine-tuning: as stage 3, images with merge size 2 (processor '
+                  'image_merge_size=2)')]}
 
 TRAIN_FIELDS = [('model', 'str'),
  ('data', 'list[str]'),
