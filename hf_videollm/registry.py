@@ -89,17 +89,17 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMVideoLlama2AVForConditionalGeneration,
         VideoLLMVideoLlama2AVModel,
     )
+    from .modeling.videollama3 import (
+        VideoLLMVideoLlama3Config,
+        VideoLLMVideoLlama3ForConditionalGeneration,
+        VideoLLMVideoLlama3Model,
+    )
     from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
     from .processors.llava import VideoLLMLlavaProcessor
     from .processors.longvlm import VideoLLMLongVLMProcessor
     from .processors.qwen2vl import VideoLLMQwen2VLProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
-    from .modeling.videollama3 import (
-        VideoLLMVideoLlama3Config,
-        VideoLLMVideoLlama3ForConditionalGeneration,
-        VideoLLMVideoLlama3Model,
-    )
     from .processors.videollama3 import VideoLLMVideoLlama3Processor
 
     entries = [

@@ -116,3 +116,17 @@ def test_bad_masks_and_merge_sizes_are_named(tiny):
         model(**{**batch, "video_merge_sizes": torch.tensor([3])})
     with pytest.raises(ValueError, match="packed patch rows"):
         model(**{**batch, "pixel_values_videos": batch["pixel_values_videos"][:-1]})
+
+
+def test_labels_end_at_im_end_as_the_original(tiny):
+    """The original supervises an assistant turn's tokens after "<|im_start|>assistant\\n" up to and including
+    <|im_end|>, not the "\\n" after it."""
+    model, processor = tiny
+    msgs = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "what is it"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "a red circle"}]}]
+    text = processor.apply_chat_template(msgs, mark_generation=True)
+    batch = processor(text=[text], videos=[_static_video()], return_labels=True)
+    labels = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    answer = processor.tokenizer("a red circle", add_special_tokens=False)["input_ids"]
+    assert labels == answer + [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
+    assert processor.apply_chat_template(msgs).startswith("<|im_start|>user\n<video>\nwhat is it<|im_end|>\n")

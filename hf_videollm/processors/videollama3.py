@@ -32,7 +32,7 @@ from ..media.transforms import ImageTransform, merge_window_patches, smart_resiz
 from ..media.video_read import load_video
 from ..modeling.videollama3 import VIDEOLLAMA3_INPUTS, difffp_keep_mask, videollama3_num_tokens
 from .base import VideoLLMProcessor
-from .chat_templates import chatml_template
+from .chat_templates import videollama3_template
 
 __all__ = ["VideoLLMVideoLlama3Processor"]
 
@@ -67,8 +67,7 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
     }
 
     def default_chat_template(self) -> str:
-        # the training repo's DEFAULT_CHAT_TEMPLATE: ChatML, no automatic system prompt, "<image>\n" per image
-        return chatml_template(system="", image_token=self.image_token, video_token=self.video_token)
+        return videollama3_template(image_token=self.image_token, video_token=self.video_token)
 
     def _check_settings(self) -> None:
         super()._check_settings()
