@@ -130,3 +130,16 @@ def test_labels_end_at_im_end_as_the_original(tiny):
     answer = processor.tokenizer("a red circle", add_special_tokens=False)["input_ids"]
     assert labels == answer + [processor.tokenizer.convert_tokens_to_ids("<|im_end|>")]
     assert processor.apply_chat_template(msgs).startswith("<|im_start|>user\n<video>\nwhat is it<|im_end|>\n")
+
+
+def test_image_and_video_in_one_sample_share_one_scale_as_batched_resize(tiny):
+    """Different merge sizes in one conversation: the original's ``batched_resize`` -- tokens counted with ceil
+    (image 16x16 at factor 4, video 4 x 4x5 at factor 8: 336 > max_tokens 64) -> every item scaled by
+    sqrt(336 / 64) with floor."""
+    model, processor = tiny
+    batch = processor(text=[_prompt(processor, ("image", "video"))], images=[torch.zeros(3, 64, 64, dtype=torch.uint8)],
+                      videos=[_static_video(frames=4, h=32, w=40)])
+    assert batch["image_grid_thw"].tolist() == [[1, 6, 6]]  # floor(64 / 2.29 / 4) = 6 patches
+    assert batch["video_grid_thw"].tolist() == [[4, 2, 4]]  # floor(32 / 2.29 / 8) * 2, floor(40 / 2.29 / 8) * 2
+    with torch.no_grad():
+        model(**batch)

@@ -2,11 +2,12 @@
 
 As the original hub processor (``Videollama3Qwen2Processor`` + ``Videollama3ImageProcessor``):
 
-* Each image / video is resized (bicubic, bit-exact Pillow) to multiples of ``patch_size * merge_size`` by the
-  original's ``simple_batched_resize`` (:func:`~hf_videollm.media.transforms.smart_resize` with
-  ``rule="videollama3"``: ``max_tokens`` shared by the images of the call, by the frames of the videos of the call,
-  at least ``min_tokens``), rescaled, normalised and cut into ``(t*h*w, 3*14*14)`` rows in merge-window order
-  (:func:`~hf_videollm.media.transforms.merge_window_patches`). Merge size 1 for images, 2 for videos (settings).
+* Each sample is one conversation of the original: its images and videos are resized (bicubic, bit-exact Pillow)
+  to multiples of ``patch_size * merge_size`` together -- ``simple_batched_resize`` when all share one merge size
+  (:func:`~hf_videollm.media.transforms.smart_resize` with ``rule="videollama3"``: ``max_tokens`` shared by every
+  image and every video frame, each at least ``min_tokens``), ``batched_resize`` when images (merge 1) and videos
+  (merge 2) are mixed (one scale for all when over ``max_tokens``) -- then rescaled, normalised and cut into
+  ``(t*h*w, 3*14*14)`` rows in merge-window order (:func:`~hf_videollm.media.transforms.merge_window_patches`).
 * Videos from files: ffmpeg's ``fps`` filter with ``round=down`` (what the original ``load_video`` runs) emits, for
   each ``1/fps`` slot, the last frame whose time falls in the slot; here frames are decoded by timestamp at the end
   of each slot (``slot end - 1 ms``), labelled ``k / fps`` as the original does; more than ``max_frames`` frames are
@@ -21,6 +22,7 @@ As the original hub processor (``Videollama3Qwen2Processor`` + ``Videollama3Imag
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -93,48 +95,70 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         rows, grid = merge_window_patches(tf(frames), self.patch_size, merge_size)
         return rows, list(grid)
 
-    # The original processes one conversation per call and shares ``max_tokens`` over its images and every frame of
-    # its videos; here the share is counted per sample of the batch (so a batch equals its samples one by one).
+    # The original processes one conversation per call: its images and videos are resized together (one budget);
+    # here each sample of the batch is such a conversation, so a batch equals its samples one by one.
     def _scan(self, text, given):
         samples = super()._scan(text, given)
         self.__dict__["_samples"] = samples  # read by _process_media of the same call
         return samples
 
+    def sample_sizes(self, items: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
+        """Resized ``(h, w)`` of each item of one conversation, given as ``(frames, height, width, merge_size)``.
+
+        As the original image processor: one merge size for all items -> ``simple_batched_resize`` (``max_tokens``
+        shared by every image and every video frame, each at least ``min_tokens``); images and videos with different
+        merge sizes -> ``batched_resize`` (all scaled by one factor when their tokens, counted with ``ceil``, exceed
+        ``max_tokens``; no minimum), as the original does for a conversation with an image and a video."""
+        if len({m for *_, m in items}) <= 1:
+            n = sum(t for t, *_ in items)
+            return [self.target_size(h, w, m, n) for _, h, w, m in items]
+        p = self.patch_size
+        total = sum(t * math.ceil(h / (p * m)) * math.ceil(w / (p * m)) for t, h, w, m in items)
+        if total > self.max_tokens:
+            beta = math.sqrt(total / self.max_tokens)
+            return [(max(1, math.floor(h / beta / (p * m))) * p * m, max(1, math.floor(w / beta / (p * m))) * p * m)
+                    for _, h, w, m in items]
+        # (an item rounding to 0 -- which the original would fail on -- is given one merge window)
+        return [(max(1, round(h / (p * m))) * p * m, max(1, round(w / (p * m))) * p * m) for _, h, w, m in items]
+
     def _process_media(self, given: dict[str, list]) -> tuple[dict[str, Any], dict[str, list]]:
         samples = self.__dict__.pop("_samples", None)
+        images = load_images(given.get("image", []), self.max_image_pixels, self.max_aspect_ratio)
         videos = [self.load_video_frames(v, i) for i, v in enumerate(given.get("video", []))]
         members = [s.items for s in samples] if samples is not None else [
-            {m: list(range(len(given.get(m, [])))) for m in ("image", "video")}]
-        share = {"image": [1] * len(given.get("image", [])), "video": [1] * len(videos)}
+            {"image": list(range(len(images))), "video": list(range(len(videos)))}]
+        sizes: dict[str, dict[int, tuple[int, int]]] = {"image": {}, "video": {}}
         for s in members:
-            n = len(s.get("image", [])) + sum(videos[i][0].shape[0] for i in s.get("video", []))
-            for m in ("image", "video"):
-                for i in s.get(m, []):
-                    share[m][i] = n
+            keys = [("image", i) for i in s.get("image", [])] + [("video", i) for i in s.get("video", [])]
+            items = [(1, *images[i].shape[-2:], self.image_merge_size) if m == "image" else
+                     (videos[i][0].shape[0], *videos[i][0].shape[-2:], self.video_merge_size) for m, i in keys]
+            for (m, i), size in zip(keys, self.sample_sizes(items)):
+                sizes[m][i] = size
         features, tokens = {}, {}
-        if given.get("image"):
-            data, tokens["image"] = self._images(given["image"], share["image"])
+        if images:
+            data, tokens["image"] = self._images(images, [sizes["image"][i] for i in range(len(images))])
             features.update(data)
         if videos:
-            data, tokens["video"] = self._videos(videos, share["video"])
+            data, tokens["video"] = self._videos(videos, [sizes["video"][i] for i in range(len(videos))])
             features.update(data)
         return features, tokens
 
     def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
-        """Images processed as one conversation (``max_tokens`` shared)."""
-        return self._images(images, [len(images)] * len(images))
+        """Images processed as one conversation."""
+        loaded = load_images(images, self.max_image_pixels, self.max_aspect_ratio)
+        sizes = self.sample_sizes([(1, *img.shape[-2:], self.image_merge_size) for img in loaded])
+        return self._images(loaded, sizes)
 
     def _process_videos(self, videos: list) -> tuple[dict[str, Any], list]:
+        """Videos processed as one conversation."""
         loaded = [self.load_video_frames(v, i) for i, v in enumerate(videos)]
-        total = sum(f.shape[0] for f, _ in loaded)
-        return self._videos(loaded, [total] * len(loaded))
+        sizes = self.sample_sizes([(f.shape[0], *f.shape[-2:], self.video_merge_size) for f, _ in loaded])
+        return self._videos(loaded, sizes)
 
-    def _images(self, images: list, shares: list[int]) -> tuple[dict[str, Any], list[int]]:
-        loaded = load_images(images, self.max_image_pixels, self.max_aspect_ratio)
+    def _images(self, loaded: list[torch.Tensor], sizes: list[tuple[int, int]]) -> tuple[dict[str, Any], list[int]]:
         m = self.image_merge_size
         rows, grids, counts = [], [], []
-        for img, n in zip(loaded, shares):
-            size = self.target_size(img.shape[-2], img.shape[-1], m, n)
+        for img, size in zip(loaded, sizes):
             r, g = self._patches(img[None], size, m)
             rows.append(r)
             grids.append(g)
@@ -169,11 +193,10 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         """The frames this processor feeds the model for ``video``: uint8 ``(T, 3, H, W)``, before resizing."""
         return self.load_video_frames(video, index)[0]
 
-    def _videos(self, loaded: list, shares: list[int]) -> tuple[dict[str, Any], list]:
+    def _videos(self, loaded: list, sizes: list[tuple[int, int]]) -> tuple[dict[str, Any], list]:
         m = self.video_merge_size
         rows, grids, masks, layouts = [], [], [], []
-        for (frames, stamps), n in zip(loaded, shares):
-            size = self.target_size(frames.shape[-2], frames.shape[-1], m, n)
+        for (frames, stamps), size in zip(loaded, sizes):
             r, g = self._patches(frames, size, m)
             per_frame = (g[1] // m) * (g[2] // m)
             if self.use_token_compression and g[0] > 1:
