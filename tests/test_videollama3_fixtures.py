@@ -171,3 +171,26 @@ def test_transformers_checkpoint_converts_and_matches(tmp_path):
     with torch.no_grad():
         new = model.generate(**inputs, **gen)[:, inputs["input_ids"].shape[1]:]
     assert torch.equal(new, expected["greedy_generate_output"])
+
+
+def test_cli_convert_then_auto_classes_load_it(tmp_path):
+    """``hf-videollm convert videollama3 SRC OUT``: no remote-code prompt (the release's config has an auto_map), the
+    result loads with the Auto classes and reproduces the original's logits."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import hf_videollm  # noqa: F401 -- registers the Auto classes
+    from hf_videollm.cli import main
+
+    case_dir = fixture_case("videollama3", "video_difffp")
+    out = tmp_path / "cli"
+    assert main(["convert", "videollama3", str(case_dir / "original"), str(out), "--quiet"]) == 0
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    assert type(model) is VideoLLMVideoLlama3ForConditionalGeneration
+    assert type(AutoProcessor.from_pretrained(out)) is VideoLLMVideoLlama3Processor
+    inputs, expected = _our_inputs(case_dir, model), load_tensors(case_dir / "expected.safetensors")
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    torch.testing.assert_close(logits, expected["logits"], atol=ATOL, rtol=RTOL)
+    # the transformers-format checkpoint is not the original release
+    assert main(["convert", "videollama3", str(fixture_case("hf_video_llama_3", "single") / "original"),
+                 str(tmp_path / "x")]) == 2
