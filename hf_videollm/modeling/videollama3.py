@@ -179,14 +179,6 @@ class VideoLLMVideoLlama3Model(VideoLLMPreTrainedModel):
         self.language_model = self.build_language_model(config.text_config)
         self.post_init()
 
-    def _init_weights(self, module) -> None:
-        super()._init_weights(module)
-        rope = getattr(self.vision_tower, "rotary_pos_emb", None) if hasattr(self, "vision_tower") else None
-        if module is rope:  # non-persistent buffer: recompute (meta-device loading leaves it empty)
-            inv_freq, _ = module.compute_axial_rope_parameters(self.config.vision_config)
-            module.inv_freq.copy_(inv_freq)
-            module.original_inv_freq.copy_(inv_freq)
-
     # --------------------------------------------------------------------------------------------- encoders
     def _merge_sizes(self, merge_sizes, n: int, default: int, device) -> torch.Tensor:
         if merge_sizes is None:
