@@ -194,3 +194,21 @@ def test_cli_convert_then_auto_classes_load_it(tmp_path):
     # the transformers-format checkpoint is not the original release
     assert main(["convert", "videollama3", str(fixture_case("hf_video_llama_3", "single") / "original"),
                  str(tmp_path / "x")]) == 2
+
+
+def test_timestamps_tokenize_with_the_text_around_them_as_in_the_original(tmp_path):
+    """Text right before a video ("Look:Time 0.0s:") and after it: the ids equal the release tokenizer's ids of the
+    original's expanded prompt (its special <image> tokens are the only cuts)."""
+    case_dir = fixture_case("videollama3", "video_difffp")
+    convert("videollama3", case_dir / "original", tmp_path, source_format="original", progress=False)
+    processor = VideoLLMVideoLlama3Processor.from_pretrained(tmp_path)
+    msgs = [{"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "video"},
+                                         {"type": "text", "text": "what moves?"}]}]
+    prompt = processor.apply_chat_template(msgs, add_generation_prompt=True)
+    batch = processor(text=[prompt], videos=[str(fixture_case("videollama3", "preprocess") / "video.mp4")])
+    mask = batch["video_compression_mask"][0].view(4, -1)
+    frames = ",".join(f"Time {k:.1f}s:" + "<image>" * int(n) for k, n in enumerate(mask.sum(-1)))
+    original = f"<|im_start|>user\nLook:{frames}\nwhat moves?<|im_end|>\n<|im_start|>assistant\n"
+    want = processor.tokenizer(original, add_special_tokens=False)["input_ids"]
+    ids = batch["input_ids"][0].masked_fill(batch["input_ids"][0] == processor.video_token_id, processor.image_token_id)
+    assert ids.tolist() == want

@@ -14,7 +14,8 @@ As the original hub processor (``Videollama3Qwen2Processor`` + ``Videollama3Imag
   cut down by ``np.linspace(0, n - 1, max_frames)`` (truncated). Frames given as arrays are taken as sampled at
   ``video_fps``.
 * Text: each video frame becomes ``"Time {t:.1f}s:"`` + its tokens, frames separated by ``","`` (the chat template
-  puts ``"\\n"`` after the video); each image ``<image>\\n``.
+  puts ``"\\n"`` after the video); each image ``<image>\\n``. The timestamp text is tokenized together with the text
+  around it, as in the original's prompt.
 * DiffFP (``use_token_compression``): the keep-mask is computed from the very pixel rows returned
   (:func:`~hf_videollm.modeling.videollama3.difffp_keep_mask`) and returned as ``video_compression_mask``; each frame
   gets one placeholder per kept token. The model drops the other tokens.
@@ -23,6 +24,7 @@ As the original hub processor (``Videollama3Qwen2Processor`` + ``Videollama3Imag
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -218,19 +220,39 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         return out, layouts
 
     # ---------------------------------------------------------------------------------------------- text
-    def _expand(self, modality: str, tokens) -> list[int]:
-        """A video's slot: ``"Time {t:.1f}s:"`` + the frame's kept tokens per frame, ``","`` between frames (the
-        original's template text, tokenized as in the original's whole prompt: ``",Time"`` is one pre-token)."""
-        if modality != "video" or isinstance(tokens, int):
-            return super()._expand(modality, tokens)
-        stamps, per_frame = tokens
-        tid = self.media_token_id("video")
-        ids: list[int] = []
-        for k, (t, n) in enumerate(zip(stamps, per_frame)):
-            text = f"{',' if k else ''}Time {t:.1f}s:"
-            ids += self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            ids += [tid] * n
-        return ids
+    def _build_row(self, sample, tokens, cursor, **kwargs):
+        """A video's slot becomes, per frame, ``"Time {t:.1f}s:"`` + the frame's kept tokens, ``","`` between frames
+        (the original template's text). The timestamp text joins the text around it before tokenization, so the text
+        is cut exactly where the original's prompt is cut (at its special ``<image>`` tokens): ``"...: Time"`` or
+        ``",Time"`` tokenize as in the original."""
+        if not any(kind == "video" for kind, _ in sample.segments):
+            return super()._build_row(sample, tokens, cursor, **kwargs)
+        segments: list[tuple[str, str]] = []
+        frames: list[int] = []  # kept tokens of each frame of this sample's videos, in order
+
+        def text(piece: str) -> None:
+            if segments and segments[-1][0] == "text":
+                segments[-1] = ("text", segments[-1][1] + piece)
+            else:
+                segments.append(("text", piece))
+
+        for kind, piece in sample.segments:
+            if kind == "text":
+                text(piece)
+                continue
+            if kind != "video":
+                segments.append((kind, piece))
+                continue
+            stamps, per_frame = tokens["video"][cursor["video"]]
+            cursor["video"] += 1
+            for k, (t, n) in enumerate(zip(stamps, per_frame)):
+                text(f"{',' if k else ''}Time {t:.1f}s:")
+                segments.append(("video", ""))
+                frames.append(n)
+        local = {**cursor, "video": 0}
+        row = super()._build_row(replace(sample, segments=segments), {**tokens, "video": frames}, local, **kwargs)
+        cursor.update({m: v for m, v in local.items() if m != "video"})
+        return row
 
     def video_tokens(self, num_frames: int, height: int, width: int) -> int:
         """Visual tokens of a video before DiffFP (an upper bound of what it becomes)."""
