@@ -143,3 +143,15 @@ def test_image_and_video_in_one_sample_share_one_scale_as_batched_resize(tiny):
     assert batch["video_grid_thw"].tolist() == [[4, 2, 4]]  # floor(32 / 2.29 / 8) * 2, floor(40 / 2.29 / 8) * 2
     with torch.no_grad():
         model(**batch)
+
+
+def test_max_visual_tokens_lowers_the_resize_budget(tiny):
+    """As the original's training (max_tokens = mm_max_length): a lower max_visual_tokens resizes instead of
+    refusing the sample."""
+    model, processor = tiny  # max_tokens 64
+    processor.max_visual_tokens = 16
+    try:
+        batch = processor(text=[_prompt(processor, ("image",))], images=[torch.zeros(3, 64, 64, dtype=torch.uint8)])
+    finally:
+        processor.max_visual_tokens = None
+    assert batch["image_grid_thw"].tolist() == [[1, 4, 4]]  # 16 tokens

@@ -84,11 +84,17 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
 
     # ---------------------------------------------------------------------------------------------- pixels
+    @property
+    def token_budget(self) -> int:
+        """Visual tokens one sample is resized to fit: ``max_tokens``, or ``max_visual_tokens`` when lower (the
+        original's training sets ``max_tokens = mm_max_length``; ``hf-videollm train --max-visual-tokens`` sets it)."""
+        return min(self.max_tokens, self.max_visual_tokens or self.max_tokens)
+
     def target_size(self, height: int, width: int, merge_size: int, num_images: int = 1) -> tuple[int, int]:
         """Resized ``(h, w)`` of an image / of every frame of a video (``num_images``: images, or video frames, of
         the call sharing ``max_tokens``)."""
         f = self.patch_size * merge_size
-        return smart_resize(height, width, f, self.min_tokens * f * f, self.max_tokens * f * f // max(1, num_images),
+        return smart_resize(height, width, f, self.min_tokens * f * f, self.token_budget * f * f // max(1, num_images),
                             rule="videollama3")
 
     def _patches(self, frames: torch.Tensor, size: tuple[int, int], merge_size: int) -> tuple[torch.Tensor, list[int]]:
@@ -116,8 +122,8 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
             return [self.target_size(h, w, m, n) for _, h, w, m in items]
         p = self.patch_size
         total = sum(t * math.ceil(h / (p * m)) * math.ceil(w / (p * m)) for t, h, w, m in items)
-        if total > self.max_tokens:
-            beta = math.sqrt(total / self.max_tokens)
+        if total > self.token_budget:
+            beta = math.sqrt(total / self.token_budget)
             return [(max(1, math.floor(h / beta / (p * m))) * p * m, max(1, math.floor(w / beta / (p * m))) * p * m)
                     for _, h, w, m in items]
         # (an item rounding to 0 -- which the original would fail on -- is given one merge window)
