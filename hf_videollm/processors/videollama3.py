@@ -260,6 +260,11 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         cursor.update({m: v for m, v in local.items() if m != "video"})
         return row
 
+    def estimate_media_tokens(self, media: dict[str, list]) -> int:
+        """Media tokens a sample will take, without decoding: its media share ``token_budget`` (long videos and large
+        images fill it; DiffFP and small inputs take less), for length-grouped sampling."""
+        return self.token_budget if any(media.get(m) for m in ("image", "video")) else 0
+
     def video_tokens(self, num_frames: int, height: int, width: int) -> int:
         """Visual tokens of a video before DiffFP (an upper bound of what it becomes)."""
         m = self.video_merge_size
