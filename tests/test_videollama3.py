@@ -155,3 +155,18 @@ def test_max_visual_tokens_lowers_the_resize_budget(tiny):
     finally:
         processor.max_visual_tokens = None
     assert batch["image_grid_thw"].tolist() == [[1, 4, 4]]  # 16 tokens
+
+
+def test_difffp_in_bfloat16_as_the_original_inference_example(tiny):
+    model, processor = tiny
+    video = _static_video()
+    processor.difffp_dtype = "bfloat16"
+    try:
+        batch = processor(text=[_prompt(processor)], videos=[video])
+    finally:
+        processor.difffp_dtype = "float32"
+    pixels, grid = batch["pixel_values_videos"], batch["video_grid_thw"][0].tolist()
+    want = difffp_keep_mask(pixels.to(torch.bfloat16), grid, 2)
+    assert torch.equal(batch["video_compression_mask"][0].bool(), want)
+    with pytest.raises(ValueError, match="difffp_dtype"):
+        type(processor)(processor.tokenizer, difffp_dtype="int8")

@@ -72,13 +72,15 @@ def videollama3_num_tokens(grid_thw: Sequence[int], merge_size: int) -> int:
 
 # --------------------------------------------------------------------------------------------------- DiffFP
 def difffp_keep_mask(
-    pixels: torch.Tensor, grid_thw: Sequence[int], merge_size: int, threshold: float = 0.1, min_tokens: int = 1
+    pixels: torch.Tensor, grid_thw: Sequence[int], merge_size: int, threshold: float = 0.1, min_tokens: int = 1,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """DiffFP keep-mask ``(t*(h/m)*(w/m),)`` (bool) of one video from its packed patch rows (merge-window order).
 
     As the original ``_get_compression_mask``: rows viewed as ``(t, tokens, m*m*row)``; per token
     ``mean(|x[f] - x[f-1]|) * 255`` (normalised pixels), frame 0 counts as ``threshold + 1``; kept where it exceeds
-    ``threshold``; a frame with fewer than ``min_tokens`` kept tokens keeps its first ``min_tokens``."""
+    ``threshold``; a frame with fewer than ``min_tokens`` kept tokens keeps its first ``min_tokens``. ``dtype``: compute
+    in that precision (the original runs on the pixels it is given: bfloat16 in its inference example)."""
     t, h, w = (int(x) for x in grid_thw)
     m = int(merge_size)
     if h % m or w % m:
@@ -87,6 +89,8 @@ def difffp_keep_mask(
         raise ValueError(f"pixels hold {pixels.shape[0]} patch rows but the grid {t}x{h}x{w} needs {t * h * w}")
     n = (h // m) * (w // m)
     x = pixels.reshape(t, n, -1)
+    if dtype is not None:
+        x = x.to(dtype)
     first = torch.full((1, n), threshold + 1, dtype=x.dtype, device=x.device)
     diff = torch.cat([first, (x[1:] - x[:-1]).abs().mean(-1) * 255], dim=0)
     mask = diff > threshold

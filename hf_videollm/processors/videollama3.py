@@ -62,6 +62,9 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         "use_token_compression": True,
         "difffp_threshold": 0.1,
         "difffp_min_tokens": 1,
+        # precision of the DiffFP differences: the processor's float32 pixels; "bfloat16" reproduces the original's
+        # inference example, which casts pixel_values to bfloat16 before the model computes the mask
+        "difffp_dtype": "float32",
         "max_image_pixels": 178_956_970,
         "max_aspect_ratio": 200.0,  # not in the original (no check); transformers' port refuses > 200 too
         "image_token": "<image>",
@@ -79,6 +82,8 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
             raise ValueError("image_merge_size and video_merge_size must be >= 1")
         if self.min_tokens < 1 or self.max_tokens < self.min_tokens:
             raise ValueError(f"need 1 <= min_tokens <= max_tokens, got {self.min_tokens}, {self.max_tokens}")
+        if self.difffp_dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"difffp_dtype must be 'float32', 'bfloat16' or 'float16', got {self.difffp_dtype!r}")
         if self.max_frames < 1:
             raise ValueError(f"max_frames must be >= 1, got {self.max_frames}")
         self.image_mean, self.image_std = list(self.image_mean), list(self.image_std)
@@ -208,7 +213,8 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
             r, g = self._patches(frames, size, m)
             per_frame = (g[1] // m) * (g[2] // m)
             if self.use_token_compression and g[0] > 1:
-                mask = difffp_keep_mask(r, g, m, self.difffp_threshold, self.difffp_min_tokens)
+                mask = difffp_keep_mask(r, g, m, self.difffp_threshold, self.difffp_min_tokens,
+                                        getattr(torch, self.difffp_dtype))
             else:
                 mask = torch.ones(g[0] * per_frame, dtype=torch.bool)
             rows.append(r)
