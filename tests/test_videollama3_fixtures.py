@@ -212,3 +212,23 @@ def test_timestamps_tokenize_with_the_text_around_them_as_in_the_original(tmp_pa
     want = processor.tokenizer(original, add_special_tokens=False)["input_ids"]
     ids = batch["input_ids"][0].masked_fill(batch["input_ids"][0] == processor.video_token_id, processor.image_token_id)
     assert ids.tolist() == want
+
+
+def test_processor_images_match_the_hub_processor_for_paths_and_arrays():
+    """The hub processor opens image files with PIL and reads ``.size`` (W, H) as (H, W): a non-square file is
+    resized to a transposed target (reproduced by default, ``hub_pil_size_quirk``); arrays are read right. Both
+    against the original's pixels (preprocess case, 320x240 PNG)."""
+    from hf_videollm.media import load_image
+
+    case_dir = fixture_case("videollama3", "preprocess")
+    expected = load_tensors(case_dir / "expected.safetensors")
+    processor = VideoLLMVideoLlama3Processor(tiny_tokenizer())
+    path = str(case_dir / "image.png")
+    array = load_image(path).permute(1, 2, 0).numpy()  # (H, W, 3) as the original's numpy input
+    for source, name in ((path, "path"), (array, "array")):
+        data, _ = processor._process_images([source])
+        assert data["image_grid_thw"].tolist() == expected[f"image_via_{name}_grid_sizes"].tolist()
+        torch.testing.assert_close(data["pixel_values"], expected[f"image_via_{name}_pixel_values"], atol=1e-5, rtol=0)
+    processor.hub_pil_size_quirk = False  # the training repo's reading: a file is treated as its array
+    data, _ = processor._process_images([path])
+    assert data["image_grid_thw"].tolist() == expected["image_via_array_grid_sizes"].tolist()

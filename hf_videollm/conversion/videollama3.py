@@ -180,7 +180,7 @@ def read_videollama3_hf(src: str | Path) -> Release:
     kwargs = {k: pre[k] for k in ("patch_size", "image_mean", "image_std", "rescale_factor") if k in pre}
     processor = VideoLLMVideoLlama3Processor(
         tokenizer, image_token="<|image_pad|>", video_token="<|video_pad|>", image_token_id=image_id,
-        video_token_id=video_id, **kwargs,
+        video_token_id=video_id, hub_pil_size_quirk=False, **kwargs,
     )
     return Release(
         VideoLLMVideoLlama3ForConditionalGeneration,

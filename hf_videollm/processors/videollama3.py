@@ -65,6 +65,9 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         # precision of the DiffFP differences: the processor's float32 pixels; "bfloat16" reproduces the original's
         # inference example, which casts pixel_values to bfloat16 before the model computes the mask
         "difffp_dtype": "float32",
+        # the hub processor's PIL (W, H) read as (H, W) for images from files / PIL (a non-square image is resized to a
+        # transposed aspect); on by default as in the original inference, off = the training repo's code
+        "hub_pil_size_quirk": True,
         "max_image_pixels": 178_956_970,
         "max_aspect_ratio": 200.0,  # not in the original (no check); transformers' port refuses > 200 too
         "image_token": "<image>",
@@ -143,7 +146,7 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
         sizes: dict[str, dict[int, tuple[int, int]]] = {"image": {}, "video": {}}
         for s in members:
             keys = [("image", i) for i in s.get("image", [])] + [("video", i) for i in s.get("video", [])]
-            items = [(1, *images[i].shape[-2:], self.image_merge_size) if m == "image" else
+            items = [(1, *self._image_dims(given["image"][i], images[i]), self.image_merge_size) if m == "image" else
                      (videos[i][0].shape[0], *videos[i][0].shape[-2:], self.video_merge_size) for m, i in keys]
             for (m, i), size in zip(keys, self.sample_sizes(items)):
                 sizes[m][i] = size
@@ -159,8 +162,18 @@ class VideoLLMVideoLlama3Processor(VideoLLMProcessor):
     def _process_images(self, images: list) -> tuple[dict[str, Any], list[int]]:
         """Images processed as one conversation."""
         loaded = load_images(images, self.max_image_pixels, self.max_aspect_ratio)
-        sizes = self.sample_sizes([(1, *img.shape[-2:], self.image_merge_size) for img in loaded])
+        sizes = self.sample_sizes([(1, *self._image_dims(src, img), self.image_merge_size)
+                                   for src, img in zip(images, loaded)])
         return self._images(loaded, sizes)
+
+    def _image_dims(self, source: Any, image: torch.Tensor) -> tuple[int, int]:
+        """``(height, width)`` the resize rule reads for an image: the hub processor reads a PIL image's ``.size``
+        (W, H) as (H, W), so images it opens with PIL (files, bytes) or is given as PIL get a transposed target
+        (``hub_pil_size_quirk``; the training repo's copy reads it correctly); arrays and tensors are read right."""
+        h, w = image.shape[-2:]
+        if self.hub_pil_size_quirk and not isinstance(source, (np.ndarray, torch.Tensor)):
+            return w, h
+        return h, w
 
     def _process_videos(self, videos: list) -> tuple[dict[str, Any], list]:
         """Videos processed as one conversation."""
