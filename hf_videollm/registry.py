@@ -90,6 +90,11 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMVideoLlama2AVForConditionalGeneration,
         VideoLLMVideoLlama2AVModel,
     )
+    from .modeling.videollama3 import (
+        VideoLLMVideoLlama3Config,
+        VideoLLMVideoLlama3ForConditionalGeneration,
+        VideoLLMVideoLlama3Model,
+    )
     from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
     from .processors.llava import VideoLLMLlavaProcessor
     from .processors.longvlm import VideoLLMLongVLMProcessor
@@ -97,6 +102,7 @@ def _entries() -> dict[str, ModelEntry]:
     from .processors.qwen_vl import VideoLLMQwenVLProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
+    from .processors.videollama3 import VideoLLMVideoLlama3Processor
 
     entries = [
         ModelEntry(
@@ -182,6 +188,16 @@ def _entries() -> dict[str, ModelEntry]:
             readers={"original": "hf_videollm.conversion.qwen_vl:read_qwen_vl"},
             recipes="hf_videollm.training.recipes:QWEN_VL_STAGES",
             demo="hf_videollm.demo_presets:qwen_vl_demo_preset",
+        ),
+        ModelEntry(
+            "videollama3", VideoLLMVideoLlama3Config, VideoLLMVideoLlama3ForConditionalGeneration,
+            VideoLLMVideoLlama3Model, VideoLLMVideoLlama3Processor,
+            tiny="hf_videollm.tiny:tiny_videollama3",
+            readers={
+                "original": "hf_videollm.conversion.videollama3:read_videollama3",
+                "transformers": "hf_videollm.conversion.videollama3:read_videollama3_hf",
+            },
+            recipes="hf_videollm.training.recipes:VIDEOLLAMA3_STAGES",
         ),
     ]
     return {e.name: e for e in entries}

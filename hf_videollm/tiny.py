@@ -250,6 +250,37 @@ def tiny_longvlm(tokenizer, seed: int = 0, *, processor: dict | None = None, **o
     return _finish(model, tokenizer), VideoLLMLongVLMProcessor(tokenizer, **settings)
 
 
+def tiny_videollama3(tokenizer, seed: int = 0, *, processor: dict | None = None, **overrides):
+    """A tiny VideoLLaMA 3 (ChatML markers added to ``tokenizer``): SigLIP-NaViT 2x32 (patch 4, 2D RoPE; images merge 1, videos merge 2 with DiffFP) ->
+    MLP-GELU -> Qwen2 2x64; at most 64 visual tokens per image / per video (``max_tokens``). ``overrides``: config
+    fields (nested dicts update ``vision_config`` / ``text_config``); ``processor``: processor settings."""
+    from .modeling.videollama3 import VideoLLMVideoLlama3Config, VideoLLMVideoLlama3ForConditionalGeneration
+    from .processors.videollama3 import VideoLLMVideoLlama3Processor
+
+    missing = [t for t in ("<|im_start|>", "<|im_end|>") if t not in tokenizer.get_vocab()]  # ChatML markers
+    if missing:
+        tokenizer.add_tokens(missing, special_tokens=True)
+    vocab = len(tokenizer)
+    text = _tiny_text_config(tokenizer, overrides.pop("text_config", {}), "qwen2")
+    vision = _merge(
+        dict(model_type="video_llama_3_vision", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+             num_attention_heads=2, patch_size=4),
+        overrides.pop("vision_config", {}),
+    )
+    cfg = dict(vision_config=vision, text_config=text, image_token_id=vocab, video_token_id=vocab + 1)
+    torch.manual_seed(seed)
+    config = VideoLLMVideoLlama3Config(**_merge(cfg, overrides))
+    model = VideoLLMVideoLlama3ForConditionalGeneration(config)
+    settings = dict(
+        patch_size=config.vision_config.patch_size, image_merge_size=config.image_merge_size,
+        video_merge_size=config.video_merge_size, min_tokens=4, max_tokens=64, video_fps=2.0, max_frames=16,
+        use_token_compression=config.use_token_compression, image_token_id=config.image_token_id,
+        video_token_id=config.video_token_id,
+    )
+    settings.update(processor or {})
+    return _finish(model, tokenizer), VideoLLMVideoLlama3Processor(tokenizer, **settings)
+
+
 def build_tiny(name: str, seed: int = 0, tokenizer=None, **overrides):
     """Build a tiny random model and its processor by registry name (``hf_videollm.registry.MODELS``)."""
     from .registry import get_entry

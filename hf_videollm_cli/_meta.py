@@ -98,7 +98,15 @@ STAGES = {'llava': [('stage1',
               'finetune_lora_ds.sh: LoRA r64/alpha16/dropout 0.05 on the LLM (the original targets c_attn, '
               'attn.c_proj, w1, w2 = q/k/v/o, up, gate; here every LLM linear layer, down_proj too) with the token '
               "embeddings and LM head trained fully (finetune.py's modules_to_save ['wte', 'lm_head'] without "
-              'Q-LoRA), everything else frozen')]}
+              'Q-LoRA), everything else frozen')],
+ 'videollama3': [('stage1',
+                  'vision-encoder adaptation: encoder (lr 1e-5) + projector (lr 1e-3), LLM frozen (llm_lr unset)'),
+                 ('stage2', 'vision-language alignment: every part, LLM and projector lr 1e-5, encoder lr 2e-6'),
+                 ('stage3',
+                  'multi-task fine-tuning: as stage 2, with DiffFP token compression on (use_token_compression)'),
+                 ('stage4',
+                  'video-centric fine-tuning: as stage 3, images with merge size 2 (processor '
+                  'image_merge_size=2)')]}
 
 TRAIN_FIELDS = [('model', 'str'),
  ('data', 'list[str]'),

@@ -12,7 +12,7 @@ from importlib import resources
 
 __all__ = [
     "LLAVA_V1_SYSTEM", "VICUNA_V1_1_SYSTEM", "QWEN2_SYSTEM", "vicuna_v1_template", "llama2_template", "chatml_template",
-    "qwen2vl_template", "qwen_vl_template",
+    "qwen2vl_template", "qwen_vl_template", "videollama3_template",
 ]
 
 #: ``conv_llava_v1`` (LLaVA v1.5 inference) system prompt.
@@ -88,3 +88,10 @@ def qwen_vl_template(system: str = QWEN2_SYSTEM, image_token: str = "<image>", v
     supervises ``<|im_start|>`` and ``<|im_end|>\\n`` of every turn (system and user turns included)."""
     return _preamble(default_system=system, image_token=image_token, video_token=video_token,
                      finetune_labels=finetune_labels) + _body("qwen_vl.jinja")
+
+
+def videollama3_template(system: str = "", image_token: str = "<image>", video_token: str = "<video>") -> str:
+    """VideoLLaMA 3's ChatML (training repo ``DEFAULT_CHAT_TEMPLATE``): no system turn unless given (or ``system``),
+    ``<image>\\n`` / ``<video>\\n`` per item; assistant labels end at ``<|im_end|>`` (the ``"\\n"`` after it is not
+    supervised, as the original's ``[generation_prompt_length:-1]``)."""
+    return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("videollama3.jinja")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES", "LONGVLM_STAGES", "QWEN_VL_STAGES"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES", "LONGVLM_STAGES", "QWEN_VL_STAGES", "VIDEOLLAMA3_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -189,6 +189,33 @@ QWEN_VL_STAGES: dict[str, Stage] = {
         "trained fully (finetune.py's modules_to_save ['wte', 'lm_head'] without Q-LoRA), everything else frozen",
         lora=True, lora_r=64, lora_alpha=16, lora_dropout=0.05, modules_to_save_parts=("embeddings",),
         original_global_batch_size=128, original_epochs=5, warmup_ratio=0.01, weight_decay=0.1,
+    ),
+}
+
+
+# VideoLLaMA 3 (scripts/train/stage{1..4}_2b.sh; spec videollama3.md section 5): global batch 128, bf16, cosine,
+# warmup 0.03, weight decay 0, fps 1 / max_frames 180, mm_max_length 10240; per-part learning rates as the scripts'
+# vision_encoder_lr / mm_projector_lr / llm_lr.
+VIDEOLLAMA3_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("vision_tower", "connector"), 1e-3,
+        "vision-encoder adaptation: encoder (lr 1e-5) + projector (lr 1e-3), LLM frozen (llm_lr unset)",
+        part_learning_rates={"vision_tower": 1e-5}, original_global_batch_size=128,
+    ),
+    "stage2": Stage(
+        "stage2", ("vision_tower", "connector", "language_model"), 1e-5,
+        "vision-language alignment: every part, LLM and projector lr 1e-5, encoder lr 2e-6",
+        part_learning_rates={"vision_tower": 2e-6}, original_global_batch_size=128,
+    ),
+    "stage3": Stage(
+        "stage3", ("vision_tower", "connector", "language_model"), 1e-5,
+        "multi-task fine-tuning: as stage 2, with DiffFP token compression on (use_token_compression)",
+        part_learning_rates={"vision_tower": 2e-6}, original_global_batch_size=128,
+    ),
+    "stage4": Stage(
+        "stage4", ("vision_tower", "connector", "language_model"), 1e-5,
+        "video-centric fine-tuning: as stage 3, images with merge size 2 (processor image_merge_size=2)",
+        part_learning_rates={"vision_tower": 2e-6}, original_global_batch_size=128,
     ),
 }
 
