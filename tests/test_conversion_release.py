@@ -130,3 +130,19 @@ def test_options_and_formats_that_do_not_apply_are_refused_before_reading(tmp_pa
     with pytest.raises(ConversionError, match="no converter for 'nope'"):
         convert("nope", tmp_path, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_that_exists_only_as_release_code_is_refused_without_running_it(tmp_path):
+    """A release whose tokenizer is a custom class (``auto_map``) must neither run that code nor stop at
+    transformers' interactive "trust remote code?" prompt: a ConversionError that says what to do instead."""
+    from hf_videollm.conversion.release import load_tokenizer
+    from hf_videollm.conversion.sources import ConversionError
+
+    marker = tmp_path / "ran"
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "FooTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_foo.FooTokenizer", None]}}))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llama", "auto_map": {"AutoConfig": "x.Y"}}))
+    (tmp_path / "tokenization_foo.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    with pytest.raises(ConversionError, match="never runs a release's code"):
+        load_tokenizer(tmp_path)
+    assert not marker.exists()

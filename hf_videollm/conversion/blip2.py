@@ -244,7 +244,7 @@ def _qformer_tokenizer(root: Path):
             f"InstructBLIP's Q-Former tokenizer (bert-base-uncased vocab.txt) not found in {root}/bert-base-uncased; "
             "put the bert-base-uncased tokenizer files there"
         )
-    tok = AutoTokenizer.from_pretrained(str(d))
+    tok = AutoTokenizer.from_pretrained(str(d), trust_remote_code=False)
     tok.truncation_side = "left"
     tok.add_special_tokens({"bos_token": "[DEC]"})  # LAVIS init_tokenizer
     return tok
@@ -253,7 +253,7 @@ def _qformer_tokenizer(root: Path):
 def _llm_tokenizer(llm_dir: Path, model_type: str):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(llm_dir))
+    tok = AutoTokenizer.from_pretrained(str(llm_dir), trust_remote_code=False)
     if model_type == "llama":  # LAVIS Blip2VicunaInstruct
         tok.add_special_tokens({"pad_token": "[PAD]", "bos_token": "</s>", "eos_token": "</s>", "unk_token": "</s>"})
         if hasattr(tok, "update_post_processor"):  # the fast tokenizer's template still holds the old BOS
@@ -443,7 +443,7 @@ def _read_hf(src, *, text_input: bool) -> Release:
     if hf.get("model_type") not in want:
         raise ConversionError(f"{src}/config.json has model_type {hf.get('model_type')!r}, expected one of {want}")
     video = hf["model_type"] == "instructblipvideo"  # InstructBLIP weights; the placeholder is the video token
-    tokenizer = AutoTokenizer.from_pretrained(str(src))
+    tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
     if video:
         video_token_id = hf.get("video_token_index", hf.get("video_token_id"))
         if video_token_id is None:
@@ -472,7 +472,7 @@ def _read_hf(src, *, text_input: bool) -> Release:
         ln_vision_eps=vision.get("layer_norm_eps", 1e-6),  # transformers' post_layernorm uses the ViT's epsilon
         image_token_id=image_token_id, video_token_id=video_token_id,
     )
-    qtok = AutoTokenizer.from_pretrained(str(src / "qformer_tokenizer")) if text_input else None
+    qtok = AutoTokenizer.from_pretrained(str(src / "qformer_tokenizer"), trust_remote_code=False) if text_input else None
     pc = read_json(src / "processor_config.json") if (src / "processor_config.json").is_file() else {}
     ip = pc.get("image_processor", {})
     settings = {}

@@ -116,10 +116,21 @@ def add_placeholder_tokens(tokenizer, *tokens: str) -> None:
 
 def load_tokenizer(path: str | Path, *, placeholders: Sequence[str] = ("<image>", "<video>"), pad_with_unk: bool = True):
     """The release's tokenizer with the ``placeholders`` added where missing; ``pad_with_unk``: a tokenizer without
-    a pad token pads with its unk token, as the LLaVA-family training and inference code sets it."""
+    a pad token pads with its unk token, as the LLaVA-family training and inference code sets it. A release's own
+    Python code is never run (``trust_remote_code=False``: a ``config.json`` with an ``auto_map`` would otherwise make
+    ``AutoTokenizer`` ask whether to run it); a tokenizer that exists only as such code is a :class:`ConversionError`."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    except ValueError as e:
+        if "trust_remote_code" not in str(e):
+            raise
+        raise ConversionError(
+            f"the tokenizer in {path} is defined only by the release's own Python code (an auto_map in its "
+            "tokenizer_config.json / config.json, no tokenizer.json or tokenizer.model transformers can read); "
+            "hf_videollm never runs a release's code: convert a release whose tokenizer has a tokenizer.json / tokenizer.model, or convert the tokenizer "
+            "once to the fast format and place its files beside the checkpoint") from e
     if pad_with_unk and tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.unk_token
     add_placeholder_tokens(tokenizer, *placeholders)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .engine import Drop, KeyTable, Rename
 from .hub import resolve_local
-from .release import Release, add_placeholder_tokens, read_json
+from .release import Release, load_tokenizer, read_json
 from .sources import CheckpointSource, ConversionError
 
 __all__ = ["VIDEOLLAMA3_ORIGINAL_TABLE", "VIDEOLLAMA3_TRANSFORMERS_TABLE", "read_videollama3", "read_videollama3_hf"]
@@ -96,16 +96,6 @@ def _processor(tokenizer, pre: dict, proc: dict, image_token_id: int, video_toke
     )
 
 
-def _tokenizer(src: Path, *placeholders: str):
-    """The release's Qwen2 tokenizer (never its remote code: the release's ``config.json`` has an ``auto_map``, which
-    would make ``AutoTokenizer`` ask whether to run it) with the placeholders added where missing."""
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(src), trust_remote_code=False)
-    add_placeholder_tokens(tokenizer, *placeholders)
-    return tokenizer
-
-
 def read_videollama3(src: str | Path) -> Release:
     """An original VideoLLaMA 3 release directory (or Hub id) -> the :class:`Release`."""
     from ..modeling.videollama3 import VideoLLMVideoLlama3Config, VideoLLMVideoLlama3ForConditionalGeneration
@@ -119,7 +109,7 @@ def read_videollama3(src: str | Path) -> Release:
             "'video_llama_3' checkpoints use --from transformers)"
         )
     vision, text = _configs(hf, src)
-    tokenizer = _tokenizer(src, "<image>", "<video>")
+    tokenizer = load_tokenizer(src, placeholders=("<image>", "<video>"), pad_with_unk=False)
     vocab = tokenizer.get_vocab()
     image_id = hf.get("image_token_index", vocab.get("<image>"))
     if vocab.get("<image>") != image_id:
@@ -163,7 +153,7 @@ def read_videollama3_hf(src: str | Path) -> Release:
     vision.setdefault("patch_size", 16)  # transformers' class default
     text = dict(hf.get("text_config") or {})
     text["model_type"] = "qwen2"
-    tokenizer = _tokenizer(src, "<|image_pad|>", "<|video_pad|>")
+    tokenizer = load_tokenizer(src, placeholders=("<|image_pad|>", "<|video_pad|>"), pad_with_unk=False)
     vocab = tokenizer.get_vocab()
     image_id, video_id = hf.get("image_token_id", 151655), hf.get("video_token_id", 151656)
     for token, tid in (("<|image_pad|>", image_id), ("<|video_pad|>", video_id)):
