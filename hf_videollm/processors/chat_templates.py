@@ -78,3 +78,23 @@ def qwen2vl_template(system: str = QWEN2_SYSTEM, image_token: str = "<|image_pad
     """Qwen2-VL's ChatML: each image / video as ``<|vision_start|>{placeholder}<|vision_end|>`` (no newline after it),
     ``<|im_start|>system\\n{system}<|im_end|>\\n`` first when the conversation has no system turn."""
     return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("qwen2vl.jinja")
+
+
+#: Video-LLaMA's Llama-2-Chat system prompt (``conv_llava_llama_2``).
+VIDEO_LLAMA_LLAMA2_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+
+
+def video_llama_template(style: str = "vicuna", system: str | None = None, image_token: str = "<image>",
+                         video_token: str = "<ImageHere>", audio_token: str = "<AudioHere>") -> str:
+    """Video-LLaMA: ``style="vicuna"`` (``default_conversation``: ``###Human: ...###Assistant:``, empty system) or
+    ``"llama_2"`` (``conv_llava_llama_2``: ``[INST] <<SYS>>...``), media wrapped as ``<Video>..</Video>`` /
+    ``<Image>..</Image>``."""
+    if style not in ("vicuna", "llama_2"):
+        raise ValueError(f"style must be 'vicuna' or 'llama_2', got {style!r}")
+    if system is None:
+        system = VIDEO_LLAMA_LLAMA2_SYSTEM if style == "llama_2" else ""
+    return _preamble(default_system=system, style=style, image_token=image_token, video_token=video_token,
+                     audio_token=audio_token) + _body("video_llama.jinja")
