@@ -89,11 +89,17 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMVideoLlama2AVForConditionalGeneration,
         VideoLLMVideoLlama2AVModel,
     )
+    from .modeling.video_llama import (
+        VideoLLMVideoLlamaConfig,
+        VideoLLMVideoLlamaForConditionalGeneration,
+        VideoLLMVideoLlamaModel,
+    )
     from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
     from .processors.llava import VideoLLMLlavaProcessor
     from .processors.longvlm import VideoLLMLongVLMProcessor
     from .processors.qwen2vl import VideoLLMQwen2VLProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
+    from .processors.video_llama import VideoLLMVideoLlamaProcessor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
 
     entries = [
@@ -172,6 +178,13 @@ def _entries() -> dict[str, ModelEntry]:
             readers={"original": "hf_videollm.conversion.longvlm:read_longvlm"},
             recipes="hf_videollm.training.recipes:LONGVLM_STAGES",
             demo="hf_videollm.demo_presets:longvlm_demo_preset",
+        ),
+        ModelEntry(
+            "video_llama", VideoLLMVideoLlamaConfig, VideoLLMVideoLlamaForConditionalGeneration,
+            VideoLLMVideoLlamaModel, VideoLLMVideoLlamaProcessor,
+            tiny="hf_videollm.tiny:tiny_video_llama",
+            readers={"original": "hf_videollm.conversion.video_llama:read_video_llama"},
+            recipes="hf_videollm.training.recipes:VIDEO_LLAMA_STAGES",
         ),
     ]
     return {e.name: e for e in entries}

@@ -290,7 +290,7 @@ class VideoLLMVideoLlamaModel(VideoLLMPreTrainedModel):
 
     config_class = VideoLLMVideoLlamaConfig
     with_lm_head = False
-    input_spec = _VL  # the class default; each instance takes its own (audio branch or not, see __init__)
+    input_spec = _AV  # the class default (the family's inputs); each instance takes its own (see __init__)
     _parts = {
         "vision_tower": ("vision_tower",),
         "ln_vision": ("vision_tower.post_layernorm",),
