@@ -356,7 +356,8 @@ class VideoLLMVideoLlamaModel(VideoLLMPreTrainedModel):
                 f"a video has {t} frames but the model has {self.config.max_frame_pos} frame positions "
                 "(max_frame_pos); sample at most that many frames"
             )
-        pos = self.video_frame_position_embedding.weight[:t].to(frame_queries.dtype)
+        ids = torch.arange(t, device=self.video_frame_position_embedding.weight.device)
+        pos = self.video_frame_position_embedding(ids).to(device=frame_queries.device, dtype=frame_queries.dtype)
         return (frame_queries + pos[None, :, None]).flatten(1, 2)
 
     def _project(self, module: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
@@ -433,7 +434,8 @@ class VideoLLMVideoLlamaModel(VideoLLMPreTrainedModel):
 
     def audio_qformer_inputs(self, audio_embeds: torch.Tensor) -> torch.Tensor:
         """``(A, S, out_dim)`` -> + ``audio_position_embedding[clip]`` (the audio Q-Former's cross-attention input)."""
-        pos = self.audio_position_embedding.weight[: audio_embeds.shape[1]].to(audio_embeds.dtype)
+        ids = torch.arange(audio_embeds.shape[1], device=self.audio_position_embedding.weight.device)
+        pos = self.audio_position_embedding(ids).to(device=audio_embeds.device, dtype=audio_embeds.dtype)
         return audio_embeds + pos[None]
 
     def get_audio_features(self, input_features) -> torch.Tensor:
