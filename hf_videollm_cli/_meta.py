@@ -84,7 +84,23 @@ STAGES = {'llava': [('stage1',
               "LongVLM's single stage (run.sh, tune_mm_mlp_adapter): the projector only, CLIP and the LLaVA-7B LLM "
               'frozen, on Video-ChatGPT-100K-style video instructions; 3 epochs, 8 x 4 GPUs, lr 2e-5, cosine, '
               'warmup 0.03 (the original also lets the 3 new embedding rows learn; here the embeddings stay '
-              'frozen)')]}
+              'frozen)')],
+ 'video_llama': [('stage1',
+                  'vision branch pre-training (visionbranch_stage1_pretrain.yaml: WebVid-2.5M + LLaVA-CC3M-595K '
+                  'captions): video Q-Former + video queries + frame position embedding + llama_proj; 5 epochs x '
+                  '2500 iters, warm-up 2500 steps, min_lr 8e-5, batch 32 per GPU'),
+                 ('stage2',
+                  'vision branch instruction tuning (visionbranch_stage2_finetune.yaml: MiniGPT-4 cc_sbu_align + '
+                  'LLaVA-Instruct-150K + VideoChat-11K): same parts; 3 epochs x 1000 iters, warm-up 1000 steps, '
+                  'min_lr 1e-5, batch 4 per GPU, max_txt_len 320'),
+                 ('audio_stage1',
+                  'audio branch pre-training (audiobranch_stage1_pretrain.yaml): audio Q-Former + audio queries + '
+                  'audio position embedding + audio_llama_proj; 5 epochs x 5000 iters, warm-up 5000 steps, batch '
+                  "32 per GPU. The original feeds video frames through ImageBind's *vision* path here (the shared "
+                  "embedding space); this package has only ImageBind's audio path, so the stage trains on audio"),
+                 ('audio_stage2',
+                  'audio branch instruction tuning (audiobranch_stage2_finetune.yaml): same parts; 3 epochs x 1000 '
+                  'iters, warm-up 400 steps, min_lr 1e-5, batch 4 per GPU')]}
 
 TRAIN_FIELDS = [('model', 'str'),
  ('data', 'list[str]'),
