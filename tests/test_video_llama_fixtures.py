@@ -117,6 +117,20 @@ def test_chat_template_and_video_file_give_the_original_sequence():
     assert tuple(out["pixel_values_videos"].shape) == (1, 8, 3, 56, 56)
 
 
+def test_av_chat_template_gives_the_original_av_sequence():
+    """A user message with an audio and a video part renders the AV demo's upload_video message (audio slot first,
+    no frame-time message) and tokenizes, with the mp4's own track as the audio, to exactly av_vicuna's ids."""
+    case_dir = fixture_case("video_llama", "av_vicuna")
+    mp4 = str(fixture_case("video_llama", "preprocess") / "video.mp4")
+    processor = read_video_llama(case_dir / "original", **_heads(load_case(case_dir))).processor
+    question = load_case(case_dir)["case_spec"]["questions"][0]
+    messages = [{"role": "user", "content": [{"type": "audio", "path": mp4}, {"type": "video", "path": mp4},
+                                             {"type": "text", "text": question}]}]
+    out = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    assert out["input_ids"].tolist() == load_tensors(case_dir / "inputs.safetensors")["input_ids"].tolist()
+    assert tuple(out["input_features"].shape) == (1, 8, 1, 128, 204)
+
+
 def test_preprocess():
     """Frame indices (``np.arange(0, vlen, vlen / n).astype(int)``), decoded frames, message, pixels (video at the
     decoded size, image through Blip2ImageEvalProcessor's 224 bicubic resize) against the original's functions."""
