@@ -190,3 +190,29 @@ def test_vl_only_conversion_of_an_av_folder(tmp_path):
     (src / "eva_vit_g.pth").unlink()
     with pytest.raises(ConversionError, match="eva_vit_g.pth"):
         read_video_llama(src, audio=False, **heads)
+
+
+def test_cli_convert_with_eva_elsewhere_and_audio_heads(tmp_path):
+    """``hf-videollm convert video_llama``: --vision-tower gives eva_vit_g.pth kept outside the folder, --audio-config
+    ImageBind's head count (not in the weights); the converted AV model reproduces av_vicuna's logits."""
+    from hf_videollm.conversion import convert
+
+    case_dir = fixture_case("video_llama", "av_vicuna")
+    case = load_case(case_dir)
+    src = tmp_path / "release"
+    shutil.copytree(case_dir / "original", src, ignore=shutil.ignore_patterns("eva_vit_g.pth"))
+    heads = _heads(case)
+    with pytest.raises(ConversionError, match="vision-tower"):
+        read_video_llama(src, **heads)
+    release = read_video_llama(src, vision_tower=str(case_dir / "original" / "eva_vit_g.pth"),
+                               audio_config={"num_heads": heads["audio_num_heads"]},
+                               vision_num_heads=heads["vision_num_heads"])
+    assert release.config.audio_config.num_heads == heads["audio_num_heads"]
+    with pytest.raises(ConversionError, match="audio-config"):
+        read_video_llama(case_dir / "original", audio=False, audio_config={"num_heads": 4}, **heads)
+    # through the public entry point (what `hf-videollm convert video_llama SRC OUT --audio-config ...` calls)
+    out = tmp_path / "out"
+    convert("video_llama", case_dir / "original", out, dtype="float32", progress=False,
+            audio_config='{"num_heads": %d}' % heads["audio_num_heads"])
+    config = get_entry("video_llama").config_class.from_pretrained(out)
+    assert config.audio_config.num_heads == heads["audio_num_heads"] and config.num_audio_query_tokens == 8

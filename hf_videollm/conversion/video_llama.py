@@ -23,6 +23,7 @@ EVA-g's 16) and ``audio_num_heads`` (default width / 64, ImageBind-huge's 12).
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -116,10 +117,10 @@ def imagebind_audio_table(keep_audio_scale: bool = True) -> KeyTable:
 
 
 # ---------------------------------------------------------------------------------------------------- reading
-def _classify(root: Path) -> dict[str, tuple[Path, CheckpointSource]]:
-    """The release's ``.pth`` files by role, told by their keys."""
+def _classify(root: Path, extra: tuple[Path, ...] = ()) -> dict[str, tuple[Path, CheckpointSource]]:
+    """The release's ``.pth`` files (those in ``root`` and ``extra``) by role, told by their keys."""
     found: dict[str, list[tuple[Path, CheckpointSource]]] = {}
-    for p in sorted(root.glob("*.pth")):
+    for p in dict.fromkeys(q.resolve() for q in [*sorted(root.glob("*.pth")), *extra]):
         src = CheckpointSource.open(p)
         keys = set(src.keys())
         if any(k.startswith("audio_Qformer.") for k in keys):  # before VL: it also holds video_Qformer buffers
@@ -143,7 +144,7 @@ def _classify(root: Path) -> dict[str, tuple[Path, CheckpointSource]]:
             raise ConversionError(f"several {role} checkpoints in {root}: {[p.name for p, _ in items]}; keep one")
     what = {"vl": "the vision-language branch checkpoint (video_Qformer.*, e.g. finetune-vicuna7b-v2.pth)",
             "blip2": "BLIP-2's Q-Former checkpoint (blip2_pretrained_flant5xxl.pth)",
-            "eva": "the EVA ViT-g weights (eva_vit_g.pth)"}
+            "eva": "the EVA ViT-g weights (eva_vit_g.pth; or pass --vision-tower PATH/eva_vit_g.pth)"}
     missing = [w for r, w in what.items() if r not in found]
     if missing:
         raise ConversionError(f"{root} lacks {'; '.join(missing)}")
@@ -193,10 +194,15 @@ def _audio_config(ib: CheckpointSource, num_heads: int | None) -> dict:
     )
 
 
-def read_video_llama(src: str | Path, *, base: str | None = None, vision_num_heads: int | None = None,
+def read_video_llama(src: str | Path, *, base: str | None = None, vision_tower: str | None = None,
+                     audio_config: dict | str | None = None, vision_num_heads: int | None = None,
                      audio_num_heads: int | None = None, audio: bool | None = None) -> Release:
-    """A Video-LLaMA release folder -> the :class:`Release` to write. ``audio``: build the AV model (default: when
-    the folder holds an audio branch checkpoint); ``False`` converts only the vision-language branch."""
+    """A Video-LLaMA release folder -> the :class:`Release` to write.
+
+    ``base``: the LLM folder when it is not a sub-folder of ``src``; ``vision_tower``: ``eva_vit_g.pth`` when it is
+    not in ``src``; ``audio_config``: ImageBind audio fields (dict or JSON, e.g. ``{"num_heads": 12}``) that the
+    weights do not tell; ``audio``: build the AV model (default: when the folder holds an audio branch
+    checkpoint), ``False`` converts only the vision-language branch."""
     from ..modeling.video_llama import VideoLLMVideoLlamaConfig, VideoLLMVideoLlamaForConditionalGeneration
     from ..processors.video_llama import VideoLLMVideoLlamaProcessor
 
@@ -204,9 +210,18 @@ def read_video_llama(src: str | Path, *, base: str | None = None, vision_num_hea
     root = Path(src).expanduser()
     if not root.is_dir():
         raise ConversionError(f"{root} is not a folder: pass the folder holding the release's .pth files and LLM")
-    files = _classify(root)
+    extra = ()
+    if vision_tower is not None:
+        eva_path = Path(vision_tower).expanduser()
+        if not eva_path.is_file():
+            raise ConversionError(f"--vision-tower {eva_path}: not a file (expected the EVA ViT-g eva_vit_g.pth)")
+        extra = (eva_path,)
+    files = _classify(root, extra)
     if audio is None:
         audio = "al" in files
+    if audio_config is not None and not audio:
+        raise ConversionError("--audio-config applies to an audio-visual release (an audio branch checkpoint + "
+                              "imagebind_huge.pth); this conversion has no audio branch")
     if audio and "al" not in files:
         raise ConversionError(f"audio=True but {root} holds no audio branch checkpoint (audio_Qformer.*)")
     llm_dir = _find_llm(root, base)
@@ -241,10 +256,12 @@ def read_video_llama(src: str | Path, *, base: str | None = None, vision_num_hea
     ]
     if audio:
         al, ib = files["al"][1], files["imagebind"][1]
-        audio_cfg = _audio_config(ib, audio_num_heads)
+        overrides = json.loads(audio_config) if isinstance(audio_config, str) else dict(audio_config or {})
+        audio_cfg = _audio_config(ib, overrides.pop("num_heads", audio_num_heads))
         al_scale = "audio_encoder." + _AUDIO_SCALE in set(al.keys())
         if al_scale:
             audio_cfg["logit_scale"] = float(math.exp(float(al.get("audio_encoder." + _AUDIO_SCALE))))
+        audio_cfg.update(overrides)
         fields.update(
             audio_config=audio_cfg,
             audio_qformer_config=_branch_qformer(bert, al, "audio_Qformer", audio_cfg["out_embed_dim"]),
