@@ -79,6 +79,11 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMQwen2VLForConditionalGeneration,
         VideoLLMQwen2VLModel,
     )
+    from .modeling.video_llama import (
+        VideoLLMVideoLlamaConfig,
+        VideoLLMVideoLlamaForConditionalGeneration,
+        VideoLLMVideoLlamaModel,
+    )
     from .modeling.videollama2 import (
         VideoLLMVideoLlama2Config,
         VideoLLMVideoLlama2ForConditionalGeneration,
@@ -89,17 +94,12 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMVideoLlama2AVForConditionalGeneration,
         VideoLLMVideoLlama2AVModel,
     )
-    from .modeling.video_llama import (
-        VideoLLMVideoLlamaConfig,
-        VideoLLMVideoLlamaForConditionalGeneration,
-        VideoLLMVideoLlamaModel,
-    )
     from .processors.blip2 import VideoLLMBlip2Processor, VideoLLMInstructBlipProcessor
     from .processors.llava import VideoLLMLlavaProcessor
     from .processors.longvlm import VideoLLMLongVLMProcessor
     from .processors.qwen2vl import VideoLLMQwen2VLProcessor
-    from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.video_llama import VideoLLMVideoLlamaProcessor
+    from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
 
     entries = [

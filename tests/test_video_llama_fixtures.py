@@ -8,6 +8,7 @@ intermediate the original recorded is compared at 1e-4, the 5 greedy ids exactly
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import pytest
@@ -213,6 +214,6 @@ def test_cli_convert_with_eva_elsewhere_and_audio_heads(tmp_path):
     # through the public entry point (what `hf-videollm convert video_llama SRC OUT --audio-config ...` calls)
     out = tmp_path / "out"
     convert("video_llama", case_dir / "original", out, dtype="float32", progress=False,
-            audio_config='{"num_heads": %d}' % heads["audio_num_heads"])
+            audio_config=json.dumps({"num_heads": heads["audio_num_heads"]}))
     config = get_entry("video_llama").config_class.from_pretrained(out)
     assert config.audio_config.num_heads == heads["audio_num_heads"] and config.num_audio_query_tokens == 8

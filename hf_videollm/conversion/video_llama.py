@@ -28,7 +28,6 @@ import math
 import re
 from pathlib import Path
 
-
 from ..modeling.qformer import QFORMER_BERT_BASE
 from .blip2 import _block_count, _vision_config, eva_vit_table, lavis_table, llm_table
 from .engine import Drop, KeyTable, Rename
