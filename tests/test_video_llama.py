@@ -151,3 +151,21 @@ def test_stages_train_their_parts_only():
         trainable = {n for n, p in model.named_parameters() if p.requires_grad}
         assert must in trainable
         assert not any(n.startswith(("vision_tower.", "qformer.", "language_model.", "audio_tower.")) for n in trainable)
+
+
+@pytest.mark.parametrize("total,fps", [(30, 10), (7, 5), (100, 25), (64, 30)])
+def test_segment_starts_sampling_is_the_originals_arange(total, fps, tmp_path):
+    """``sampling="segment_starts"`` picks ``np.arange(0, vlen, vlen / n).astype(int)`` with ``n = min(8, vlen)`` (the
+    original load_video), from a file as from the index rule."""
+    import numpy as np
+
+    from hf_videollm.media.video_read import load_video, segment_starts
+    from hf_videollm.media.video_write import write_video
+
+    n = min(8, total)
+    expected = np.arange(0, total, total / n).astype(int).tolist()
+    assert segment_starts(total, 8) == expected
+    path = tmp_path / "v.mp4"
+    write_video(path, torch.from_numpy(tiny_media("video", frames=total, height=16, width=16)), fps=fps)
+    _, meta = load_video(path, num_frames=8, sampling="segment_starts")
+    assert meta.frame_indices == expected

@@ -360,8 +360,13 @@ def _sampling_targets(
             picks = segment_index_midpoints(round((last - lo) / step) + 1, n)
             return [lo + (picks[i] + 0.5) * step for i in keep]
         if sampling == "segment_starts":
-            # the start of each of n equal segments: the frame displayed there (constant frame rate)
-            return [lo + i * span / n for i in keep]
+            # frame indices from the frame count (at most one target per frame), then the middle of each chosen
+            # frame (constant frame rate)
+            step = hi - last
+            if step <= 0:
+                return [lo]
+            picks = segment_starts(round((last - lo) / step) + 1, n)
+            return [lo + (picks[i] + 0.5) * step for i in (keep if len(picks) == n else range(len(picks)))]
         if sampling == "index_midpoints":
             # midpoints of n equal segments of [first frame, last frame] rounded to the nearest frame: half a frame
             # later, the frame displayed there is the rounded one
