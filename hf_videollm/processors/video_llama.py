@@ -181,7 +181,9 @@ class VideoLLMVideoLlamaProcessor(FramePixelsMixin, VideoLLMProcessor):
         out = []
         for lo, hi in clip_bounds(wave.shape[-1], rate, self.audio_clips, self.audio_clip_seconds):
             clip = wave[lo:hi].to(torch.float64)
-            clip = crop_or_pad(clip - clip.mean(), max(hi - lo, int(0.025 * rate)), "start")
+            # a track shorter than a clip gives a shorter slice (fewer fbank frames, then padded to 204), as the
+            # original; one shorter than a 25 ms window (where Kaldi fails) is padded to one window
+            clip = crop_or_pad(clip - clip.mean(), max(clip.shape[0], int(0.025 * rate)), "start")
             fb = kaldi_fbank(clip, sample_frequency=rate, num_mel_bins=self.num_mel_bins, window_type="hanning").T
             fb = crop_or_pad(fb, self.audio_target_length, "start")
             out.append(((fb - IMAGEBIND_FBANK_MEAN) / IMAGEBIND_FBANK_STD)[None])
