@@ -217,3 +217,25 @@ def test_cli_convert_with_eva_elsewhere_and_audio_heads(tmp_path):
             audio_config=json.dumps({"num_heads": heads["audio_num_heads"]}))
     config = get_entry("video_llama").config_class.from_pretrained(out)
     assert config.audio_config.num_heads == heads["audio_num_heads"] and config.num_audio_query_tokens == 8
+
+
+def test_bfloat16_and_sdpa(tmp_path):
+    """The converted AV model in bfloat16 (every part: the dtype reaches the EVA ViT, ImageBind and the Q-Formers
+    through ``_cast_for``) and with SDPA attention: same logits as the original's float32 run, within bfloat16
+    precision (measured 0.074) and exactly within float32 precision for SDPA."""
+    case_dir = fixture_case("video_llama", "av_vicuna")
+    case = load_case(case_dir)
+    write_converted(read_video_llama(case_dir / "original", **_heads(case)), tmp_path / "out", dtype=torch.float32,
+                    progress=False)
+    model_class = get_entry("video_llama").model_class
+    inputs, expected = load_tensors(case_dir / "inputs.safetensors"), load_tensors(case_dir / "expected.safetensors")
+    batch = dict(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                 pixel_values_videos=inputs["pixel_values_videos"].permute(0, 2, 1, 3, 4),
+                 input_features=inputs["audio_features"])
+    vocab = case["logits_vocab_to_compare"]
+    for dtype, attn, atol in ((torch.bfloat16, "eager", 0.25), (torch.float32, "sdpa", ATOL)):
+        model = model_class.from_pretrained(tmp_path / "out", dtype=dtype, attn_implementation=attn).eval()
+        with torch.no_grad():
+            logits = model(**batch).logits
+        assert logits.dtype == dtype
+        torch.testing.assert_close(logits.float()[..., :vocab], expected["logits"], atol=atol, rtol=0)
