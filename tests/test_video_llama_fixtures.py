@@ -45,7 +45,10 @@ def _close(ours, expected, name):
 @pytest.mark.parametrize("case_name", CASES)
 def test_original_release(case_name, tmp_path):
     case_dir = fixture_case("video_llama", case_name)
-    case, report, model, _ = _convert(case_dir, tmp_path / "out")
+    case, report, model, processor = _convert(case_dir, tmp_path / "out")
+    # the original Chat stops at "###" (StoppingCriteriaSub) as well as at </s>
+    assert model.generation_config.eos_token_id == [2, processor.tokenizer.convert_tokens_to_ids("###")]
+    assert processor.modalities == model.input_spec.modality_names
     dropped = report.to_dict()["dropped"]
     assert any(k.startswith("blocks.2.") for k in dropped)  # eva_vit_g.pth's extra block, never built
     assert any(k.startswith("t5_proj.") for k in dropped)  # BLIP-2's own projection, unused
@@ -239,3 +242,23 @@ def test_bfloat16_and_sdpa(tmp_path):
             logits = model(**batch).logits
         assert logits.dtype == dtype
         torch.testing.assert_close(logits.float()[..., :vocab], expected["logits"], atol=atol, rtol=0)
+
+
+def test_llama2_chat_release_gets_its_prompt_format(tmp_path):
+    """A release whose LLM folder is Llama-2-Chat (the "Video-LLaMA-2" models: llama-2-7b-chat-hf/) is converted with
+    the conv_llava_llama_2 format and stops at </s> only."""
+    case_dir = fixture_case("video_llama", "vl_vicuna")
+    src = tmp_path / "release"
+    shutil.copytree(case_dir / "original", src)
+    (src / "vicuna-7b").rename(src / "llama-2-7b-chat-hf")
+    release = read_video_llama(src, **_heads(load_case(case_dir)))
+    assert release.processor.conversation == "llama_2"
+    text = release.processor.apply_chat_template(
+        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "Hi?"}]}], add_generation_prompt=True)
+    assert text.startswith("[INST] <<SYS>>\nYou are a helpful language and vision assistant.") and text.endswith(
+        "<Video><ImageHere></Video>  Hi? [/INST]")
+    from transformers import GenerationConfig
+
+    assert GenerationConfig.from_pretrained(release.generation_config_from).eos_token_id == 2
+    with pytest.raises(ConversionError, match="conversation"):
+        read_video_llama(src, conversation="chatml", **_heads(load_case(case_dir)))

@@ -195,13 +195,15 @@ def _audio_config(ib: CheckpointSource, num_heads: int | None) -> dict:
 
 def read_video_llama(src: str | Path, *, base: str | None = None, vision_tower: str | None = None,
                      audio_config: dict | str | None = None, vision_num_heads: int | None = None,
-                     audio_num_heads: int | None = None, audio: bool | None = None) -> Release:
+                     audio_num_heads: int | None = None, audio: bool | None = None,
+                     conversation: str | None = None) -> Release:
     """A Video-LLaMA release folder -> the :class:`Release` to write.
 
     ``base``: the LLM folder when it is not a sub-folder of ``src``; ``vision_tower``: ``eva_vit_g.pth`` when it is
     not in ``src``; ``audio_config``: ImageBind audio fields (dict or JSON, e.g. ``{"num_heads": 12}``) that the
     weights do not tell; ``audio``: build the AV model (default: when the folder holds an audio branch
-    checkpoint), ``False`` converts only the vision-language branch."""
+    checkpoint), ``False`` converts only the vision-language branch; ``conversation``: ``"vicuna"`` or ``"llama_2"``
+    (default: ``"llama_2"`` when the LLM folder is a Llama-2-Chat one, as the "Video-LLaMA-2" releases)."""
     from ..modeling.video_llama import VideoLLMVideoLlamaConfig, VideoLLMVideoLlamaForConditionalGeneration
     from ..processors.video_llama import VideoLLMVideoLlamaProcessor
 
@@ -270,8 +272,11 @@ def read_video_llama(src: str | Path, *, base: str | None = None, vision_tower: 
         sources += [(al, branch_table(keep_audio_scale=al_scale)), (ib, imagebind_audio_table(not al_scale))]
     config = VideoLLMVideoLlamaConfig(**fields)
     sources.append((CheckpointSource.open(llm_dir), llm_table("llama", tied=False)))
+    conversation = _conversation(llm_dir, conversation)
     processor = VideoLLMVideoLlamaProcessor(
         tokenizer,
+        conversation=conversation,
+        audio_branch=bool(audio),
         image_size=vision["image_size"],
         num_video_query_tokens=config.num_video_query_tokens,
         num_audio_query_tokens=config.num_audio_query_tokens,
@@ -281,8 +286,43 @@ def read_video_llama(src: str | Path, *, base: str | None = None, vision_tower: 
     return Release(
         VideoLLMVideoLlamaForConditionalGeneration, config, sources=sources, processor=processor,
         converted_from=src_id, converter="hf_videollm video_llama original (DAMO-NLP-SG/Video-LLaMA)",
-        generation_config_from=llm_dir if (llm_dir / "generation_config.json").is_file() else None,
+        generation_config_from=_generation_config_dir(llm_dir, tokenizer, conversation),
     )
+
+
+def _conversation(llm_dir: Path, given: str | None) -> str:
+    """The prompt format: Llama-2-Chat releases (``llama-2-*-chat*`` folders, the "Video-LLaMA-2" models) use
+    ``conv_llava_llama_2``, the others Vicuna's ``default_conversation``."""
+    if given is not None:
+        if given not in ("vicuna", "llama_2"):
+            raise ConversionError(f"conversation must be 'vicuna' or 'llama_2', got {given!r}")
+        return given
+    name = llm_dir.resolve().name.lower().replace("_", "-")
+    return "llama_2" if "llama-2" in name and "chat" in name else "vicuna"
+
+
+def _generation_config_dir(llm_dir: Path, tokenizer, conversation: str) -> Path:
+    """The LLM folder's generation config, plus the original Chat's stop on ``"###"`` for the Vicuna format
+    (``StoppingCriteriaSub``: id 835 in LLaMA's vocabulary -- its other spelling ``"##" "#"`` is two tokens, which
+    ``eos_token_id`` cannot express). Written to a temporary folder that :func:`write_converted` copies from."""
+    import tempfile
+
+    from transformers import GenerationConfig
+
+    if (llm_dir / "generation_config.json").is_file():
+        gen = GenerationConfig.from_pretrained(str(llm_dir))
+    else:
+        cfg = read_json(llm_dir / "config.json")
+        gen = GenerationConfig(bos_token_id=cfg.get("bos_token_id"), eos_token_id=cfg.get("eos_token_id"),
+                               pad_token_id=cfg.get("pad_token_id"))
+    eos = gen.eos_token_id if isinstance(gen.eos_token_id, list) else [gen.eos_token_id]
+    stop = tokenizer.convert_tokens_to_ids("###")
+    if conversation == "vicuna" and stop is not None and stop != tokenizer.unk_token_id and stop not in eos:
+        gen.eos_token_id = [*[e for e in eos if e is not None], stop]
+    gen.pad_token_id = tokenizer.pad_token_id
+    out = Path(tempfile.mkdtemp(prefix="video_llama_generation_"))
+    gen.save_pretrained(out)
+    return out
 
 
 def _tokenizer(llm_dir: Path):
