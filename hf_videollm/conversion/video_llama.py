@@ -278,6 +278,7 @@ def read_video_llama(src: str | Path, *, base: str | None = None, vision_tower: 
         conversation=conversation,
         audio_branch=bool(audio),
         image_size=vision["image_size"],
+        max_frames=config.max_frame_pos,
         num_video_query_tokens=config.num_video_query_tokens,
         num_audio_query_tokens=config.num_audio_query_tokens,
         image_token_id=config.image_token_id, video_token_id=config.video_token_id,

@@ -303,6 +303,7 @@ class VideoLLMVideoLlamaModel(VideoLLMPreTrainedModel):
         "language_model": ("language_model",),
     }
     _supports_flex_attn = False
+    _no_split_modules = ["_AudioBlock"]  # with the towers' and the LLM's own (collected by transformers)
 
     def __init__(self, config: VideoLLMVideoLlamaConfig):
         super().__init__(config)
