@@ -204,3 +204,18 @@ def test_audio_features_equal_torchaudio_kaldi_imagebind_recipe(tiny, seconds):
         fb = torch.nn.functional.pad(fb, (0, 204 - fb.shape[1])) if fb.shape[1] < 204 else fb[:, :204]
         ref.append(((fb + 4.268) / 9.138)[None])
     torch.testing.assert_close(processor.audio_features(wave), torch.stack(ref), atol=1e-3, rtol=0)
+
+
+def test_template_keeps_every_media_part(tiny):
+    """One audio + one video -> the AV demo's sentence (images before it); two videos and an audio -> one wrapper
+    per part. Every part keeps its placeholder either way."""
+    _, processor = tiny
+    one = processor.apply_chat_template([{"role": "user", "content": [
+        {"type": "image"}, {"type": "audio"}, {"type": "video"}, {"type": "text", "text": "Q?"}]}])
+    assert one == ("###Human: <Image><image></Image>  Close your eyes, open your ears and you imagine only based on the "
+                   "sound that: <audio>.                 Close your ears, open your eyes and you see that "
+                   "<Video><video></Video>.                  Now answer my question based on what you have just seen "
+                   "and heard. Q?###")
+    two = processor.apply_chat_template([{"role": "user", "content": [
+        {"type": "video"}, {"type": "audio"}, {"type": "video"}, {"type": "text", "text": "Q?"}]}])
+    assert two == "###Human: <Video><video></Video>  <audio>  <Video><video></Video>  Q?###"
