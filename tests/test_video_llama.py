@@ -219,3 +219,20 @@ def test_template_keeps_every_media_part(tiny):
     two = processor.apply_chat_template([{"role": "user", "content": [
         {"type": "video"}, {"type": "audio"}, {"type": "video"}, {"type": "text", "text": "Q?"}]}])
     assert two == "###Human: <Video><video></Video>  <audio>  <Video><video></Video>  Q?###"
+
+
+def test_frozen_encoders_stay_in_eval_mode_while_training():
+    """As LAVIS' disabled_train: the frozen EVA ViT and image Q-Former (dropout 0.1) never switch to training mode;
+    a part the user unfreezes does."""
+    from hf_videollm.training.recipes import get_stage
+
+    model, _ = build_tiny("video_llama")
+    model.set_trainable_parts(get_stage("video_llama", "stage2").trainable_parts)
+    model.train()
+    assert model.video_qformer.training and model.language_model.training
+    assert not model.qformer.training and not model.vision_tower.training and not model.audio_tower.training
+    model.set_trainable_parts(("qformer", "video_qformer", "connector"))
+    model.train()
+    assert model.qformer.training
+    model.eval()
+    assert not model.video_qformer.training

@@ -333,6 +333,19 @@ class VideoLLMVideoLlamaModel(VideoLLMPreTrainedModel):
             return
         super()._init_weights(module)
 
+    #: encoders the original keeps in eval mode while they are frozen (LAVIS' ``disabled_train`` on the EVA ViT and
+    #: the image Q-Former: no dropout in the frozen Q-Former during training); ImageBind likewise here
+    _frozen_eval = ("vision_tower", "qformer", "audio_tower")
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode:
+            for name in self._frozen_eval:
+                module = getattr(self, name, None)
+                if module is not None and not any(p.requires_grad for p in module.parameters()):
+                    module.eval()
+        return self
+
     # --------------------------------------------------------------------------------------------- vision
     def get_vision_features(self, pixel_values: torch.Tensor, output_hidden_states: bool = False):
         """``(N, 3, S, S)`` frames -> ``ln_vision(EVA(x))`` ``(N, 1 + (S/14)^2, C_vis)``; with
