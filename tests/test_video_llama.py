@@ -93,8 +93,11 @@ def test_config_checks_widths():
 
     with pytest.raises(ValueError, match="video_qformer_config.encoder_hidden_size"):
         VideoLLMVideoLlamaConfig(video_qformer_config={"encoder_hidden_size": 100, "use_qformer_text_input": False})
-    with pytest.raises(ValueError, match="go together"):
-        VideoLLMVideoLlamaConfig(audio_config={})
+    with pytest.raises(ValueError, match="needs audio_config"):
+        VideoLLMVideoLlamaConfig(audio_qformer_config={"use_qformer_text_input": False})
+    av = VideoLLMVideoLlamaConfig(audio_config={})  # the released AV model's sizes
+    assert (av.audio_qformer_config.encoder_hidden_size, av.audio_qformer_config.num_hidden_layers) == (1024, 2)
+    assert av.audio_qformer_config.cross_attention_frequency == 1
 
 
 def test_vicuna_prompt_and_training_labels(tiny):

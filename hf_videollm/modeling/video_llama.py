@@ -128,9 +128,10 @@ class VideoLLMVideoLlamaConfig(PreTrainedConfig):
         video_qformer_config: the video Q-Former (query-only, 2 layers, cross-attention in each, ``encoder_hidden_size``
             = the image Q-Former's width).
         text_config: the LLM (default Vicuna-7B; Llama-2-Chat for the "Video-LLaMA-2" releases).
-        audio_config: ImageBind's audio path (:class:`VideoLLMImageBindAudioConfig`), or ``None`` for the
-            vision-language model.
-        audio_qformer_config: the audio Q-Former (as the video one, ``encoder_hidden_size`` = ``out_embed_dim``).
+        audio_config: ImageBind's audio path (:class:`VideoLLMImageBindAudioConfig`; ``{}`` = ImageBind-huge), or
+            ``None`` for the vision-language model.
+        audio_qformer_config: the audio Q-Former (default with ``audio_config``: the video one's recipe,
+            ``encoder_hidden_size`` = ``out_embed_dim``).
         num_query_tokens / num_video_query_tokens / num_audio_query_tokens: 32 / 32 / 8.
         max_frame_pos: frame positions of ``video_frame_position_embedding`` (frames per video at most; 32).
         num_audio_clips: positions of ``audio_position_embedding`` (clips per audio at most; 8).
@@ -191,8 +192,16 @@ class VideoLLMVideoLlamaConfig(PreTrainedConfig):
                 f"video_qformer_config.encoder_hidden_size ({vq.encoder_hidden_size}) must equal the image Q-Former "
                 f"width qformer_config.hidden_size ({q.hidden_size}): the video queries cross-attend its outputs"
             )
-        if (self.audio_config is None) != (self.audio_qformer_config is None):
-            raise ValueError("audio_config and audio_qformer_config go together: set both (AV model) or neither (VL)")
+        if self.audio_config is not None and self.audio_qformer_config is None:
+            # the original's audio Q-Former: the video one's recipe, cross-attending ImageBind's embeddings
+            from transformers import Blip2QFormerConfig
+
+            self.audio_qformer_config = Blip2QFormerConfig(
+                **{**VIDEO_QFORMER, "encoder_hidden_size": self.audio_config.out_embed_dim}
+            )
+        if self.audio_config is None and self.audio_qformer_config is not None:
+            raise ValueError("audio_qformer_config needs audio_config (the ImageBind audio encoder it reads); set both "
+                             "for an audio-visual model, neither for a vision-language one")
         if self.audio_config is not None and self.audio_qformer_config.encoder_hidden_size != self.audio_config.out_embed_dim:
             raise ValueError(
                 f"audio_qformer_config.encoder_hidden_size ({self.audio_qformer_config.encoder_hidden_size}) must equal "
