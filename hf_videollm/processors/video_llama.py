@@ -8,12 +8,15 @@
   seconds. "`` (``round(index / fps, 1)``) right after ``"</Video> "``. With ``video_message=True`` (default) the
   processor inserts it there for every video read from a file (frames given directly carry no timestamps).
 * Image (``Blip2ImageEvalProcessor``): bicubic resize to the square, CLIP mean / std; a 1-frame video to the model.
-* Audio (ImageBind ``load_and_transform_audio_data``, ``clips_per_video=8``): mono at 16 kHz, 8 clips of 2 s spread
+* Audio (ImageBind ``load_and_transform_audio_data``, ``clips_per_video=8``): the first channel at 16 kHz (a file
+  is resampled by FFmpeg while decoding, an array by FFT; the original uses ``torchaudio.functional.resample``:
+  equal at 16 kHz sources, close otherwise), 8 clips of 2 s spread
   over the track (``ConstantClipsPerVideoSampler``), per clip: mean removed, Kaldi fbank (Hann window, 128 bins,
   25 / 10 ms, no dither), ``(128, frames)`` zero-padded / cropped to 204, ``(x + 4.268) / 9.138`` -> ``(8, 1, 128,
-  204)`` per audio, 8 tokens. A video's own track: ``{"video": path, "with_audio": True}`` puts the audio as a
-  separate ``audio`` item (the original's AV demo gives audio and video separate slots: write ``<AudioHere>``
-  where the audio goes, or use the chat template's ``audio`` part).
+  204)`` per audio, 8 tokens. The original's AV demo gives the audio its own slot before the video's: a chat
+  message with one ``audio`` and one ``video`` part renders exactly that prompt (the audio part may name the video
+  file: its track is read). ``{"video": path, "with_audio": True}`` also works: the audio's tokens then follow the
+  video's inside the video's slot (not the demo's layout).
 * Placeholders: ``<ImageHere>`` (video; the original's token), ``<AudioHere>`` (audio), ``<image>`` (image: the
   original writes ``<ImageHere>`` for images too, ours needs its own id). The text around them is tokenized chunk
   by chunk, BOS on the first, as ``Chat.get_context_emb``.
