@@ -86,6 +86,10 @@ def test_vl_only_model_has_no_audio_branch():
         processor(text="<video> hi", videos=[tiny_media("video")], audio=[tiny_media("audio")])
     with pytest.raises(ValueError, match="no audio branch"):
         model.get_audio_features(torch.zeros(1, 8, 1, 128, 204))
+    with pytest.raises(ProcessorInputError, match="no audio branch"):
+        processor(text="<video> hi", videos=[{"video": "clip.mp4", "with_audio": True}])
+    with pytest.raises(ProcessorInputError, match="takes 'video'"):
+        processor(text="<video> hi", videos=[{"video": "clip.mp4", "audio": "a.wav"}])
 
 
 def test_config_checks_widths():

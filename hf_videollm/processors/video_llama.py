@@ -147,12 +147,17 @@ class VideoLLMVideoLlamaProcessor(FramePixelsMixin, VideoLLMProcessor):
 
     # ------------------------------------------------------------------------------------------------ audio
     def _split_item(self, modality: str, item: Any):
-        if modality != "video" or not isinstance(item, dict) or "with_audio" not in item:
+        if modality != "video" or not isinstance(item, dict):
             return item, []
         src = item.get("video", item.get("path"))
         if src is None or set(item) - {"video", "path", "with_audio"}:
-            raise ProcessorInputError(f"a video given as a dict takes 'video' (or 'path') and 'with_audio'; got {sorted(item)}")
-        return src, ([("audio", src)] if item["with_audio"] else [])
+            raise ProcessorInputError(
+                f"a video given as a dict takes 'video' (or 'path') and 'with_audio'; got keys {sorted(item)} (for the "
+                "AV demo's layout give the audio as its own audio part / item)"
+            )
+        if item.get("with_audio") and not self.audio_branch:
+            raise ProcessorInputError("with_audio=True needs an audio-visual Video-LLaMA; this one has no audio branch")
+        return src, ([("audio", src)] if item.get("with_audio") else [])
 
     def waveform(self, item: Any, index: int = 0) -> torch.Tensor:
         """One audio item -> its first channel at ``audio_sampling_rate`` (float32, [-1, 1])."""
