@@ -188,44 +188,32 @@ def test_short_track_gives_short_clips_padded_to_204(tiny):
     pad = feats[:, 0, :, 98:]
     torch.testing.assert_close(pad, torch.full_like(pad, 4.268 / 9.138), atol=1e-6, rtol=0)
     assert (feats[:, 0, :, :98] - 4.268 / 9.138).abs().amax() > 0.1
-    torch.testing.assert_close(feats[0], feats[7])  # the same second eight times
+    # the same second eight times (the first clip's in-place mean removal leaves later ones a ~0 mean to remove)
+    torch.testing.assert_close(feats[0], feats[7], atol=1e-3, rtol=0)
 
 
-@pytest.mark.parametrize("seconds", [1.0, 3.07, 5.0])
-def test_audio_features_equal_torchaudio_kaldi_imagebind_recipe(tiny, seconds):
-    """Against ImageBind's ``waveform2melspec`` written with torchaudio's own ``compliance.kaldi.fbank`` (skipped
-    where torchaudio is not installed; measured: <= 2.8e-4 in normalised units, float32 vs our float64)."""
+@pytest.mark.parametrize("seconds,channels", [(1.0, 1), (3.07, 1), (5.0, 2)])
+def test_audio_features_equal_torchaudio_kaldi_imagebind_recipe(tiny, seconds, channels):
+    """Against ImageBind's ``load_and_transform_audio_data`` / ``waveform2melspec`` written with torchaudio's own
+    ``compliance.kaldi.fbank``, including its in-place mean removal on overlapping clip views (skipped where
+    torchaudio is not installed; measured: <= 3.1e-4 in normalised units, float32 vs our float64 fbank)."""
     kaldi = pytest.importorskip("torchaudio.compliance.kaldi")
     from hf_videollm.media.audio import clip_bounds
 
     _, processor = tiny
     g = torch.Generator().manual_seed(int(seconds * 100))
     n = int(seconds * 16000)
-    wave = 0.3 * torch.sin(torch.arange(n) * 0.07) + 0.05 * torch.randn(n, generator=g)
+    wave = 0.3 * torch.sin(torch.arange(n) * 0.07) + 0.05 * torch.randn(channels, n, generator=g) + 0.02
+    original = wave.clone()
     ref = []
     for lo, hi in clip_bounds(n, 16000, 8, 2.0):
-        w = wave[None, lo:hi].clone()
+        w = original[:, lo:hi]  # a view, as the original slices it
         w -= w.mean()
         fb = kaldi.fbank(w, htk_compat=True, sample_frequency=16000, use_energy=False, window_type="hanning",
                          num_mel_bins=128, dither=0.0, frame_length=25, frame_shift=10).T
         fb = torch.nn.functional.pad(fb, (0, 204 - fb.shape[1])) if fb.shape[1] < 204 else fb[:, :204]
         ref.append(((fb + 4.268) / 9.138)[None])
     torch.testing.assert_close(processor.audio_features(wave), torch.stack(ref), atol=1e-3, rtol=0)
-
-
-def test_template_keeps_every_media_part(tiny):
-    """One audio + one video -> the AV demo's sentence (images before it); two videos and an audio -> one wrapper
-    per part. Every part keeps its placeholder either way."""
-    _, processor = tiny
-    one = processor.apply_chat_template([{"role": "user", "content": [
-        {"type": "image"}, {"type": "audio"}, {"type": "video"}, {"type": "text", "text": "Q?"}]}])
-    assert one == ("###Human: <Image><image></Image>  Close your eyes, open your ears and you imagine only based on the "
-                   "sound that: <audio>.                 Close your ears, open your eyes and you see that "
-                   "<Video><video></Video>.                  Now answer my question based on what you have just seen "
-                   "and heard. Q?###")
-    two = processor.apply_chat_template([{"role": "user", "content": [
-        {"type": "video"}, {"type": "audio"}, {"type": "video"}, {"type": "text", "text": "Q?"}]}])
-    assert two == "###Human: <Video><video></Video>  <audio>  <Video><video></Video>  Q?###"
 
 
 def test_frozen_encoders_stay_in_eval_mode_while_training():

@@ -160,7 +160,8 @@ class VideoLLMVideoLlamaProcessor(FramePixelsMixin, VideoLLMProcessor):
         return src, ([("audio", src)] if item.get("with_audio") else [])
 
     def waveform(self, item: Any, index: int = 0) -> torch.Tensor:
-        """One audio item -> its first channel at ``audio_sampling_rate`` (float32, [-1, 1])."""
+        """One audio item -> ``(channels, samples)`` at ``audio_sampling_rate`` (float32, [-1, 1]), as
+        ``torchaudio.load`` gives it (channels first)."""
         rate = self.audio_sampling_rate
         if isinstance(item, dict):
             if "array" not in item or "sampling_rate" not in item:
@@ -175,23 +176,32 @@ class VideoLLMVideoLlamaProcessor(FramePixelsMixin, VideoLLMProcessor):
                 wave, source_rate = load_audio(item, sampling_rate=rate, mono=False)
             except AudioDecodeError as e:
                 raise ProcessorInputError(f"audio {index}: {e}") from e
-        if wave.ndim == 2:  # the first channel, as torchaudio's fbank (channel 0)
-            wave = wave[0] if wave.shape[0] <= wave.shape[1] else wave[:, 0]
-        if wave.ndim != 1 or wave.numel() == 0:
+        if wave.ndim == 1:
+            wave = wave[None]
+        elif wave.ndim == 2 and wave.shape[0] > wave.shape[1]:  # channels last
+            wave = wave.T
+        if wave.ndim != 2 or wave.numel() == 0:
             raise ProcessorInputError(f"audio {index}: expected a non-empty waveform, got shape {tuple(wave.shape)}")
         if source_rate != rate:
             wave = resample_fft(wave, source_rate, rate)
-        return wave.to(torch.float32)
+        return wave.to(torch.float32).contiguous()
 
     def audio_features(self, wave: torch.Tensor) -> torch.Tensor:
-        """A 16 kHz waveform -> ``(audio_clips, 1, num_mel_bins, audio_target_length)`` normalised fbanks."""
+        """A 16 kHz waveform ``(samples,)`` or ``(channels, samples)`` -> ``(audio_clips, 1, num_mel_bins,
+        audio_target_length)`` normalised fbanks, as ImageBind's ``load_and_transform_audio_data``: the clips are
+        views of one waveform and ``waveform2melspec`` removes each clip's mean (over every channel) *in place*, so
+        a clip overlapping an earlier one sees the earlier subtraction (reproduced); the fbank reads channel 0."""
         rate = self.audio_sampling_rate
+        buf = torch.as_tensor(wave, dtype=torch.float32).clone()
+        if buf.ndim == 1:
+            buf = buf[None]
         out = []
-        for lo, hi in clip_bounds(wave.shape[-1], rate, self.audio_clips, self.audio_clip_seconds):
-            clip = wave[lo:hi].to(torch.float64)
+        for lo, hi in clip_bounds(buf.shape[-1], rate, self.audio_clips, self.audio_clip_seconds):
+            view = buf[:, lo:hi]
+            view -= view.mean()
             # a track shorter than a clip gives a shorter slice (fewer fbank frames, then padded to 204), as the
             # original; one shorter than a 25 ms window (where Kaldi fails) is padded to one window
-            clip = crop_or_pad(clip - clip.mean(), max(clip.shape[0], int(0.025 * rate)), "start")
+            clip = crop_or_pad(view[0], max(view.shape[-1], int(0.025 * rate)), "start")
             fb = kaldi_fbank(clip, sample_frequency=rate, num_mel_bins=self.num_mel_bins, window_type="hanning").T
             fb = crop_or_pad(fb, self.audio_target_length, "start")
             out.append(((fb - IMAGEBIND_FBANK_MEAN) / IMAGEBIND_FBANK_STD)[None])
