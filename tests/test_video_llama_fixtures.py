@@ -49,6 +49,9 @@ def test_original_release(case_name, tmp_path):
     # the original Chat stops at "###" (StoppingCriteriaSub) as well as at </s>
     assert model.generation_config.eos_token_id == [2, processor.tokenizer.convert_tokens_to_ids("###")]
     assert processor.modalities == model.input_spec.modality_names
+    stop = processor.tokenizer("a b###Human", add_special_tokens=False)["input_ids"]
+    assert processor.decode(stop, skip_special_tokens=True) == processor.decode(stop).split("###")[0]
+    assert processor.batch_decode([stop], skip_special_tokens=True)[0].endswith("b")
     dropped = report.to_dict()["dropped"]
     assert any(k.startswith("blocks.2.") for k in dropped)  # eva_vit_g.pth's extra block, never built
     assert any(k.startswith("t5_proj.") for k in dropped)  # BLIP-2's own projection, unused

@@ -145,6 +145,21 @@ class VideoLLMVideoLlamaProcessor(FramePixelsMixin, VideoLLMProcessor):
         finally:
             _CALL.messages = None
 
+    # ------------------------------------------------------------------------------------------------ decoding
+    def decode(self, *args, **kwargs):
+        """As the tokenizer's; with ``skip_special_tokens=True`` a Vicuna-format answer ends at its ``"###"`` turn
+        separator (the original Chat's ``output_text.split('###')[0]``: generation stops on it)."""
+        text = super().decode(*args, **kwargs)
+        if kwargs.get("skip_special_tokens") and self.conversation == "vicuna":
+            text = text.split("###")[0]
+        return text
+
+    def batch_decode(self, *args, **kwargs):
+        texts = super().batch_decode(*args, **kwargs)
+        if kwargs.get("skip_special_tokens") and self.conversation == "vicuna":
+            texts = [t.split("###")[0] for t in texts]
+        return texts
+
     # ------------------------------------------------------------------------------------------------ audio
     def _split_item(self, modality: str, item: Any):
         if modality != "video" or not isinstance(item, dict):
