@@ -185,6 +185,7 @@ def _entries() -> dict[str, ModelEntry]:
             tiny="hf_videollm.tiny:tiny_video_llama",
             readers={"original": "hf_videollm.conversion.video_llama:read_video_llama"},
             recipes="hf_videollm.training.recipes:VIDEO_LLAMA_STAGES",
+            demo="hf_videollm.demo_presets:video_llama_demo_preset",
         ),
     ]
     return {e.name: e for e in entries}

@@ -88,8 +88,10 @@ def test_vl_only_model_has_no_audio_branch():
         model.get_audio_features(torch.zeros(1, 8, 1, 128, 204))
     with pytest.raises(ProcessorInputError, match="no audio branch"):
         processor(text="<video> hi", videos=[{"video": "clip.mp4", "with_audio": True}])
-    with pytest.raises(ProcessorInputError, match="takes 'video'"):
+    with pytest.raises(ProcessorInputError, match="no audio branch"):
         processor(text="<video> hi", videos=[{"video": "clip.mp4", "audio": "a.wav"}])
+    with pytest.raises(ProcessorInputError, match="takes 'video'"):
+        processor(text="<video> hi", videos=[{"video": "clip.mp4", "sound": "a.wav"}])
 
 
 def test_config_checks_widths():
@@ -231,3 +233,35 @@ def test_frozen_encoders_stay_in_eval_mode_while_training():
     assert model.qformer.training
     model.eval()
     assert not model.video_qformer.training
+
+
+def test_video_with_its_audio_in_one_slot(tiny):
+    """``{"video": frames, "audio": source}``: the audio's tokens right after the video's, in the video's slot."""
+    _, processor = tiny
+    out = processor(text="<video> what?", videos=[{"video": tiny_media("video"), "audio": tiny_media("audio")}])
+    ids = out["input_ids"][0].tolist()
+    v, a = processor.video_token_id, processor.audio_token_id
+    start = ids.index(v)
+    assert ids[start:start + 4 + 2] == [v] * 4 + [a] * 2
+    assert out["input_features"].shape == (1, 8, 1, 128, 204)
+
+
+def test_a_video_files_own_track(tiny, tmp_path):
+    """``with_audio=True`` on a file (and the demo's ``VideoAudioTrack`` marker) read the video's own track: the
+    same features as the track given as an array."""
+    import numpy as np
+
+    from hf_videollm.media.video_write import write_video
+    from hf_videollm.processors.videollama2_av import VideoAudioTrack
+
+    _, processor = tiny
+    path = tmp_path / "clip.mp4"
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(32000) / 16000)).astype(np.float32)
+    write_video(path, torch.from_numpy(tiny_media("video", frames=8)), fps=4, audio=tone, audio_rate=16000)
+    text = "<video> what?"
+    a = processor(text=text, videos=[{"video": str(path), "with_audio": True}])["input_features"]
+    b = processor(text=text, videos=[{"video": tiny_media("video"), "audio": VideoAudioTrack(str(path))}])["input_features"]
+    c = processor(text="<audio> what?", audio=[str(path)])["input_features"]
+    assert a.shape == (1, 8, 1, 128, 204)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)

@@ -15,8 +15,8 @@
   25 / 10 ms, no dither), ``(128, frames)`` zero-padded / cropped to 204, ``(x + 4.268) / 9.138`` -> ``(8, 1, 128,
   204)`` per audio, 8 tokens. The original's AV demo gives the audio its own slot before the video's: a chat
   message with one ``audio`` and one ``video`` part renders exactly that prompt (the audio part may name the video
-  file: its track is read). ``{"video": path, "with_audio": True}`` also works: the audio's tokens then follow the
-  video's inside the video's slot (not the demo's layout).
+  file: its track is read). ``{"video": path, "with_audio": True}`` (or ``{"video": frames, "audio": source}``) also
+  works: the audio's tokens then follow the video's inside the video's slot (not the demo's layout).
 * Placeholders: ``<ImageHere>`` (video; the original's token), ``<AudioHere>`` (audio), ``<image>`` (image: the
   original writes ``<ImageHere>`` for images too, ours needs its own id). The text around them is tokenized chunk
   by chunk, BOS on the first, as ``Chat.get_context_emb``.
@@ -165,19 +165,25 @@ class VideoLLMVideoLlamaProcessor(FramePixelsMixin, VideoLLMProcessor):
         if modality != "video" or not isinstance(item, dict):
             return item, []
         src = item.get("video", item.get("path"))
-        if src is None or set(item) - {"video", "path", "with_audio"}:
+        if src is None or set(item) - {"video", "path", "with_audio", "audio"}:
             raise ProcessorInputError(
-                f"a video given as a dict takes 'video' (or 'path') and 'with_audio'; got keys {sorted(item)} (for the "
-                "AV demo's layout give the audio as its own audio part / item)"
+                f"a video given as a dict takes 'video' (or 'path'), 'with_audio' and 'audio'; got keys {sorted(item)} "
+                "(for the AV demo's layout give the audio as its own audio part / item)"
             )
-        if item.get("with_audio") and not self.audio_branch:
-            raise ProcessorInputError("with_audio=True needs an audio-visual Video-LLaMA; this one has no audio branch")
-        return src, ([("audio", src)] if item.get("with_audio") else [])
+        audio = item.get("audio")
+        if audio is None and item.get("with_audio"):
+            audio = src  # the video file's own track
+        if audio is not None and not self.audio_branch:
+            raise ProcessorInputError("a video with its audio needs an audio-visual Video-LLaMA; this one has no audio "
+                                      "branch")
+        return src, ([("audio", audio)] if audio is not None else [])
 
     def waveform(self, item: Any, index: int = 0) -> torch.Tensor:
         """One audio item -> ``(channels, samples)`` at ``audio_sampling_rate`` (float32, [-1, 1]), as
         ``torchaudio.load`` gives it (channels first)."""
         rate = self.audio_sampling_rate
+        if type(item).__name__ == "VideoAudioTrack":  # a video file's own track (the demo's marker): read the file
+            item = item.source
         if isinstance(item, dict):
             if "array" not in item or "sampling_rate" not in item:
                 raise ProcessorInputError(
