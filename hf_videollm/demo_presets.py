@@ -188,3 +188,22 @@ def instructblip_demo_preset() -> DemoPreset:
     """As :func:`blip2_demo_preset`, with InstructBLIP's Q-Former reading the question (tiny BERT tokenizer) and a
     LLaMA (Vicuna-style) LLM."""
     return blip2_demo_preset()
+
+
+def video_llama_demo_preset() -> DemoPreset:
+    """Tiny Video-LLaMA on the synthetic videos: each 32 px frame (8x8 patches of 4 px) through the ViT and the image
+    Q-Former (4 queries), frame positions, the video Q-Former (4 queries for the whole clip) -> LLaMA; with the
+    synthetic tracks, ImageBind's audio path -> audio Q-Former (2 queries) after the video's tokens. Video-LLaMA's own
+    "###" prompt format without the frame-time message (the demo evaluates from decoded frames, which carry no
+    timestamps). Not tuned (the common preset settings)."""
+    processor = {k: v for k, v in _synthetic_processor().items() if k != "chat_template"}
+    return DemoPreset(
+        model_overrides=dict(
+            image_size=32,
+            vision_config=dict(patch_size=4),
+            text_config=dict(hidden_size=64, intermediate_size=128, initializer_range=0.1),
+            processor={**processor, "video_message": False},
+        ),
+        num_frames=8,
+        max_steps=1500,
+    )

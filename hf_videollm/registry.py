@@ -80,6 +80,11 @@ def _entries() -> dict[str, ModelEntry]:
         VideoLLMQwen2VLModel,
     )
     from .modeling.qwen_vl import VideoLLMQwenVLConfig, VideoLLMQwenVLForConditionalGeneration, VideoLLMQwenVLModel
+    from .modeling.video_llama import (
+        VideoLLMVideoLlamaConfig,
+        VideoLLMVideoLlamaForConditionalGeneration,
+        VideoLLMVideoLlamaModel,
+    )
     from .modeling.videollama2 import (
         VideoLLMVideoLlama2Config,
         VideoLLMVideoLlama2ForConditionalGeneration,
@@ -100,6 +105,7 @@ def _entries() -> dict[str, ModelEntry]:
     from .processors.longvlm import VideoLLMLongVLMProcessor
     from .processors.qwen2vl import VideoLLMQwen2VLProcessor
     from .processors.qwen_vl import VideoLLMQwenVLProcessor
+    from .processors.video_llama import VideoLLMVideoLlamaProcessor
     from .processors.videollama2 import VideoLLMVideoLlama2Processor
     from .processors.videollama2_av import VideoLLMVideoLlama2AVProcessor
     from .processors.videollama3 import VideoLLMVideoLlama3Processor
@@ -198,6 +204,14 @@ def _entries() -> dict[str, ModelEntry]:
                 "transformers": "hf_videollm.conversion.videollama3:read_videollama3_hf",
             },
             recipes="hf_videollm.training.recipes:VIDEOLLAMA3_STAGES",
+        ),
+        ModelEntry(
+            "video_llama", VideoLLMVideoLlamaConfig, VideoLLMVideoLlamaForConditionalGeneration,
+            VideoLLMVideoLlamaModel, VideoLLMVideoLlamaProcessor,
+            tiny="hf_videollm.tiny:tiny_video_llama",
+            readers={"original": "hf_videollm.conversion.video_llama:read_video_llama"},
+            recipes="hf_videollm.training.recipes:VIDEO_LLAMA_STAGES",
+            demo="hf_videollm.demo_presets:video_llama_demo_preset",
         ),
     ]
     return {e.name: e for e in entries}

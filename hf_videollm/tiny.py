@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 import torch
 
-__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS", "tiny_qwen2vl", "tiny_longvlm", "tiny_qwen_vl"]
+__all__ = ["tiny_tokenizer", "tiny_media", "build_tiny", "tiny_llava", "tiny_videollama2", "tiny_videollama2_av", "BASE_WORDS", "tiny_qwen2vl", "tiny_longvlm", "tiny_qwen_vl", "tiny_video_llama"]
 
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
 BASE_WORDS = (
@@ -449,3 +449,41 @@ def tiny_qwen_vl(tokenizer, seed: int = 0, *, processor: dict | None = None, **o
                     num_frames=2, image_token_id=config.image_token_id, video_token_id=config.video_token_id)
     settings.update(processor or {})
     return _finish(model, tokenizer), VideoLLMQwenVLProcessor(tokenizer, **settings)
+
+
+def tiny_video_llama(tokenizer, seed: int = 0, *, processor: dict | None = None, audio: bool = True, **overrides):
+    """A tiny Video-LLaMA: ViT 2x32 -> image Q-Former 2x32 (4 queries) -> frame positions -> video Q-Former 2x32
+    (4 queries) -> LLaMA 2x64; with ``audio`` an ImageBind audio path 1x32 (8 clips of (1, 128, 204)) -> audio
+    Q-Former 2x32 (2 queries). ``overrides``: config fields; ``processor``: settings."""
+    from .modeling.video_llama import VideoLLMVideoLlamaConfig, VideoLLMVideoLlamaForConditionalGeneration
+    from .processors.video_llama import VideoLLMVideoLlamaProcessor
+
+    image_size = overrides.pop("image_size", 28)
+    text_config = _tiny_text_config(tokenizer, overrides.pop("text_config", {}), "llama")
+    vocab = len(tokenizer)
+    bert = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                max_position_embeddings=64, use_qformer_text_input=False)
+    cfg = dict(
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=image_size, patch_size=14, initializer_range=0.02),
+        qformer_config={**bert, "encoder_hidden_size": 32, "cross_attention_frequency": 2},
+        video_qformer_config={**bert, "encoder_hidden_size": 32, "cross_attention_frequency": 1},
+        text_config=text_config,
+        num_query_tokens=4, num_video_query_tokens=4, num_audio_query_tokens=2, max_frame_pos=8,
+        image_token_id=vocab, video_token_id=vocab + 1, audio_token_id=vocab + 2,
+        image_token="<image>", video_token="<video>", audio_token="<audio>",
+    )
+    if audio:
+        cfg["audio_config"] = dict(embed_dim=32, num_blocks=1, num_heads=2, out_embed_dim=24)
+        cfg["audio_qformer_config"] = {**bert, "encoder_hidden_size": 24, "cross_attention_frequency": 1}
+    torch.manual_seed(seed)
+    config = VideoLLMVideoLlamaConfig(**_merge(cfg, overrides))
+    model = VideoLLMVideoLlamaForConditionalGeneration(config)
+    settings = dict(
+        image_size=image_size, num_frames=2, max_frames=config.max_frame_pos,
+        num_video_query_tokens=config.num_video_query_tokens, num_audio_query_tokens=config.num_audio_query_tokens,
+        audio_branch=config.has_audio, image_token=config.image_token, video_token=config.video_token,
+        audio_token=config.audio_token, image_token_id=config.image_token_id, video_token_id=config.video_token_id,
+        audio_token_id=config.audio_token_id,
+    )
+    return _finish(model, tokenizer), VideoLLMVideoLlamaProcessor(tokenizer, **{**settings, **(processor or {})})

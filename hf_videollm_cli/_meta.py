@@ -106,7 +106,23 @@ STAGES = {'llava': [('stage1',
                   'multi-task fine-tuning: as stage 2, with DiffFP token compression on (use_token_compression)'),
                  ('stage4',
                   'video-centric fine-tuning: as stage 3, images with merge size 2 (processor '
-                  'image_merge_size=2)')]}
+                  'image_merge_size=2)')],
+ 'video_llama': [('stage1',
+                  'vision branch pre-training (visionbranch_stage1_pretrain.yaml: WebVid-2.5M + LLaVA-CC3M-595K '
+                  'captions): video Q-Former + video queries + frame position embedding + llama_proj; 5 epochs x '
+                  '2500 iters, warm-up 2500 steps, min_lr 8e-5, batch 32 per GPU'),
+                 ('stage2',
+                  'vision branch instruction tuning (visionbranch_stage2_finetune.yaml: MiniGPT-4 cc_sbu_align + '
+                  'LLaVA-Instruct-150K + VideoChat-11K): same parts; 3 epochs x 1000 iters, warm-up 1000 steps, '
+                  'min_lr 1e-5, batch 4 per GPU, max_txt_len 320'),
+                 ('audio_stage1',
+                  'audio branch pre-training (audiobranch_stage1_pretrain.yaml): audio Q-Former + audio queries + '
+                  'audio position embedding + audio_llama_proj; 5 epochs x 5000 iters, warm-up 5000 steps, batch '
+                  "32 per GPU. The original feeds video frames through ImageBind's *vision* path here (the shared "
+                  "embedding space); this package has only ImageBind's audio path, so the stage trains on audio"),
+                 ('audio_stage2',
+                  'audio branch instruction tuning (audiobranch_stage2_finetune.yaml): same parts; 3 epochs x 1000 '
+                  'iters, warm-up 400 steps, min_lr 1e-5, batch 4 per GPU')]}
 
 TRAIN_FIELDS = [('model', 'str'),
  ('data', 'list[str]'),

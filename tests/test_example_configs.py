@@ -86,8 +86,9 @@ def tiny_data(tmp_path_factory):
     return {"video": data, "av": av}
 
 
-def _data_for(model_name: str, tiny_data) -> str:
-    return str(tiny_data["av" if model_name == "videollama2_av" else "video"])
+def _data_for(model_name: str, tiny_data, stage_name: str = "") -> str:
+    av = model_name == "videollama2_av" or (model_name == "video_llama" and stage_name.startswith("audio"))
+    return str(tiny_data["av" if av else "video"])
 
 
 def stage_of(model_name: str, stage_name: str):
@@ -104,7 +105,7 @@ def _part_of(core, param_name: str) -> str:
 @pytest.mark.parametrize("name", sorted(EXAMPLES))
 def test_example_starts_on_a_tiny_model(name, tiny_data, tmp_path):
     model_name, stage_name = name.split("/")
-    cfg = load_train_config(name, model=f"tiny:{model_name}", data=[_data_for(model_name, tiny_data)],
+    cfg = load_train_config(name, model=f"tiny:{model_name}", data=[_data_for(model_name, tiny_data, stage_name)],
                             output_dir=str(tmp_path / "run"), **SMOKE)
     file_values = load_train_config(name)
     for key in ("stage", "mode", "learning_rate", "dtype", "max_length", "num_frames", "gradient_checkpointing",

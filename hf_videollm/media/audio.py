@@ -193,6 +193,7 @@ def kaldi_fbank(
     preemphasis_coefficient: float = 0.97,
     low_freq: float = 20.0,
     high_freq: float = 0.0,
+    window_type: str = "povey",
 ) -> torch.Tensor:
     """Kaldi log-mel filterbank of a mono waveform, ``(frames, num_mel_bins)`` float32.
 
@@ -202,7 +203,10 @@ def kaldi_fbank(
     power spectrum, mel filters from 20 Hz to Nyquist, ``log(max(energy, float32 eps))``, ``snip_edges`` (frames
     fully inside the signal: ``1 + (N - window) // shift``). Kaldi's scale: pass int16-range samples (the originals
     multiply a [-1, 1] waveform by 2**15 first). Checked against ``kaldi-native-fbank`` in the tests.
+    ``window_type``: ``"povey"`` (torchaudio's default) or ``"hanning"`` (symmetric Hann; ImageBind's audio input).
     """
+    if window_type not in ("povey", "hanning"):
+        raise ValueError(f"window_type must be 'povey' or 'hanning', got {window_type!r}")
     wave = torch.as_tensor(waveform)
     if wave.ndim == 2 and wave.shape[0] == 1:
         wave = wave[0]
@@ -222,7 +226,9 @@ def kaldi_fbank(
     if preemphasis_coefficient != 0.0:
         prev = torch.cat([frames[:, :1], frames[:, :-1]], dim=1)
         frames = frames - preemphasis_coefficient * prev
-    window = torch.hann_window(size, periodic=False, dtype=torch.float64).pow(0.85)
+    window = torch.hann_window(size, periodic=False, dtype=torch.float64)
+    if window_type == "povey":
+        window = window.pow(0.85)
     frames = torch.nn.functional.pad(frames * window, (0, padded - size))
     power = torch.fft.rfft(frames).abs().pow(2)
     banks = _mel_banks(num_mel_bins, padded, float(sample_frequency), low_freq, high_freq).to(torch.float64)

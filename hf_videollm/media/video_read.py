@@ -209,7 +209,7 @@ def _pick_video_stream(container, name: str):
 
 
 #: Frame sampling rules of :func:`load_video`.
-SAMPLING_RULES = ("uniform", "linspace", "index_midpoints", "segment_index_midpoints")
+SAMPLING_RULES = ("uniform", "linspace", "index_midpoints", "segment_index_midpoints", "segment_starts")
 
 
 def segment_index_midpoints(total: int, num_frames: int) -> list[int]:
@@ -233,6 +233,14 @@ def index_midpoints(total: int, num_frames: int) -> list[int]:
     return [int(math.floor((i + 0.5) * seg + 0.5 + 1e-6)) for i in range(num_frames)]
 
 
+def segment_starts(total: int, num_frames: int) -> list[int]:
+    """Frame indices of the ``"segment_starts"`` rule (Video-LLaMA's ``load_video``, ``sampling="uniform"``):
+    ``np.arange(0, total, total / k).astype(int)`` with ``k = min(total, num_frames)`` -- the first frame of each of
+    ``k`` equal segments (a video shorter than ``num_frames`` gives all its frames)."""
+    k = min(total, num_frames)
+    return [int(math.floor(i * total / k + 1e-9)) for i in range(k)]
+
+
 def _uniform_indices(total: int, num_frames: int) -> list[int]:
     """``"uniform"`` at a constant frame rate: the frame shown at the middle of each of ``num_frames`` equal time
     segments (a midpoint on a frame boundary selects the later frame, as the time rule does)."""
@@ -247,7 +255,8 @@ def _linspace_indices(total: int, num_frames: int) -> list[int]:
 
 
 #: rules defined on frame indices (any frame rate) / on time, equal to these index rules at a constant frame rate
-_INDEX_RULES = {"index_midpoints": index_midpoints, "segment_index_midpoints": segment_index_midpoints}
+_INDEX_RULES = {"index_midpoints": index_midpoints, "segment_index_midpoints": segment_index_midpoints,
+                "segment_starts": segment_starts}
 _CFR_INDEX_RULES = {"uniform": _uniform_indices, "linspace": _linspace_indices}
 
 
@@ -350,6 +359,14 @@ def _sampling_targets(
                 return [lo] * len(keep)
             picks = segment_index_midpoints(round((last - lo) / step) + 1, n)
             return [lo + (picks[i] + 0.5) * step for i in keep]
+        if sampling == "segment_starts":
+            # frame indices from the frame count (at most one target per frame), then the middle of each chosen
+            # frame (constant frame rate)
+            step = hi - last
+            if step <= 0:
+                return [lo]
+            picks = segment_starts(round((last - lo) / step) + 1, n)
+            return [lo + (picks[i] + 0.5) * step for i in (keep if len(picks) == n else range(len(picks)))]
         if sampling == "index_midpoints":
             # midpoints of n equal segments of [first frame, last frame] rounded to the nearest frame: half a frame
             # later, the frame displayed there is the rounded one
@@ -1248,7 +1265,9 @@ def load_video(
             rounded to the nearest frame: for constant frame rate ``round((i + 0.5) * (frames - 1) / n)`` on indices
             (VideoLLaMA 2's ``frame_sample``); with ``fps`` the same as ``"uniform"``. ``"segment_index_midpoints"``:
             Video-ChatGPT / LongVLM ``get_seq_frames`` on frame indices (:func:`segment_index_midpoints`), always
-            ``n`` frames (a shorter video repeats frames); with ``fps`` the same as ``"uniform"``.
+            ``n`` frames (a shorter video repeats frames); with ``fps`` the same as ``"uniform"``. ``"segment_starts"``:
+            the first frame of each of ``n`` equal segments, ``floor(i * frames / n)`` on indices (Video-LLaMA's
+            ``load_video``; at most ``frames`` of them).
         backend: ``"pyav"``, ``"torchcodec"`` (error if not installed) or ``"auto"`` (torchcodec when importable and
             ``mode="exact"``, else pyav).
         on_frame: ``on_frame(row, frame, count)`` is called for each of the ``count`` output rows as soon as that

@@ -12,7 +12,7 @@ from importlib import resources
 
 __all__ = [
     "LLAVA_V1_SYSTEM", "VICUNA_V1_1_SYSTEM", "QWEN2_SYSTEM", "vicuna_v1_template", "llama2_template", "chatml_template",
-    "qwen2vl_template", "qwen_vl_template", "videollama3_template",
+    "qwen2vl_template", "qwen_vl_template", "videollama3_template", "video_llama_template",
 ]
 
 #: ``conv_llava_v1`` (LLaVA v1.5 inference) system prompt.
@@ -95,3 +95,23 @@ def videollama3_template(system: str = "", image_token: str = "<image>", video_t
     ``<image>\\n`` / ``<video>\\n`` per item; assistant labels end at ``<|im_end|>`` (the ``"\\n"`` after it is not
     supervised, as the original's ``[generation_prompt_length:-1]``)."""
     return _preamble(default_system=system, image_token=image_token, video_token=video_token) + _body("videollama3.jinja")
+
+
+#: Video-LLaMA's Llama-2-Chat system prompt (``conv_llava_llama_2``).
+VIDEO_LLAMA_LLAMA2_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+
+
+def video_llama_template(style: str = "vicuna", system: str | None = None, image_token: str = "<image>",
+                         video_token: str = "<ImageHere>", audio_token: str = "<AudioHere>") -> str:
+    """Video-LLaMA: ``style="vicuna"`` (``default_conversation``: ``###Human: ...###Assistant:``, empty system) or
+    ``"llama_2"`` (``conv_llava_llama_2``: ``[INST] <<SYS>>...``), media wrapped as ``<Video>..</Video>`` /
+    ``<Image>..</Image>``."""
+    if style not in ("vicuna", "llama_2"):
+        raise ValueError(f"style must be 'vicuna' or 'llama_2', got {style!r}")
+    if system is None:
+        system = VIDEO_LLAMA_LLAMA2_SYSTEM if style == "llama_2" else ""
+    return _preamble(default_system=system, style=style, image_token=image_token, video_token=video_token,
+                     audio_token=audio_token) + _body("video_llama.jinja")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES", "LONGVLM_STAGES", "QWEN_VL_STAGES", "VIDEOLLAMA3_STAGES"]
+__all__ = ["Stage", "RECIPES", "get_stage", "LLAVA_STAGES", "VIDEOLLAMA2_STAGES", "VIDEOLLAMA2_AV_STAGES", "BLIP2_STAGES", "QWEN2VL_STAGES", "LONGVLM_STAGES", "QWEN_VL_STAGES", "VIDEOLLAMA3_STAGES", "VIDEO_LLAMA_STAGES"]
 
 
 @dataclass(frozen=True)
@@ -216,6 +216,41 @@ VIDEOLLAMA3_STAGES: dict[str, Stage] = {
         "stage4", ("vision_tower", "connector", "language_model"), 1e-5,
         "video-centric fine-tuning: as stage 3, images with merge size 2 (processor image_merge_size=2)",
         part_learning_rates={"vision_tower": 2e-6}, original_global_batch_size=128,
+    ),
+}
+
+
+# Video-LLaMA (specs/video_llama.md section 5; the repo's train_configs/*.yaml): batch sizes there are per GPU (the
+# README trains on 8 A100s: global = 8 x per-GPU); schedules are LAVIS' linear_warmup_cosine_lr (warmup_lr 1e-6,
+# min_lr 8e-5 / 1e-5), AdamW wd 0.05; the frozen parts are the EVA ViT, the image Q-Former, ImageBind and the LLM.
+VIDEO_LLAMA_STAGES: dict[str, Stage] = {
+    "stage1": Stage(
+        "stage1", ("video_qformer", "connector"), 1e-4,
+        "vision branch pre-training (visionbranch_stage1_pretrain.yaml: WebVid-2.5M + LLaVA-CC3M-595K captions): video "
+        "Q-Former + video queries + frame position embedding + llama_proj; 5 epochs x 2500 iters, warm-up 2500 "
+        "steps, min_lr 8e-5, batch 32 per GPU",
+        original_global_batch_size=256, original_epochs=5, weight_decay=0.05,
+    ),
+    "stage2": Stage(
+        "stage2", ("video_qformer", "connector"), 3e-5,
+        "vision branch instruction tuning (visionbranch_stage2_finetune.yaml: MiniGPT-4 cc_sbu_align + "
+        "LLaVA-Instruct-150K + VideoChat-11K): same parts; 3 epochs x 1000 iters, warm-up 1000 steps, min_lr 1e-5, "
+        "batch 4 per GPU, max_txt_len 320",
+        original_global_batch_size=32, original_epochs=3, weight_decay=0.05,
+    ),
+    "audio_stage1": Stage(
+        "audio_stage1", ("audio_qformer", "audio_projector"), 1e-4,
+        "audio branch pre-training (audiobranch_stage1_pretrain.yaml): audio Q-Former + audio queries + audio "
+        "position embedding + audio_llama_proj; 5 epochs x 5000 iters, warm-up 5000 steps, batch 32 per GPU. The "
+        "original feeds video frames through ImageBind's *vision* path here (the shared embedding space); this "
+        "package has only ImageBind's audio path, so the stage trains on audio",
+        original_global_batch_size=256, original_epochs=5, weight_decay=0.05,
+    ),
+    "audio_stage2": Stage(
+        "audio_stage2", ("audio_qformer", "audio_projector"), 3e-5,
+        "audio branch instruction tuning (audiobranch_stage2_finetune.yaml): same parts; 3 epochs x 1000 iters, "
+        "warm-up 400 steps, min_lr 1e-5, batch 4 per GPU",
+        original_global_batch_size=32, original_epochs=3, weight_decay=0.05,
     ),
 }
 
