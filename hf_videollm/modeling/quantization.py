@@ -20,6 +20,25 @@ def default_skip_modules(model_cls) -> list[str]:
     return [*paths, "lm_head"]
 
 
+#: bitsandbytes' packed CPU kernel for 4-bit inference (taken on CPUs with AVX512-BF16, in eval mode without grad)
+#: repacks each weight in blocks of 32 output rows (asserting ``out_features % 32 == 0``) and reshapes the absmax
+#: statistics to ``(out_features, in_features // blocksize)`` (``in_features`` must be a multiple of the blocksize).
+_CPU_PACK_BLOCK_N = 32
+
+
+def _unpack_cpu_kernel_where_unsupported(model) -> None:
+    """Layers whose shapes the packed CPU kernel cannot take (``out_features`` not a multiple of 32, ``in_features``
+    not a multiple of the quantization blocksize: small or unusual LLM widths) use bitsandbytes' generic 4-bit path
+    instead of failing at the first ``generate`` (``AssertionError: N must be divisible by block_n``, or ``shape
+    '[96, 0]' is invalid``); every other layer keeps the kernel."""
+    for module in model.modules():
+        if type(module).__name__ != "Linear4bit" or not getattr(module, "support_avx512bf16_for_cpu", False):
+            continue
+        blocksize = getattr(getattr(module.weight, "quant_state", None), "blocksize", None) or 64
+        if module.out_features % _CPU_PACK_BLOCK_N or module.in_features % blocksize:
+            module.support_avx512bf16_for_cpu = False
+
+
 def _merge_skip(user: list[str] | None, defaults: list[str]) -> list[str]:
     merged = list(defaults)
     for m in user or []:
@@ -61,7 +80,9 @@ class QuantizationMixin:
         qc = kwargs.get("quantization_config")
         if qc is not None:
             kwargs["quantization_config"] = cls._with_default_skips(qc)
-        return super().from_pretrained(*args, **kwargs)
+        model = super().from_pretrained(*args, **kwargs)
+        _unpack_cpu_kernel_where_unsupported(model)
+        return model
 
     @classmethod
     def _with_default_skips(cls, qc):
