@@ -80,9 +80,10 @@ class QuantizationMixin:
         qc = kwargs.get("quantization_config")
         if qc is not None:
             kwargs["quantization_config"] = cls._with_default_skips(qc)
-        model = super().from_pretrained(*args, **kwargs)
-        _unpack_cpu_kernel_where_unsupported(model)
-        return model
+        loaded = super().from_pretrained(*args, **kwargs)
+        # ``output_loading_info=True`` returns ``(model, loading_info)``
+        _unpack_cpu_kernel_where_unsupported(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
 
     @classmethod
     def _with_default_skips(cls, qc):
