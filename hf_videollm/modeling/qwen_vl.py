@@ -53,8 +53,7 @@ from transformers.models.qwen2.modeling_qwen2 import (
     eager_attention_forward,
 )
 
-from .base import VideoLLMPreTrainedModel
-from .contract import InputSpec, Modality, ModelInputs
+from .base import TOWER_INPUTS, VideoLLMPreTrainedModel
 
 __all__ = [
     "QWENVL_INPUTS",
@@ -90,16 +89,8 @@ QWEN_7B = {
     "seq_length": 2048,
 }
 
-QWENVL_INPUTS = ModelInputs(
-    modalities=(
-        Modality("image", ("vision_tower", "multi_modal_projector")),
-        Modality("video", ("vision_tower", "multi_modal_projector")),
-    ),
-    inputs=(
-        InputSpec("pixel_values", modality="image"),  # (images, 3, S, S)
-        InputSpec("pixel_values_videos", modality="video"),  # (videos, frames, 3, S, S), or a list of (T_i, 3, S, S)
-    ),
-)
+#: Images and video frames through one vision tower + connector: the shared declaration (a video is its frames).
+QWENVL_INPUTS = TOWER_INPUTS
 
 
 # --------------------------------------------------------------------------------------------------- helpers
